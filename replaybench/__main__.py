@@ -1,0 +1,3 @@
+from replaybench.cli import run
+
+run()

@@ -1,0 +1,1 @@
+"""Distill: teacher labelling, the image+text student, training, export, bulk scoring."""

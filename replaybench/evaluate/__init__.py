@@ -1,0 +1,1 @@
+"""Evaluate: disaggregated metrics, concept/demographic association tests, the report."""

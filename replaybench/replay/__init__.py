@@ -1,0 +1,1 @@
+"""Replay: dataset readers, image decode + preprocessing, the pipelined batch runner, output sinks."""
