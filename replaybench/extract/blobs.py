@@ -1,0 +1,133 @@
+"""``extract_blobs``: write every model blob of an Inventory byte-exact into a folder, plus manifest.json.
+
+Blobs are re-read from the app by their ``BlobLocation`` (container chain, entry, offset, size) and
+checked against the inventory's sha256, so what lands on disk is provably what was scanned. File names
+are made from the entry's base name (never its path), so an entry like ``../../x`` cannot escape.
+
+Seam for the later stages: ``extract_blobs(..., select=..., after=...)``. Trace matching passes
+``select`` (keep only the blobs a trace saw loaded); conversion and preprocessing inference pass
+``after`` callbacks, called with each written blob and the output folder, e.g. to write bundles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from replaybench._console import NullProgress, Progress
+from replaybench.errors import CorruptInputError, InputNotFoundError
+from replaybench.extract.containers import CHUNK, Walk, iter_entries, safe_file_name, safe_output_path
+from replaybench.extract.inventory import ExtractedBlob, ExtractManifest, Inventory, ModelBlob
+
+EXTENSIONS = {
+    "tflite": ".tflite",
+    "onnx": ".onnx",
+    "torchscript": ".pt",
+    "pytorch_lite": ".ptl",
+    "savedmodel": ".pb",
+    "tf_graphdef": ".pb",
+    "ncnn_param": ".param",
+    "ncnn_bin": ".bin",
+    "mnn": ".mnn",
+    "caffe_prototxt": ".prototxt",
+    "caffemodel": ".caffemodel",
+    "paddle_lite": ".nb",
+    "snpe_dlc": ".dlc",
+    "coreml": ".mlmodel",
+    "unknown_high_entropy": ".bin",
+}
+
+AfterBlob = Callable[[ExtractedBlob, Path], None]
+
+
+def _blob_name(i: int, blob: ModelBlob) -> str:
+    base = safe_file_name(blob.location.entry)
+    stem = base.rsplit(".", 1)[0] if "." in base else base
+    if blob.location.section is not None:
+        stem += f"@{blob.location.offset:x}"
+    return f"{i:02d}_{stem}{EXTENSIONS.get(blob.format, '.bin')}"
+
+
+def extract_blobs(
+    source: Inventory | Sequence[Path],
+    out_dir: Path,
+    *,
+    code: bool = False,
+    select: Callable[[ModelBlob], bool] | None = None,
+    after: Iterable[AfterBlob] = (),
+    progress: Progress | None = None,
+) -> ExtractManifest:
+    """Write each model blob byte-exact into ``out_dir`` and a ``manifest.json``; return the manifest.
+
+    ``source`` is an Inventory from ``scan_app`` or the app paths (scanned here, DEX analysis only when
+    ``code``). Raises ``CorruptInputError`` when the app changed since the scan (sha256 mismatch).
+    """
+    from replaybench.extract.scan import scan_app
+
+    if isinstance(source, Inventory):
+        inv = source
+    else:
+        inv = scan_app([Path(p) for p in source], code=code, progress=progress)
+    blobs = [b for b in inv.model_blobs if select is None or select(b)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = ExtractManifest(app=inv.app, warnings=list(inv.warnings))
+    wanted: dict[tuple[tuple[str, ...], str], list[tuple[int, ModelBlob]]] = {}
+    for i, b in enumerate(blobs):
+        wanted.setdefault((tuple(b.location.container), b.location.entry), []).append((i, b))
+    written: dict[int, ExtractedBlob] = {}
+    roots = sorted({b.location.container[0] for b in blobs})
+    prog = progress or NullProgress()
+    prog.start(len(blobs), "extracting")
+    walk = Walk()
+    try:
+        for root in roots:
+            root_path = Path(root)
+            if not root_path.exists():
+                raise InputNotFoundError(f"the app scanned earlier is gone: {root}")
+            top = [root_path] if root_path.is_dir() else [root_path]
+            for p in top:
+                for entry in iter_entries(p, walk):
+                    for i, blob in wanted.get((entry.container, entry.path), []):
+                        target = safe_output_path(out_dir, _blob_name(i, blob))
+                        _copy_range(entry.open, blob, target)
+                        written[i] = ExtractedBlob(file=target.name, blob=blob)
+                        prog.advance(1)
+    finally:
+        walk.cleanup()
+        prog.close()
+    missing = [b.location.describe() for i, b in enumerate(blobs) if i not in written]
+    if missing:
+        manifest.warnings.append(f"not found again when extracting: {', '.join(missing)}")
+    manifest.blobs = [written[i] for i in sorted(written)]
+    for item in manifest.blobs:
+        for step in after:
+            step(item, out_dir)
+    (out_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+    return manifest
+
+
+def _copy_range(opener: Callable[[], object], blob: ModelBlob, target: Path) -> None:
+    """Stream ``blob.size`` bytes from ``blob.location.offset`` of the entry to ``target``; verify sha256."""
+    h = hashlib.sha256()
+    skip, left = blob.location.offset, blob.size
+    tmp = target.with_name(target.name + ".part")
+    with opener() as src, tmp.open("wb") as dst:  # type: ignore[attr-defined]
+        while skip > 0:
+            chunk = src.read(min(CHUNK, skip))
+            if not chunk:
+                break
+            skip -= len(chunk)
+        while left > 0:
+            chunk = src.read(min(CHUNK, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            dst.write(chunk)
+            left -= len(chunk)
+    if left or h.hexdigest() != blob.sha256:
+        tmp.unlink(missing_ok=True)
+        raise CorruptInputError(
+            f"{blob.location.describe()} no longer matches the scan (sha256 differs): was the app modified?"
+        )
+    tmp.replace(target)
