@@ -12,12 +12,21 @@ Seam for the later stages: ``extract_blobs(..., select=..., after=...)``. Trace 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+import io
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from replaybench._console import NullProgress, Progress
 from replaybench.errors import CorruptInputError, InputNotFoundError
-from replaybench.extract.containers import CHUNK, Walk, iter_entries, safe_file_name, safe_output_path
+from replaybench.extract.containers import (
+    CHUNK,
+    Entry,
+    Walk,
+    iter_entries,
+    iter_zip,
+    safe_file_name,
+    safe_output_path,
+)
 from replaybench.extract.inventory import ExtractedBlob, ExtractManifest, Inventory, ModelBlob
 
 EXTENSIONS = {
@@ -76,6 +85,8 @@ def extract_blobs(
     for i, b in enumerate(blobs):
         wanted.setdefault((tuple(b.location.container), b.location.entry), []).append((i, b))
     written: dict[int, ExtractedBlob] = {}
+    # zips inside entries (an OBB, a zip in assets) that hold wanted blobs: descended into on the way
+    nested = {tuple(b.location.container[:k]) for b in blobs for k in range(2, len(b.location.container) + 1)}
     roots = sorted({b.location.container[0] for b in blobs})
     prog = progress or NullProgress()
     prog.start(len(blobs), "extracting")
@@ -85,14 +96,12 @@ def extract_blobs(
             root_path = Path(root)
             if not root_path.exists():
                 raise InputNotFoundError(f"the app scanned earlier is gone: {root}")
-            top = [root_path] if root_path.is_dir() else [root_path]
-            for p in top:
-                for entry in iter_entries(p, walk):
-                    for i, blob in wanted.get((entry.container, entry.path), []):
-                        target = safe_output_path(out_dir, _blob_name(i, blob))
-                        _copy_range(entry.open, blob, target)
-                        written[i] = ExtractedBlob(file=target.name, blob=blob)
-                        prog.advance(1)
+            for entry in _with_nested(iter_entries(root_path, walk), nested, walk):
+                for i, blob in wanted.get((entry.container, entry.path), []):
+                    target = safe_output_path(out_dir, _blob_name(i, blob))
+                    _copy_range(entry.open, blob, target)
+                    written[i] = ExtractedBlob(file=target.name, blob=blob)
+                    prog.advance(1)
     finally:
         walk.cleanup()
         prog.close()
@@ -105,6 +114,17 @@ def extract_blobs(
             step(item, out_dir)
     (out_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
+
+
+def _with_nested(entries: Iterator[Entry], nested: set[tuple[str, ...]], walk: Walk) -> Iterator[Entry]:
+    """Entries, plus the entries of nested zips that lead to a wanted blob (read into memory one at a time)."""
+    for entry in entries:
+        yield entry
+        chain = (*entry.container, entry.path)
+        if chain in nested:
+            with entry.open() as f:
+                raw = f.read()
+            yield from _with_nested(iter_zip(io.BytesIO(raw), chain, walk), nested, walk)  # type: ignore[arg-type]
 
 
 def _copy_range(opener: Callable[[], object], blob: ModelBlob, target: Path) -> None:

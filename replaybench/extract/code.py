@@ -87,8 +87,15 @@ def has_ml_markers(strings: list[str]) -> bool:
     return any(s.startswith(tuple(ML_APIS)) or MODEL_FILE.match(s) for s in strings)
 
 
-def analyze_dex(data: bytes, dex_name: str) -> list[CodeReference]:
-    """Code references to ML APIs in one DEX file. Raises ValueError for a DEX androguard rejects."""
+FILE_LIKE = re.compile(r"^[\w\-./]{1,200}\.[A-Za-z0-9]{1,10}$")
+
+
+def analyze_dex(data: bytes, dex_name: str) -> tuple[list[CodeReference], set[str]]:
+    """Code references to ML APIs in one DEX file, and every file-name-like string of its string table
+    (to tie blobs with unusual names, e.g. an encrypted ``m.enc``, to the code).
+
+    Raises ValueError for a DEX androguard rejects.
+    """
     from loguru import logger
 
     logger.disable("androguard")  # androguard logs every parsed item at DEBUG through loguru
@@ -99,8 +106,9 @@ def analyze_dex(data: bytes, dex_name: str) -> list[CodeReference]:
         strings = [str(s) for s in dex.get_strings()]
     except Exception as e:  # androguard raises bare exceptions on malformed DEX
         raise ValueError(f"androguard could not parse {dex_name}: {e}") from e
+    file_names = {s for s in strings if FILE_LIKE.match(s)}
     if not has_ml_markers(strings):
-        return []
+        return [], file_names
     refs: list[CodeReference] = []
     seen: set[tuple[Any, ...]] = set()
 
@@ -160,7 +168,7 @@ def analyze_dex(data: bytes, dex_name: str) -> list[CodeReference]:
                         typed = [_typed(v, k) for v, k in zip(values, _wide(kinds), strict=False)]
                         add(CodeReference(kind="preprocess_arg", api=f"{owner}->{meth}", class_name=cname,
                                           method=mname, dex=dex_name, value=label, args=typed))  # fmt: skip
-    return refs
+    return refs, file_names
 
 
 def _wide(kinds: list[str]) -> list[str]:

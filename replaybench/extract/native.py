@@ -280,7 +280,7 @@ def find_embedded(
                 Embedded("ncnn_param", name, pos, vaddr + (pos - off), n, ["ncnn param text magic 7767517"])
             )
         # ONNX: ir_version then producer_name ("pytorch", "tf2onnx", ...); sized by the covering symbol.
-        for m in re.finditer(rb"\x08[\x03-\x0c]\x12[\x04-\x20](pytorch|tf2onnx|onnx|keras2onnx|skl2onnx)", view[off:end]):  # type: ignore[call-overload]
+        for m in re.finditer(rb"\x08[\x03-\x28]\x12[\x04-\x20](pytorch|tf2onnx|onnx|keras2onnx|skl2onnx)", view[off:end]):  # type: ignore[call-overload]
             pos = off + m.start()
             sym = object_syms.get(vaddr + (pos - off))
             if sym is None:

@@ -99,6 +99,7 @@ class _Scan:
     rejected: list[RejectedCandidate] = field(default_factory=list)
     unknown: list[tuple[ModelBlob, str]] = field(default_factory=list)  # decided after code evidence
     manifests: list[tuple[tuple[str, ...], bytes]] = field(default_factory=list)
+    dex_names: set[str] = field(default_factory=set)  # base names of file-like DEX strings
     bins: dict[tuple[tuple[str, ...], str], ModelBlob] = field(default_factory=dict)  # ncnn weights?
 
     # ------------------------------------------------------------------------------------- reading
@@ -277,7 +278,9 @@ class _Scan:
         data = head + stream.read()
         name = "!".join([*entry.container[1:], entry.path])
         try:
-            self.refs += analyze_dex(data, name)
+            refs, names = analyze_dex(data, name)
+            self.refs += refs
+            self.dex_names |= {PurePosixPath(n).name for n in names}
         except ValueError as e:
             self.walk.warnings.append(str(e))
 
@@ -288,7 +291,8 @@ class _Scan:
         referenced = {PurePosixPath(r.value).name for r in self.refs if r.kind == "file_name" and r.value}
         for blob, claimed in self.unknown:
             name = PurePosixPath(blob.location.entry).name
-            if name in referenced:
+            if name in referenced or name in self.dex_names:
+                referenced.add(name)
                 blob.evidence.append(f"file name {name!r} is referenced in app code")
             if claimed:
                 blob.evidence.append(f"named like {claimed} but not readable as one: likely encrypted")
