@@ -38,7 +38,10 @@ ML_APIS: dict[str, str] = {
 PREPROCESS_CALLS: dict[tuple[str, str], str] = {
     ("Lorg/tensorflow/lite/support/common/ops/NormalizeOp;", "<init>"): "NormalizeOp(mean, std)",
     ("Lorg/tensorflow/lite/support/image/ops/ResizeOp;", "<init>"): "ResizeOp(height, width, method)",
-    ("Lorg/tensorflow/lite/support/image/ops/ResizeWithCropOrPadOp;", "<init>"): "ResizeWithCropOrPadOp(h, w)",
+    (
+        "Lorg/tensorflow/lite/support/image/ops/ResizeWithCropOrPadOp;",
+        "<init>",
+    ): "ResizeWithCropOrPadOp(h, w)",
     ("Landroid/graphics/Bitmap;", "createScaledBitmap"): "createScaledBitmap(src, width, height, filter)",
     ("Lorg/pytorch/torchvision/TensorImageUtils;", "bitmapToFloat32Tensor"): "bitmapToFloat32Tensor(...)",
 }

@@ -211,7 +211,7 @@ def open_zip(source: Path | BinaryIO, label: str) -> Iterator[zipfile.ZipFile]:
 def _entry_opener(z: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> Callable[[], BinaryIO]:
     def opener() -> BinaryIO:
         try:
-            return _GuardedReader(z.open(info), where)
+            return _GuardedReader(z.open(info), where)  # type: ignore[arg-type,return-value]
         except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError) as e:
             raise CorruptInputError(f"cannot read {where}: {e}") from e
 
@@ -250,7 +250,9 @@ def iter_zip(
     with open_zip(source, label) as z:
         infos = z.infolist()
         if len(infos) > walk.limits.max_entries:
-            raise UnsafeInputError(f"refused {label}: {len(infos):,} entries (cap {walk.limits.max_entries:,})")
+            raise UnsafeInputError(
+                f"refused {label}: {len(infos):,} entries (cap {walk.limits.max_entries:,})"
+            )
         ckind = kind or zip_kind(z, chain[-1])
         size = source.stat().st_size if isinstance(source, Path) else _size_of(source)
         walk.containers.append(OpenedContainer(chain, ckind, size, len(infos)))

@@ -128,7 +128,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def protobuf_fields(buf: bytes, limit: int = 8) -> list[tuple[int, int, int]]:
     """The first ``limit`` top-level protobuf fields (number, wire type, payload length or value)."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     pos = 0
     while pos < len(buf) and len(out) < limit:
         key, pos = _varint(buf, pos)
@@ -296,7 +296,9 @@ def _savedmodel(head: bytes, name: str, size: int) -> Detection | None:
 def _graphdef(head: bytes, name: str, size: int) -> Detection | None:
     if len(head) < 8 or head[0] != 0x0A:
         return None
-    ops = re.findall(rb"\x12[\x03-\x20](Const|Placeholder|Conv2D|MatMul|Identity|Relu6?|BiasAdd)", head[:4096])
+    ops = re.findall(
+        rb"\x12[\x03-\x20](Const|Placeholder|Conv2D|MatMul|Identity|Relu6?|BiasAdd)", head[:4096]
+    )
     if ops and (_ext(name, ".pb") or len(ops) >= 3):
         found = sorted({o.decode() for o in ops})
         return Detection("tf_graphdef", [f"GraphDef protobuf with NodeDef ops {found}"])
@@ -401,7 +403,13 @@ def _dlc_describe(data: bytes | memoryview) -> dict[str, Any]:
 
 @detector("coreml", extensions=(".mlmodel",))
 def _coreml(head: bytes, name: str, size: int) -> Detection | None:
-    if _ext(name, ".mlmodel") and len(head) > 3 and head[0] == 0x08 and 1 <= head[1] <= 12 and head[2] == 0x12:
+    if (
+        _ext(name, ".mlmodel")
+        and len(head) > 3
+        and head[0] == 0x08
+        and 1 <= head[1] <= 12
+        and head[2] == 0x12
+    ):
         return Detection("coreml", [f"Core ML Model protobuf, specificationVersion {head[1]}"])
     if name.lower().endswith(".mlpackage/manifest.json") and b"com.apple.CoreML" in head:
         return Detection("coreml", ["mlpackage Manifest.json naming com.apple.CoreML"])

@@ -133,7 +133,7 @@ def match_runtimes(
     lib_name: str, needed: list[str], symbols: list[str], strings_text: bytes
 ) -> list[RuntimeMatch]:
     """Every fingerprint with evidence in this library: symbols weigh 2, strings and names 1."""
-    out = []
+    out: list[RuntimeMatch] = []
     for fp in FINGERPRINTS.values():
         evidence: list[str] = []
         score = 0
@@ -191,12 +191,15 @@ def analyze_elf(data: bytes, lib_name: str) -> dict[str, Any]:
         raise ValueError("lief could not parse this ELF file")
     view = memoryview(data)
     sections = [
-        (s.name, int(s.offset), int(s.size), int(s.virtual_address), int(s.type) == 8)  # 8: SHT_NOBITS
+        (str(s.name), int(s.offset), int(s.size), int(s.virtual_address), int(s.type) == 8)  # 8: SHT_NOBITS
         for s in binary.sections
     ]
-    symbols = sorted({s.name for s in binary.dynamic_symbols if s.name} | {s.name for s in binary.symtab_symbols if s.name})
+    symbols = sorted(
+        {str(s.name) for s in binary.dynamic_symbols if s.name}
+        | {str(s.name) for s in binary.symtab_symbols if s.name}
+    )
     exported = [s for s in binary.dynamic_symbols if s.name and s.exported]
-    needed = list(binary.libraries)
+    needed = [str(n) for n in binary.libraries]
     chunks = []
     for name, off, size, _, nobits in sections:
         if name in STRING_SECTIONS and not nobits and off + size <= len(data):
@@ -205,7 +208,7 @@ def analyze_elf(data: bytes, lib_name: str) -> dict[str, Any]:
     runtimes = match_runtimes(lib_name, needed, symbols, strings_text)
     score, evidence = engine_score(strings_text.lower(), "\n".join(symbols).lower())
     object_syms = {
-        int(s.value): (s.name, int(s.size))
+        int(s.value): (str(s.name), int(s.size))
         for s in (*binary.dynamic_symbols, *binary.symtab_symbols)
         if s.name and int(s.size) > 0 and int(s.type) == 1  # STT_OBJECT
     }
@@ -222,7 +225,7 @@ def analyze_elf(data: bytes, lib_name: str) -> dict[str, Any]:
 
 
 def _find_all(buf: bytes | memoryview, needle: bytes, start: int, end: int) -> list[int]:
-    out = []
+    out: list[int] = []
     raw = buf.obj if isinstance(buf, memoryview) else buf
     assert isinstance(raw, bytes | bytearray)
     i = raw.find(needle, start, end)
@@ -280,7 +283,9 @@ def find_embedded(
                 Embedded("ncnn_param", name, pos, vaddr + (pos - off), n, ["ncnn param text magic 7767517"])
             )
         # ONNX: ir_version then producer_name ("pytorch", "tf2onnx", ...); sized by the covering symbol.
-        for m in re.finditer(rb"\x08[\x03-\x28]\x12[\x04-\x20](pytorch|tf2onnx|onnx|keras2onnx|skl2onnx)", view[off:end]):  # type: ignore[call-overload]
+        for m in re.finditer(
+            rb"\x08[\x03-\x28]\x12[\x04-\x20](pytorch|tf2onnx|onnx|keras2onnx|skl2onnx)", view[off:end]
+        ):  # type: ignore[call-overload]
             pos = off + m.start()
             sym = object_syms.get(vaddr + (pos - off))
             if sym is None:

@@ -30,7 +30,9 @@ def print_inventory(inv: Inventory) -> None:
         t = Table("format", "location", "size", "entropy", "evidence", title="model blobs")
         for b in inv.model_blobs:
             fmt = f"[red]{b.format}[/]" if b.encrypted else b.format
-            t.add_row(fmt, b.location.describe(), _size(b.size), f"{b.entropy:.2f}", "; ".join(b.evidence[:3]))
+            t.add_row(
+                fmt, b.location.describe(), _size(b.size), f"{b.entropy:.2f}", "; ".join(b.evidence[:3])
+            )
         con.print(t)
     else:
         con.print("[green]no on-device model found[/]")
@@ -54,8 +56,8 @@ def print_inventory(inv: Inventory) -> None:
             con.print(f"... and {len(inv.code_references) - 40} more (see --json)")
     elif not inv.code_scanned:
         con.print("code analysis skipped (--no-code)")
-    for r in inv.rejected_candidates:
-        con.print(f"[yellow]not a model:[/] {r.location.describe()}: {r.reason}")
+    for rej in inv.rejected_candidates:
+        con.print(f"[yellow]not a model:[/] {rej.location.describe()}: {rej.reason}")
     for w in inv.warnings:
         con.print(f"[yellow]warning:[/] {w}")
 

@@ -17,7 +17,7 @@ import logging
 import mmap
 import re
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,7 +34,6 @@ from replaybench.extract.containers import (
     Walk,
     iter_entries,
     iter_zip,
-    spill,
 )
 from replaybench.extract.formats import (
     HEAD_SIZE,
@@ -320,7 +319,9 @@ class _Scan:
                 continue
             self.blobs.append(weights)
             blob.details["weights"] = weights.location.entry
-            self.unknown = [(b, c) for b, c in self.unknown if (tuple(b.location.container), b.location.entry) != key]
+            self.unknown = [
+                (b, c) for b, c in self.unknown if (tuple(b.location.container), b.location.entry) != key
+            ]
 
 
 def _app_info(scan: _Scan, paths: list[Path]) -> AppInfo:

@@ -92,7 +92,8 @@ def _metadata(r: Reader) -> dict[str, Any]:
         "min_parser_version": m.string(7),
     }
     files = [_assoc(f) for f in m.tables(6)]
-    inputs, outputs = [], []
+    inputs: list[dict[str, Any]] = []
+    outputs: list[dict[str, Any]] = []
     for sg in m.tables(3):
         files += [_assoc(f) for f in sg.tables(4)]
         for kind, idx, dest in (("input", 2, inputs), ("output", 3, outputs)):
@@ -102,7 +103,10 @@ def _metadata(r: Reader) -> dict[str, Any]:
                     if int(pu.scalar(0, "B")) == NORMALIZATION_OPTIONS:
                         opts = pu.table(1)
                         if opts is not None:
-                            entry["normalization"] = {"mean": opts.scalars(0, "f"), "std": opts.scalars(1, "f")}
+                            entry["normalization"] = {
+                                "mean": opts.scalars(0, "f"),
+                                "std": opts.scalars(1, "f"),
+                            }
                 stats = tm.table(5)
                 if stats is not None:
                     entry["stats"] = {"max": stats.scalars(0, "f"), "min": stats.scalars(1, "f")}
@@ -187,8 +191,8 @@ def parse_tflite(data: bytes | memoryview) -> dict[str, Any]:
         for p in parsed:
             dtypes[p["dtype"]] = dtypes.get(p["dtype"], 0) + 1
         if si == 0:
-            inputs = [parsed[i] for i in sg.scalars(1, "i") if 0 <= int(i) < len(parsed)]
-            outputs = [parsed[i] for i in sg.scalars(2, "i") if 0 <= int(i) < len(parsed)]
+            inputs = [parsed[int(i)] for i in sg.scalars(1, "i") if 0 <= int(i) < len(parsed)]
+            outputs = [parsed[int(i)] for i in sg.scalars(2, "i") if 0 <= int(i) < len(parsed)]
         else:
             sg.scalars(1, "i")
             sg.scalars(2, "i")
@@ -201,8 +205,7 @@ def parse_tflite(data: bytes | memoryview) -> dict[str, Any]:
             opts = op.table(4)
             if opts is not None:
                 opts.touch()
-            custom = op.bytes_span(5)
-            del custom
+            op.bytes_span(5)  # custom options: walked for the extent only
             op.scalars(6, "B")
             op.scalars(7, "i")
         sg.string(4)

@@ -17,7 +17,6 @@ TFLITE_SYMBOLS = ["TfLiteInterpreterCreate", "TfLiteModelCreate", "_ZN6tflite11I
 
 def tiny_onnx() -> bytes:
     """A two-node ONNX model (Relu, Sigmoid) made with onnx.helper: deterministic bytes."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -26,7 +25,9 @@ def tiny_onnx() -> bytes:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
     )
-    model = helper.make_model(graph, producer_name="replaybench-tests", opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(
+        graph, producer_name="replaybench-tests", opset_imports=[helper.make_opsetid("", 13)]
+    )
     return model.SerializeToString()
 
 
@@ -46,7 +47,9 @@ def apps(tmp_path_factory: pytest.TempPathFactory, tflite_bytes: bytes) -> dict[
     """Every fixture app, by role."""
     d = tmp_path_factory.mktemp("apps")
     int8 = tflite_models()["int8"].read_bytes()
-    so_arm = build_so(d / "so" / "libtflitejni_arm.so", arch="aarch64", blob=tflite_bytes, symbols=TFLITE_SYMBOLS)
+    so_arm = build_so(
+        d / "so" / "libtflitejni_arm.so", arch="aarch64", blob=tflite_bytes, symbols=TFLITE_SYMBOLS
+    )
     so_x86 = build_so(d / "so" / "libtflitejni_x86.so", arch="x86_64", blob=int8, symbols=TFLITE_SYMBOLS)
     # High entropy, large enough to count as a model (>= 64 KiB): an encrypted model as apps ship it.
     enc = xor_encrypt(tflite_bytes * 40)

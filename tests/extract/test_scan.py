@@ -121,16 +121,25 @@ def test_split_folder(apps, tflite_bytes: bytes) -> None:
     assert asset.location.container == [str(apps["split"]), "split_df_ml.apk"]
     assert asset.sha256 == _sha(tflite_bytes)
     assert inv.runtimes == ["tflite"]
-    assert {b.location.entry for b in inv.model_blobs} == {"assets/ml/age.tflite", "lib/arm64-v8a/libtflitejni.so"}
+    assert {b.location.entry for b in inv.model_blobs} == {
+        "assets/ml/age.tflite",
+        "lib/arm64-v8a/libtflitejni.so",
+    }
 
 
 def test_xapk_with_obb(apps, tmp_path: Path) -> None:
     inv = scan_app([apps["xapk"]], code=False)
     assert inv.app.containers[0].kind == "xapk"
     obb = next(b for b in inv.model_blobs if b.location.entry == "models/gender.tflite")
-    assert obb.location.container == [str(apps["xapk"]), "Android/obb/org.example.app/main.1.org.example.app.obb"]
+    assert obb.location.container == [
+        str(apps["xapk"]),
+        "Android/obb/org.example.app/main.1.org.example.app.obb",
+    ]
     assert obb.sha256 == _sha(tflite_models()["int8"].read_bytes())
-    assert {b.location.container[1] for b in inv.model_blobs} >= {"org.example.app.apk", "config.arm64_v8a.apk"}
+    assert {b.location.container[1] for b in inv.model_blobs} >= {
+        "org.example.app.apk",
+        "config.arm64_v8a.apk",
+    }
     manifest = extract_blobs(inv, tmp_path / "x")
     assert len(manifest.blobs) == len(inv.model_blobs)
     for item in manifest.blobs:
@@ -187,7 +196,11 @@ def test_unknown_engine_and_cpp_fingerprints(tmp_path: Path) -> None:
     assert any("convolution" in e for e in info["engine_evidence"])
     plain = build_so(tmp_path / "libplain.so", arch="x86_64", strings=["hello world", "config.json"])
     assert analyze_elf(plain.read_bytes(), "libplain.so")["engine_score"] < 0.3
-    ncnn = build_so(tmp_path / "libx.so", arch="x86_64", symbols=["_ZN4ncnn3Net10load_paramEPKc", "_ZN4ncnn9Extractor7extractEPKcRNS_3MatE"])
+    ncnn = build_so(
+        tmp_path / "libx.so",
+        arch="x86_64",
+        symbols=["_ZN4ncnn3Net10load_paramEPKc", "_ZN4ncnn9Extractor7extractEPKcRNS_3MatE"],
+    )
     [match] = analyze_elf(ncnn.read_bytes(), "libx.so")["runtimes"]
     assert match.runtime == "ncnn" and match.evidence[0].startswith("symbol _ZN4ncnn3Net")
 
