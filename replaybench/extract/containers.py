@@ -32,7 +32,7 @@ class Limits:
     """Caps that keep a hostile archive from exhausting disk or memory."""
 
     max_ratio: float = 200.0  # uncompressed / compressed, checked for entries over ratio_floor bytes
-    ratio_floor: int = 4 << 20
+    ratio_floor: int = 32 << 20  # below this, even very compressible text (500:1 seen) is harmless: we stream
     max_entry_size: int = 8 << 30
     max_total_size: int = 32 << 30
     max_depth: int = 3
@@ -50,6 +50,9 @@ class Entry:
     opener: Callable[[], BinaryIO]
     stored: bool = True
     disk_path: Path | None = None  # set when the bytes are a plain file on disk (no copy needed)
+    # (file, offset): a stored entry whose bytes lie uncompressed at this offset of a file on disk,
+    # so they can be memory-mapped instead of streamed through zipfile.
+    disk_range: tuple[Path, int] | None = None
 
     def open(self) -> BinaryIO:
         return self.opener()
@@ -184,9 +187,10 @@ class _Window(io.RawIOBase):
         return len(data)
 
 
-def stored_data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
-    """File offset of an entry's data: after its local header (whose extra field may differ)."""
-    f.seek(info.header_offset)
+def stored_data_offset(f: BinaryIO, info: zipfile.ZipInfo, base: int = 0) -> int:
+    """Offset of an entry's data (relative to the zip's start at ``base`` in ``f``): after its local
+    header, whose extra field may differ from the central directory's."""
+    f.seek(base + info.header_offset)
     head = f.read(30)
     if len(head) < 30 or head[:4] != ZIP_MAGIC:
         raise CorruptInputError(f"bad local header for {info.filename}")
@@ -243,7 +247,11 @@ class _GuardedReader(io.RawIOBase):
 
 
 def iter_zip(
-    source: Path | BinaryIO, chain: tuple[str, ...], walk: Walk, kind: str | None = None
+    source: Path | BinaryIO,
+    chain: tuple[str, ...],
+    walk: Walk,
+    kind: str | None = None,
+    on_disk: tuple[Path, int] | None = None,
 ) -> Iterator[Entry]:
     """Entries of one zip container; nested APKs (bundles) are descended into here."""
     label = "!".join(chain)
@@ -254,6 +262,9 @@ def iter_zip(
                 f"refused {label}: {len(infos):,} entries (cap {walk.limits.max_entries:,})"
             )
         ckind = kind or zip_kind(z, chain[-1])
+        if on_disk is None and isinstance(source, Path):
+            on_disk = (source, 0)
+        raw = on_disk[0].open("rb") if on_disk is not None else None
         size = source.stat().st_size if isinstance(source, Path) else _size_of(source)
         walk.containers.append(OpenedContainer(chain, ckind, size, len(infos)))
         for info in infos:
@@ -265,8 +276,11 @@ def iter_zip(
             where = f"{label}!{info.filename}"
             stored = info.compress_type == zipfile.ZIP_STORED
             if ckind in ("xapk", "apks", "apkm") and info.filename.lower().endswith(".apk"):
-                yield from iter_nested(z, info, source, (*chain, info.filename), walk, "apk")
+                yield from iter_nested(z, info, source, (*chain, info.filename), walk, "apk", on_disk)
                 continue
+            disk_range = None
+            if stored and on_disk is not None and raw is not None and info.file_size:
+                disk_range = (on_disk[0], on_disk[1] + stored_data_offset(raw, info, on_disk[1]))  # type: ignore[arg-type]
             yield Entry(
                 container=chain,
                 path=info.filename,
@@ -274,7 +288,10 @@ def iter_zip(
                 compressed_size=info.compress_size,
                 opener=_entry_opener(z, info, where),
                 stored=stored,
+                disk_range=disk_range,
             )
+        if raw is not None:
+            raw.close()
 
 
 def _size_of(f: BinaryIO) -> int:
@@ -291,17 +308,18 @@ def iter_nested(
     chain: tuple[str, ...],
     walk: Walk,
     kind: str | None = None,
+    on_disk: tuple[Path, int] | None = None,
 ) -> Iterator[Entry]:
     """Descend into a zip stored inside a zip: in place when stored, else spilled to a temp file."""
     if len(chain) - 1 > walk.limits.max_depth:
         walk.warnings.append(f"{'!'.join(chain)}: nested deeper than {walk.limits.max_depth}; not opened")
         return
-    if info.compress_type == zipfile.ZIP_STORED and isinstance(outer, Path):
-        f = outer.open("rb")
+    if info.compress_type == zipfile.ZIP_STORED and on_disk is not None:
+        f = on_disk[0].open("rb")
         try:
-            start = stored_data_offset(f, info)  # type: ignore[arg-type]
+            start = on_disk[1] + stored_data_offset(f, info, on_disk[1])  # type: ignore[arg-type]
             window = io.BufferedReader(_Window(f, start, info.file_size), buffer_size=CHUNK)  # type: ignore[arg-type]
-            yield from iter_zip(window, chain, walk, kind)  # type: ignore[arg-type]
+            yield from iter_zip(window, chain, walk, kind, (on_disk[0], start))  # type: ignore[arg-type]
         finally:
             f.close()
         return

@@ -69,7 +69,7 @@ MODEL_DIR = re.compile(r"(^|/)(assets|res/raw|models?)(/|$)", re.IGNORECASE)
 class _Read:
     """A fully read entry: its bytes (or a mapped spill file), sha256, entropy."""
 
-    data: bytes | mmap.mmap
+    data: bytes | mmap.mmap | memoryview
     sha256: str
     entropy: float
     size: int
@@ -99,12 +99,19 @@ class _Scan:
     unknown: list[tuple[ModelBlob, str]] = field(default_factory=list)  # decided after code evidence
     manifests: list[tuple[tuple[str, ...], bytes]] = field(default_factory=list)
     dex_names: set[str] = field(default_factory=set)  # base names of file-like DEX strings
+    maps: dict[Path, mmap.mmap] = field(default_factory=dict)
     bins: dict[tuple[tuple[str, ...], str], ModelBlob] = field(default_factory=dict)  # ncnn weights?
 
     # ------------------------------------------------------------------------------------- reading
 
     def read_full(self, entry: Entry, head: bytes, stream: io.BufferedIOBase | Any) -> _Read:
-        """Read the rest of ``stream`` (after ``head``): bytes in memory, or a mapped spill file."""
+        """Read the rest of ``stream`` (after ``head``): bytes in memory, or a mapped spill file.
+
+        A stored entry of a zip on disk (or a plain file) is memory-mapped instead: no copy, and the
+        page cache is shared with the next reader."""
+        mapped = self.mapped(entry)
+        if mapped is not None:
+            return _Read(mapped, hashlib.sha256(mapped).hexdigest(), _entropy_sample(mapped), len(mapped))
         h = hashlib.sha256(head)
         if entry.size <= FULL_READ_CAP:
             buf = bytearray(head)
@@ -122,6 +129,25 @@ class _Scan:
             with path.open("rb") as f:
                 data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return _Read(data, h.hexdigest(), _entropy_sample(data), len(data))
+
+    def mapped(self, entry: Entry) -> memoryview | None:
+        if entry.disk_range is not None:
+            path, offset = entry.disk_range
+        elif entry.disk_path is not None:
+            path, offset = entry.disk_path, 0
+        else:
+            return None
+        if entry.size == 0:
+            return None
+        mm = self.maps.get(path)
+        if mm is None:
+            with path.open("rb") as f:
+                mm = self.maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if offset + entry.size > len(mm):
+            raise CorruptInputError(
+                f"{'!'.join(entry.container)}!{entry.path}: data runs past the end of {path}"
+            )
+        return memoryview(mm)[offset : offset + entry.size]
 
     # ------------------------------------------------------------------------------------ per entry
 
@@ -414,6 +440,11 @@ def scan_app(
     finally:
         prog.close()
         walk.cleanup()
+        for mm in scan.maps.values():
+            try:
+                mm.close()
+            except BufferError:  # a view is still referenced; the mapping goes with it
+                pass
     return Inventory(
         app=app,
         native_libraries=scan.libs,
