@@ -176,8 +176,9 @@ ONNX_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25}
 
 @detector("onnx", extensions=(".onnx",))
 def _onnx(head: bytes, name: str, size: int) -> Detection | None:
-    # ModelProto starts with ir_version (field 1, varint; 14 in 2025) and then producer/graph/opset fields.
-    if len(head) < 4 or head[0] != 0x08 or not 1 <= head[1] <= 40:
+    # ModelProto starts with ir_version (field 1, varint: 3 since ONNX 1.0, 13 in 2025) and then
+    # producer/graph/opset fields. SavedModel (schema version 1) and Core ML (.mlmodel) look alike.
+    if len(head) < 4 or head[0] != 0x08 or not 3 <= head[1] <= 40 or _ext(name, ".mlmodel"):
         return None
     try:
         fields = protobuf_fields(head, 4)

@@ -257,6 +257,17 @@ class _Scan:
         if kind is not None:
             self.detected(entry, Detection("torchscript", ["zip archive"]), full)
             return
+        claimed = claimed_format(entry.path)
+        if claimed is not None:
+            self.rejected.append(
+                RejectedCandidate(
+                    location=self.location(entry),
+                    claimed_format=claimed,
+                    size=full.size,
+                    reason=f"a zip archive of {len(names)} entries without the {claimed} layout; "
+                    "opened as a container instead",
+                )
+            )
         if len(entry.container) > self.walk.limits.max_depth:
             self.walk.warnings.append(f"{entry.path}: nested deeper than {self.walk.limits.max_depth}")
             return
