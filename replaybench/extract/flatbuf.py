@@ -21,7 +21,7 @@ class FlatbufferError(ValueError):
 class Reader:
     """Bounds-checked access to ``buf``; ``end`` is the furthest byte any read touched."""
 
-    buf: bytes | memoryview
+    buf: bytes | bytearray | memoryview
     end: int = 0
     limit: int = field(default=-1)
 

@@ -35,7 +35,7 @@ class Detection:
 
 
 Detect = Callable[[bytes, str, int], Detection | None]
-Describe = Callable[[bytes | memoryview], dict[str, Any]]
+Describe = Callable[[bytes | bytearray | memoryview], dict[str, Any]]
 
 
 @dataclass
@@ -92,7 +92,7 @@ def detect(head: bytes, name: str, size: int) -> Detection | None:
     return None
 
 
-def describe(det: Detection, data: bytes | memoryview) -> Detection:
+def describe(det: Detection, data: bytes | bytearray | memoryview) -> Detection:
     """Complete ``det`` with the full-content step (raises ValueError when the structure is invalid)."""
     d = DETECTORS[det.format]
     if d.describe is not None:
@@ -163,7 +163,7 @@ def _tflite(head: bytes, name: str, size: int) -> Detection | None:
 
 
 @describer("tflite")
-def _tflite_describe(data: bytes | memoryview) -> dict[str, Any]:
+def _tflite_describe(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     from replaybench.extract.tflite import parse_tflite
 
     info = parse_tflite(data)
@@ -191,7 +191,7 @@ def _onnx(head: bytes, name: str, size: int) -> Detection | None:
 
 
 @describer("onnx")
-def _onnx_describe(data: bytes | memoryview) -> dict[str, Any]:
+def _onnx_describe(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     import onnx
 
     try:
@@ -225,7 +225,7 @@ def _onnx_describe(data: bytes | memoryview) -> dict[str, Any]:
     }
 
 
-def zip_names(data: bytes | memoryview) -> list[str]:
+def zip_names(data: bytes | bytearray | memoryview) -> list[str]:
     with zipfile.ZipFile(io.BytesIO(bytes(data))) as z:
         return z.namelist()
 
@@ -259,7 +259,7 @@ def _torchscript(head: bytes, name: str, size: int) -> Detection | None:
 
 
 @describer("torchscript")
-def _torch_describe(data: bytes | memoryview) -> dict[str, Any]:
+def _torch_describe(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     names = zip_names(data)
     kind = torch_kind(names)
     if kind is None:
@@ -334,7 +334,7 @@ def _mnn(head: bytes, name: str, size: int) -> Detection | None:
 
 
 @describer("mnn")
-def _mnn_describe(data: bytes | memoryview) -> dict[str, Any]:
+def _mnn_describe(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """MNN ``Net`` flatbuffer (no file identifier): oplists (field 3) and tensorName (field 7)."""
     from replaybench.extract.flatbuf import FlatbufferError, Reader
 
@@ -395,7 +395,7 @@ def _dlc(head: bytes, name: str, size: int) -> Detection | None:
 
 
 @describer("snpe_dlc")
-def _dlc_describe(data: bytes | memoryview) -> dict[str, Any]:
+def _dlc_describe(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     names = set(zip_names(data))
     if not ({"model", "model.params"} <= names or "dlc.metadata" in names):
         raise ValueError("zip without SNPE model/model.params entries")

@@ -180,7 +180,7 @@ class Embedded:
     evidence: list[str]
 
 
-def analyze_elf(data: bytes, lib_name: str) -> dict[str, Any]:
+def analyze_elf(data: bytes | bytearray, lib_name: str) -> dict[str, Any]:
     """Parse one ELF image: machine, needed libs, symbols, runtimes, engine score, embedded blobs.
 
     Raises ValueError when lief cannot parse it as ELF.

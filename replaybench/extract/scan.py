@@ -59,7 +59,9 @@ from replaybench.extract.inventory import (
 
 log = logging.getLogger(__name__)
 
-FULL_READ_CAP = 256 << 20  # bytes held in memory for one entry; above this, spill to a temp file
+# Bytes of one compressed entry held in memory (a native library may be copied twice more for lief);
+# above this an entry is spilled to a temp file and mapped, keeping peak memory well under 1 GB.
+FULL_READ_CAP = 160 << 20
 ENTROPY_SAMPLES = 64  # 64 KiB chunks spread over the entry
 ABIS = ("arm64-v8a", "armeabi-v7a", "armeabi", "x86_64", "x86", "mips", "mips64", "riscv64")
 MODEL_DIR = re.compile(r"(^|/)(assets|res/raw|models?)(/|$)", re.IGNORECASE)
@@ -69,13 +71,13 @@ MODEL_DIR = re.compile(r"(^|/)(assets|res/raw|models?)(/|$)", re.IGNORECASE)
 class _Read:
     """A fully read entry: its bytes (or a mapped spill file), sha256, entropy."""
 
-    data: bytes | mmap.mmap | memoryview
+    data: bytes | bytearray | mmap.mmap | memoryview
     sha256: str
     entropy: float
     size: int
 
 
-def _entropy_sample(data: bytes | mmap.mmap | memoryview) -> float:
+def _entropy_sample(data: bytes | bytearray | mmap.mmap | memoryview) -> float:
     """Entropy from up to 64 chunks of 64 KiB spread over the data (exact for data under 4 MiB)."""
     arr = np.frombuffer(data, dtype=np.uint8)
     n = len(arr)
@@ -118,7 +120,7 @@ class _Scan:
             while chunk := stream.read(CHUNK):
                 h.update(chunk)
                 buf += chunk
-            data: bytes | mmap.mmap = bytes(buf)
+            data: bytearray | mmap.mmap = buf  # no bytes() copy: every consumer takes a buffer
         else:
             path = self.walk.spill_dir() / f"big-{len(self.blobs)}-{len(self.libs)}.bin"
             with path.open("wb") as f:
@@ -210,7 +212,7 @@ class _Scan:
             self.unknown.append((blob, claimed or ""))
 
     def detected(self, entry: Entry, det: Detection, full: _Read, **loc: Any) -> None:
-        view = memoryview(full.data) if not isinstance(full.data, bytes) else full.data
+        view = full.data if isinstance(full.data, bytes | bytearray) else memoryview(full.data)
         try:
             describe(det, view)
         except (ValueError, zipfile.BadZipFile, OSError) as e:
@@ -246,7 +248,7 @@ class _Scan:
     def zip_entry(self, entry: Entry, head: bytes, stream: Any) -> None:
         """A zip inside the app: a TorchScript/lite model, or a container to descend into."""
         full = self.read_full(entry, head, stream)
-        raw = full.data if isinstance(full.data, bytes) else bytes(full.data)
+        raw = full.data if isinstance(full.data, bytes | bytearray) else bytes(full.data)
         try:
             with zipfile.ZipFile(io.BytesIO(raw)) as z:
                 names = z.namelist()
@@ -284,8 +286,12 @@ class _Scan:
         lib = NativeLibrary(
             location=self.location(entry), abi=abi, machine=None, size=full.size, sha256=full.sha256
         )
+        if full.size > FULL_READ_CAP:
+            lib.error = f"not analysed: {full.size:,} bytes is over the {FULL_READ_CAP:,}-byte cap for lief"
+            self.libs.append(lib)
+            return
         try:
-            data = full.data if isinstance(full.data, bytes) else bytes(full.data)
+            data = full.data if isinstance(full.data, bytes | bytearray) else bytes(full.data)
             info = analyze_elf(data, PurePosixPath(entry.path).name)
         except Exception as e:  # lief on hostile input: report, keep scanning
             lib.error = f"could not analyse: {e}"

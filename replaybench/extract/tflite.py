@@ -44,7 +44,7 @@ def is_tflite(head: bytes) -> bool:
     return 8 <= root < 1 << 20
 
 
-def flatbuffer_extent(data: bytes | memoryview) -> int:
+def flatbuffer_extent(data: bytes | bytearray | memoryview) -> int:
     """Bytes the TFLite flatbuffer at the start of ``data`` spans (plus an appended metadata zip).
 
     Walks every object the schema reaches (the flatbuffer format has no total size); the result is
@@ -131,7 +131,7 @@ def _assoc(f: Table) -> dict[str, Any]:
     }
 
 
-def _appended_zip(data: bytes | memoryview, start: int) -> tuple[int, dict[str, list[str]]]:
+def _appended_zip(data: bytes | bytearray | memoryview, start: int) -> tuple[int, dict[str, list[str]]]:
     """A zip of associated files right after the flatbuffer: (its end, label lines per text file)."""
     tail = bytes(data[start : start + 4])
     if tail == b"PK\x05\x06" and len(data) >= start + 22:  # an empty archive (MediaPipe writes one)
@@ -159,7 +159,7 @@ def _appended_zip(data: bytes | memoryview, start: int) -> tuple[int, dict[str, 
     return end, labels
 
 
-def parse_tflite(data: bytes | memoryview) -> dict[str, Any]:
+def parse_tflite(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Structure of a TFLite model: version, inputs/outputs, op counts, quantisation, metadata, extent.
 
     Raises ``FlatbufferError`` when the flatbuffer is malformed.
