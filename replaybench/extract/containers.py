@@ -155,7 +155,7 @@ def safe_file_name(text: str, max_len: int = 120) -> str:
     return base[-max_len:]
 
 
-class _Window(io.RawIOBase):
+class ByteWindow(io.RawIOBase):
     """A read-only, seekable view of ``[start, start+size)`` of an open file: a stored nested zip
     opened in place, without copying it."""
 
@@ -318,7 +318,7 @@ def iter_nested(
         f = on_disk[0].open("rb")
         try:
             start = on_disk[1] + stored_data_offset(f, info, on_disk[1])  # type: ignore[arg-type]
-            window = io.BufferedReader(_Window(f, start, info.file_size), buffer_size=CHUNK)  # type: ignore[arg-type]
+            window = io.BufferedReader(ByteWindow(f, start, info.file_size), buffer_size=CHUNK)  # type: ignore[arg-type]
             yield from iter_zip(window, chain, walk, kind, (on_disk[0], start))  # type: ignore[arg-type]
         finally:
             f.close()

@@ -28,6 +28,7 @@ from replaybench._console import NullProgress, Progress
 from replaybench.errors import CorruptInputError
 from replaybench.extract.containers import (
     CHUNK,
+    ByteWindow,
     ZIP_MAGIC,
     Entry,
     Limits,
@@ -75,6 +76,7 @@ class _Read:
     sha256: str
     entropy: float
     size: int
+    path: Path | None = None  # the spill file, when the entry was too large for memory
 
 
 def _entropy_sample(data: bytes | bytearray | mmap.mmap | memoryview) -> float:
@@ -130,6 +132,7 @@ class _Scan:
                     f.write(chunk)
             with path.open("rb") as f:
                 data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            return _Read(data, h.hexdigest(), _entropy_sample(data), len(data), path)
         return _Read(data, h.hexdigest(), _entropy_sample(data), len(data))
 
     def mapped(self, entry: Entry) -> memoryview | None:
@@ -246,36 +249,52 @@ class _Scan:
         )
 
     def zip_entry(self, entry: Entry, head: bytes, stream: Any) -> None:
-        """A zip inside the app: a TorchScript/lite model, or a container to descend into."""
+        """A zip inside the app: a TorchScript/lite model, or a container to descend into.
+
+        Opened in place when stored in a file on disk, from memory when small, else from its spill
+        file: a large OBB is never loaded whole."""
         full = self.read_full(entry, head, stream)
-        raw = full.data if isinstance(full.data, bytes | bytearray) else bytes(full.data)
+        on_disk = entry.disk_range or ((entry.disk_path, 0) if entry.disk_path else None)
+        handle = None
+        source: Any
+        if on_disk is not None:
+            handle = on_disk[0].open("rb")
+            source = io.BufferedReader(ByteWindow(handle, on_disk[1], full.size), buffer_size=CHUNK)  # type: ignore[arg-type]
+        elif full.path is not None:
+            source = full.path
+        else:
+            source = io.BytesIO(full.data)  # type: ignore[arg-type]
         try:
-            with zipfile.ZipFile(io.BytesIO(raw)) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            self.walk.warnings.append(f"{'!'.join(entry.container)}!{entry.path}: unreadable zip: {e}")
-            return
-        kind = torch_kind(names)
-        if kind is not None:
-            self.detected(entry, Detection("torchscript", ["zip archive"]), full)
-            return
-        claimed = claimed_format(entry.path)
-        if claimed is not None:
-            self.rejected.append(
-                RejectedCandidate(
-                    location=self.location(entry),
-                    claimed_format=claimed,
-                    size=full.size,
-                    reason=f"a zip archive of {len(names)} entries without the {claimed} layout; "
-                    "opened as a container instead",
+            try:
+                with zipfile.ZipFile(source) as z:
+                    names = z.namelist()
+            except (zipfile.BadZipFile, OSError) as e:
+                self.walk.warnings.append(f"{'!'.join(entry.container)}!{entry.path}: unreadable zip: {e}")
+                return
+            kind = torch_kind(names)
+            if kind is not None:
+                self.detected(entry, Detection("torchscript", ["zip archive"]), full)
+                return
+            claimed = claimed_format(entry.path)
+            if claimed is not None:
+                self.rejected.append(
+                    RejectedCandidate(
+                        location=self.location(entry),
+                        claimed_format=claimed,
+                        size=full.size,
+                        reason=f"a zip archive of {len(names)} entries without the {claimed} layout; "
+                        "opened as a container instead",
+                    )
                 )
-            )
-        if len(entry.container) > self.walk.limits.max_depth:
-            self.walk.warnings.append(f"{entry.path}: nested deeper than {self.walk.limits.max_depth}")
-            return
-        chain = (*entry.container, entry.path)
-        for sub in iter_zip(io.BytesIO(raw), chain, self.walk):  # type: ignore[arg-type]
-            self.entry(sub)
+            if len(entry.container) > self.walk.limits.max_depth:
+                self.walk.warnings.append(f"{entry.path}: nested deeper than {self.walk.limits.max_depth}")
+                return
+            chain = (*entry.container, entry.path)
+            for sub in iter_zip(source, chain, self.walk, on_disk=on_disk):
+                self.entry(sub)
+        finally:
+            if handle is not None:
+                handle.close()
 
     def native(self, entry: Entry, head: bytes, stream: Any) -> None:
         from replaybench.extract.native import analyze_elf

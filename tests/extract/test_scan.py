@@ -215,3 +215,23 @@ def test_cli_scan_json_and_extract(apps, tmp_path: Path, capsys) -> None:
     assert "manifest.json" in capsys.readouterr().out
     assert main(["scan", str(apps["plain"])]) == 0
     assert "no on-device model found" in capsys.readouterr().out
+
+
+def test_zip_nested_in_assets_is_opened_in_place(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from tests.fixtures.apk import build_apk
+
+    original = tflite_models()["fp16"].read_bytes()
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("pack/face.tflite", original, compress_type=zipfile.ZIP_DEFLATED)
+    apk = build_apk(tmp_path / "nested.apk", assets={"bundle/models.zip": inner.getvalue()})
+    assert zipfile.ZipFile(apk).getinfo("assets/bundle/models.zip").compress_type == zipfile.ZIP_STORED
+    inv = scan_app([apk], code=False)
+    [blob] = inv.model_blobs
+    assert blob.location.container == [str(apk), "assets/bundle/models.zip"]
+    assert blob.location.entry == "pack/face.tflite" and blob.details["quantization"] == "float16"
+    manifest = extract_blobs(inv, tmp_path / "out")
+    assert (tmp_path / "out" / manifest.blobs[0].file).read_bytes() == original
