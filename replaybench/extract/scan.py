@@ -28,8 +28,8 @@ from replaybench._console import NullProgress, Progress
 from replaybench.errors import CorruptInputError
 from replaybench.extract.containers import (
     CHUNK,
-    ByteWindow,
     ZIP_MAGIC,
+    ByteWindow,
     Entry,
     Limits,
     Walk,
