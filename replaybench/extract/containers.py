@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -234,12 +235,8 @@ class _GuardedReader(io.RawIOBase):
     def read(self, n: int = -1) -> bytes:  # type: ignore[override]
         try:
             return self._f.read(n)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-            import zlib
-
-            if isinstance(e, zlib.error | zipfile.BadZipFile | EOFError):
-                raise CorruptInputError(f"corrupt data in {self._where}: {e}") from e
-            raise CorruptInputError(f"cannot read {self._where}: {e}") from e
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
+            raise CorruptInputError(f"corrupt data in {self._where}: {e}") from e
 
     def close(self) -> None:
         self._f.close()

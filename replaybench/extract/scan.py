@@ -157,6 +157,14 @@ class _Scan:
     # ------------------------------------------------------------------------------------ per entry
 
     def entry(self, entry: Entry) -> None:
+        """Classify one entry; a corrupt entry (bad CRC, broken deflate stream) becomes a warning so the
+        rest of the app is still scanned (a corrupt *archive* fails earlier, in the container walk)."""
+        try:
+            self._entry(entry)
+        except CorruptInputError as e:
+            self.walk.warnings.append(f"skipped corrupt entry: {e.message}")
+
+    def _entry(self, entry: Entry) -> None:
         with entry.open() as stream:
             head = stream.read(HEAD_SIZE)
             if head[:4] == b"\x7fELF":
@@ -218,7 +226,8 @@ class _Scan:
         view = full.data if isinstance(full.data, bytes | bytearray) else memoryview(full.data)
         try:
             describe(det, view)
-        except (ValueError, zipfile.BadZipFile, OSError) as e:
+        except Exception as e:  # parsers on hostile bytes (zlib, struct, protobuf...): a verdict, not a crash
+            log.debug("structure check failed for %s", entry.path, exc_info=True)
             self.rejected.append(
                 RejectedCandidate(
                     location=self.location(entry, **loc),
@@ -268,8 +277,22 @@ class _Scan:
             try:
                 with zipfile.ZipFile(source) as z:
                     names = z.namelist()
-            except (zipfile.BadZipFile, OSError) as e:
-                self.walk.warnings.append(f"{'!'.join(entry.container)}!{entry.path}: unreadable zip: {e}")
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+                claimed = claimed_format(entry.path)
+                if claimed is not None:
+                    reason = f"starts like a zip archive but is unreadable: {e}"
+                    self.rejected.append(
+                        RejectedCandidate(
+                            location=self.location(entry),
+                            claimed_format=claimed,
+                            size=full.size,
+                            reason=reason,
+                        )
+                    )
+                else:
+                    self.walk.warnings.append(
+                        f"{'!'.join(entry.container)}!{entry.path}: unreadable zip: {e}"
+                    )
                 return
             kind = torch_kind(names)
             if kind is not None:

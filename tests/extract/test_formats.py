@@ -109,3 +109,32 @@ def test_savedmodel_and_snpe(tmp_path: Path) -> None:
     (tmp_path / "net.dlc").write_bytes(dlc.getvalue())
     [blob] = scan_app([tmp_path], code=False).model_blobs
     assert blob.format == "snpe_dlc"
+
+
+def test_mutated_models_never_crash_the_scan(tmp_path: Path) -> None:
+    """Hostile bytes: flipped bytes and truncations of real formats end as verdicts, never exceptions."""
+    import random
+
+    from tests.extract.conftest import tiny_onnx
+
+    sources = {
+        "a.tflite": tflite_models()["uint8"].read_bytes(),
+        "b.onnx": tiny_onnx(),
+        "d.ptl": torch_models()[1].read_bytes(),
+    }
+    rnd = random.Random(1)
+    for i in range(60):
+        name, data = rnd.choice(sorted(sources.items()))
+        d = bytearray(data)
+        for _ in range(rnd.randint(1, 20)):
+            d[rnd.randrange(min(len(d), 4096))] = rnd.randrange(256)
+        if i % 3 == 0:
+            d = d[: rnd.randrange(1, len(d))]
+        (tmp_path / f"{i}_{name}").write_bytes(bytes(d))
+    inv = scan_app([tmp_path], code=False)
+    seen = {b.location.entry for b in inv.model_blobs} | {r.location.entry for r in inv.rejected_candidates}
+    # every file got a verdict (model or rejected) except the few whose damage hides the model entirely
+    assert len(seen) + len(inv.warnings) >= 50
+    for b in inv.model_blobs:
+        claimed = claimed_format(b.location.entry)
+        assert b.format == claimed or (claimed == "torchscript" and b.format == "pytorch_lite")
