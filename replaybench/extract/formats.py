@@ -77,10 +77,15 @@ MODEL_EXTENSIONS: dict[str, str] = {}  # filled below from the registry: ".tflit
 def claimed_format(name: str) -> str | None:
     """The format a file name claims by its extension (None for generic names like .bin)."""
     low = name.lower()
-    for ext, key in sorted(MODEL_EXTENSIONS.items(), key=lambda kv: -len(kv[0])):
+    if not _EXT_ORDER:  # longest first, so "saved_model.pb" wins over ".pb"
+        _EXT_ORDER.extend(sorted(MODEL_EXTENSIONS.items(), key=lambda kv: -len(kv[0])))
+    for ext, key in _EXT_ORDER:
         if low.endswith(ext):
             return key
     return None
+
+
+_EXT_ORDER: list[tuple[str, str]] = []
 
 
 def detect(head: bytes, name: str, size: int) -> Detection | None:
@@ -360,7 +365,7 @@ def _mnn_describe(data: bytes | bytearray | memoryview) -> dict[str, Any]:
 @detector("caffe_prototxt", extensions=(".prototxt",))
 def _prototxt(head: bytes, name: str, size: int) -> Detection | None:
     text = head[:8192]
-    if re.search(rb"\blayers? \{", text) and re.search(rb'\btype: *"?\w+', text):
+    if b"layer" in text and re.search(rb"\blayers? \{", text) and re.search(rb'\btype: *"?\w+', text):
         return Detection("caffe_prototxt", ["text protobuf with layer { type: ... } blocks"])
     return None
 
