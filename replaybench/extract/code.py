@@ -85,6 +85,30 @@ def _typed(value: int | str | None, kind: str) -> float | int | bool | str | Non
     return value
 
 
+def dex_strings(data: bytes, dex_name: str = "classes.dex") -> list[str]:
+    """The DEX string table (string_ids -> MUTF-8 data), read directly: milliseconds, not seconds.
+
+    Decoded as UTF-8: MUTF-8 surrogate pairs become replacement characters, which is harmless here
+    (every marker searched for is ASCII).
+
+    Raises ValueError when the header or an offset is out of bounds.
+    """
+    if data[:4] != b"dex\n" or len(data) < 0x70:
+        raise ValueError(f"{dex_name} is not a DEX file")
+    n, off = struct.unpack_from("<II", data, 0x38)
+    if off + 4 * n > len(data):
+        raise ValueError(f"{dex_name}: string table runs past the end of the file")
+    out = []
+    for o in struct.unpack_from(f"<{n}I", data, off):
+        while o < len(data) and data[o] & 0x80:  # skip the uleb128 utf16 length
+            o += 1
+        end = data.find(b"\0", o + 1)
+        if end < 0:
+            raise ValueError(f"{dex_name}: unterminated string at {o}")
+        out.append(data[o + 1 : end].decode("utf-8", "replace"))
+    return out
+
+
 def has_ml_markers(strings: list[str]) -> bool:
     """Whether a DEX string table names any ML API or model-like file (else nothing to disassemble)."""
     return any(s.startswith(tuple(ML_APIS)) or MODEL_FILE.match(s) for s in strings)
@@ -99,6 +123,11 @@ def analyze_dex(data: bytes, dex_name: str) -> tuple[list[CodeReference], set[st
 
     Raises ValueError for a DEX androguard rejects.
     """
+    # The string table alone decides whether androguard (seconds per MB: it parses every item) runs.
+    strings = dex_strings(data, dex_name)
+    file_names = {s for s in strings if FILE_LIKE.match(s)}
+    if not has_ml_markers(strings):
+        return [], file_names
     from loguru import logger
 
     logger.disable("androguard")  # androguard logs every parsed item at DEBUG through loguru
@@ -106,12 +135,8 @@ def analyze_dex(data: bytes, dex_name: str) -> tuple[list[CodeReference], set[st
 
     try:
         dex = DEX(data)
-        strings = [str(s) for s in dex.get_strings()]
     except Exception as e:  # androguard raises bare exceptions on malformed DEX
         raise ValueError(f"androguard could not parse {dex_name}: {e}") from e
-    file_names = {s for s in strings if FILE_LIKE.match(s)}
-    if not has_ml_markers(strings):
-        return [], file_names
     refs: list[CodeReference] = []
     seen: set[tuple[Any, ...]] = set()
 

@@ -235,3 +235,16 @@ def test_zip_nested_in_assets_is_opened_in_place(tmp_path: Path) -> None:
     assert blob.location.entry == "pack/face.tflite" and blob.details["quantization"] == "float16"
     manifest = extract_blobs(inv, tmp_path / "out")
     assert (tmp_path / "out" / manifest.blobs[0].file).read_bytes() == original
+
+
+def test_dex_string_table_matches_androguard(apps) -> None:
+    import zipfile
+
+    from androguard.core.dex import DEX
+
+    from replaybench.extract.code import dex_strings
+
+    dex = zipfile.ZipFile(apps["tflite_assets"]).read("classes.dex")
+    assert dex_strings(dex) == [str(s) for s in DEX(dex).get_strings()]
+    with pytest.raises(ValueError, match="not a DEX"):
+        dex_strings(b"PK\x03\x04" + bytes(200))
