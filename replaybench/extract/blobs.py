@@ -96,7 +96,7 @@ def extract_blobs(
             root_path = Path(root)
             if not root_path.exists():
                 raise InputNotFoundError(f"the app scanned earlier is gone: {root}")
-            for entry in _with_nested(iter_entries(root_path, walk), nested, walk):
+            for entry in _with_nested(_root_entries(root_path, blobs, walk), nested, walk):
                 for i, blob in wanted.get((entry.container, entry.path), []):
                     target = safe_output_path(out_dir, _blob_name(i, blob))
                     _copy_range(entry.open, blob, target)
@@ -114,6 +114,28 @@ def extract_blobs(
             step(item, out_dir)
     (out_dir / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
+
+
+def _root_entries(root: Path, blobs: list[ModelBlob], walk: Walk) -> Iterator[Entry]:
+    """Entries under ``root`` that can hold a wanted blob. A folder is not walked again: only the files
+    and archives the blobs name are opened (a model scanned from ~/Downloads re-reads one file)."""
+    if not root.is_dir():
+        yield from iter_entries(root, walk)
+        return
+    files = sorted({b.location.entry for b in blobs if b.location.container == [str(root)]})
+    archives = sorted(
+        {
+            b.location.container[1]
+            for b in blobs
+            if len(b.location.container) > 1 and b.location.container[0] == str(root)
+        }
+    )
+    for rel in files:
+        path = safe_output_path(root, rel)  # the same containment rule as for writing
+        yield Entry(container=(str(root),), path=rel, size=path.stat().st_size, compressed_size=0,
+                    opener=lambda p=path: p.open("rb"), disk_path=path)  # type: ignore[misc]  # fmt: skip
+    for rel in archives:
+        yield from iter_zip(safe_output_path(root, rel), (str(root), rel), walk)
 
 
 def _with_nested(entries: Iterator[Entry], nested: set[tuple[str, ...]], walk: Walk) -> Iterator[Entry]:

@@ -88,6 +88,12 @@ def test_torchscript_vs_lite(tmp_path: Path) -> None:
     inv = scan_app([pt.parent], code=False)
     fmts = {Path(b.location.entry).name: b.format for b in inv.model_blobs}
     assert fmts[pt.name] == "torchscript" and fmts[ptl.name] == "pytorch_lite"
+    from replaybench.extract.blobs import extract_blobs
+
+    manifest = extract_blobs(inv, tmp_path / "out")
+    files = {i.blob.format: (tmp_path / "out" / i.file) for i in manifest.blobs}
+    assert files["pytorch_lite"].read_bytes() == ptl.read_bytes() and files["pytorch_lite"].suffix == ".ptl"
+    assert files["torchscript"].read_bytes() == pt.read_bytes()
 
 
 def test_zip_named_pt_without_torch_layout_is_rejected(tmp_path: Path) -> None:
