@@ -102,6 +102,8 @@ class NativeLibrary(_Strict):
     likely_inference_engine: bool = False
     needed: list[str] = Field(default_factory=list)
     exported_symbols: int = 0
+    imported_symbols: int = 0
+    ml_symbols: list[str] = Field(default_factory=list)  # symbols matching a runtime fingerprint (<= 50)
     embedded_blobs: int = 0
     error: str | None = None
 

@@ -22,6 +22,7 @@ STRING_SECTIONS = (".rodata", ".dynstr", ".data.rel.ro", ".data", ".strtab")
 BLOB_SECTIONS = (".rodata", ".data", ".data.rel.ro", ".lrodata", ".ldata")
 STRING_SCAN_CAP = 8 << 20  # per section: beyond this a section holds tables/weights, not strings
 EMBED_SCAN_MAX = 64  # candidate offsets tried per magic per library
+MAX_LISTED = 50  # ML-related symbols listed per library in the inventory
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,9 @@ def analyze_elf(data: bytes | bytearray, lib_name: str) -> dict[str, Any]:
             chunks.append(section_strings(view[off : off + min(size, STRING_SCAN_CAP)]))
     strings_text = b"\n".join(chunks)
     runtimes = match_runtimes(lib_name, needed, symbols, strings_text)
+    ml_rx = [_compiled(p) for fp in FINGERPRINTS.values() for p in fp.symbols]
+    ml_symbols = [s for s in symbols if any(rx.search(s) for rx in ml_rx)][:MAX_LISTED]
+    imported = sum(1 for s in binary.dynamic_symbols if s.name and s.imported)
     score, evidence = engine_score(strings_text.lower(), "\n".join(symbols).lower())
     object_syms = {
         int(s.value): (str(s.name), int(s.size))
@@ -224,6 +228,8 @@ def analyze_elf(data: bytes | bytearray, lib_name: str) -> dict[str, Any]:
         "machine": str(binary.header.machine_type).split(".")[-1],
         "needed": needed,
         "exported_symbols": len(exported),
+        "imported_symbols": imported,
+        "ml_symbols": ml_symbols,
         "runtimes": runtimes,
         "engine_score": score,
         "engine_evidence": evidence,

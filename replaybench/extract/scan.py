@@ -342,6 +342,8 @@ class _Scan:
         lib.machine = info["machine"]
         lib.needed = info["needed"]
         lib.exported_symbols = info["exported_symbols"]
+        lib.imported_symbols = info["imported_symbols"]
+        lib.ml_symbols = info["ml_symbols"]
         lib.runtimes = info["runtimes"]
         lib.engine_score = info["engine_score"]
         lib.engine_evidence = info["engine_evidence"]

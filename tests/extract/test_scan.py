@@ -80,6 +80,11 @@ def test_model_embedded_in_so_is_pulled_out_byte_exact(apps, tmp_path: Path, abi
     original = tflite_models()[mode].read_bytes()
     lib = next(x for x in inv.native_libraries if x.abi == abi)
     assert [r.runtime for r in lib.runtimes] == ["tflite"]
+    assert set(lib.ml_symbols) == {
+        "TfLiteInterpreterCreate",
+        "TfLiteModelCreate",
+        "_ZN6tflite11InterpreterC1Ev",
+    }
     assert lib.machine == {"arm64-v8a": "AARCH64", "x86_64": "X86_64"}[abi]
     [blob] = [b for b in inv.model_blobs if abi in b.location.entry]
     assert blob.format == "tflite" and blob.location.section == ".rodata"
