@@ -85,12 +85,24 @@ def _not_yet(command: str, issue: str) -> NotAvailableYetError:
 def scan(
     apps: Annotated[list[Path], typer.Argument(help="APK, split-APK folder, XAPK/APKS/APKM, or model file.")],
     json_out: JsonFlag = False,
+    no_code: Annotated[
+        bool, typer.Option("--no-code", help="Skip DEX code analysis (much faster on big apps).")
+    ] = False,
 ) -> None:
     """What is inside an app: ML runtimes, model blobs, and the evidence for each.
 
     Example: replaybench scan app.apk --json > inventory.json
     """
-    raise _not_yet("scan", "scan and extract")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.extract.scan import scan_app
+
+    inventory = scan_app(apps, code=not no_code, progress=NullProgress() if json_out else RichProgress())
+    if json_out:
+        emit_json(inventory)
+        return
+    from replaybench.extract.render import print_inventory
+
+    print_inventory(inventory)
 
 
 @app.command()
@@ -101,12 +113,26 @@ def extract(
         Path | None, typer.Option("--trace", help="A trace recorded by 'replaybench trace'.")
     ] = None,
     json_out: JsonFlag = False,
+    no_code: Annotated[bool, typer.Option("--no-code", help="Skip DEX code analysis.")] = False,
 ) -> None:
     """Pull model blobs (and trace dumps), infer preprocessing, convert, write bundles.
 
     Example: replaybench extract app.apk --trace trace.jsonl -o extracted/
     """
-    raise _not_yet("extract", "scan and extract")
+    if trace is not None:
+        raise _not_yet("extract --trace", "trace-guided extraction")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.extract.blobs import extract_blobs
+
+    manifest = extract_blobs(
+        [app_path], output, code=not no_code, progress=NullProgress() if json_out else RichProgress()
+    )
+    if json_out:
+        emit_json(manifest)
+        return
+    from replaybench.extract.render import print_manifest
+
+    print_manifest(manifest, output)
 
 
 @app.command()
