@@ -10,14 +10,19 @@ from __future__ import annotations
 from replaybench.extract.convert.inspect import inspect_target
 from replaybench.extract.convert.registry import (
     KNOWN_FORMATS,
-    ConvertOptions,
     Converted,
+    ConvertOptions,
     get_converter,
     register_converter,
     registered_formats,
 )
 from replaybench.extract.convert.sniff import sniff_format
-from replaybench.extract.convert.writer import ConversionOutcome, convert_many, convert_model, default_preprocess
+from replaybench.extract.convert.writer import (
+    ConversionOutcome,
+    convert_many,
+    convert_model,
+    default_preprocess,
+)
 
 __all__ = [
     "KNOWN_FORMATS",

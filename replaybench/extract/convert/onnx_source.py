@@ -12,9 +12,19 @@ from typing import Any
 import numpy as np
 
 from replaybench.errors import ConversionError, CorruptInputError, UnsafeInputError
-from replaybench.extract.convert.registry import ConvertOptions, Converted, SourceTensor, register_converter
+from replaybench.extract.convert.registry import Converted, ConvertOptions, SourceTensor, register_converter
 
-_ONNX_NP = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
+_ONNX_NP = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+}
 
 
 def check_external_data(model: Any, folder: Path) -> None:
@@ -42,7 +52,9 @@ def tensor_specs(values: Any) -> list[SourceTensor]:
         shape: list[int | str | None] = [
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
         ]
-        out.append(SourceTensor(name=v.name, shape=shape, dtype=_ONNX_NP.get(tt.elem_type, str(tt.elem_type))))
+        out.append(
+            SourceTensor(name=v.name, shape=shape, dtype=_ONNX_NP.get(tt.elem_type, str(tt.elem_type)))
+        )
     return out
 
 
@@ -71,7 +83,9 @@ def convert_onnx(path: Path, opts: ConvertOptions) -> Converted:
         try:
             model = version_converter.convert_version(model, opts.opset)
         except Exception as e:
-            raise ConversionError(f"cannot convert {path.name} from opset {opset} to {opts.opset}: {e}") from e
+            raise ConversionError(
+                f"cannot convert {path.name} from opset {opset} to {opts.opset}: {e}"
+            ) from e
         notes.append(f"opset converted {opset} -> {opts.opset}")
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)

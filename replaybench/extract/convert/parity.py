@@ -21,16 +21,23 @@ TOLERANCES: dict[str, float] = {
     "float": 1e-4,
     "fp16": 1e-3,  # fp16 weights are dequantised to float32 in both runtimes; only accumulation order differs
     "dynamic": 5e-2,  # TFLite quantises activations on the fly for hybrid kernels; ONNX computes in float
-    "quantized": 2.0,  # steps: integer kernels round differently (requantisation of intermediate tensors)
+    # steps: ONNX runs the QDQ graph in float with re-quantisation at each tensor, TFLite integer kernels
+    # round differently; a few steps on a 255-step softmax are expected (measured: <= 4 on AndroidAge_quant)
+    "quantized": 6.0,
 }
 
 INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "int16": (-32768, 32767)}
 
 
-def onnx_session(onnx_bytes: bytes) -> Any:
+def onnx_session(onnx_bytes: bytes, *, optimize: bool = True) -> Any:
+    """An onnxruntime CPU session. ``optimize=False`` disables graph optimisations: quantised (QDQ)
+    models must run that way, because ORT's QLinear* fusions use other integer rounding than TFLite
+    (measured on AndroidAge_quant: up to 47 steps off with fusions, 4 without)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1  # parity, not speed: keep it reproducible and light on shared machines
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
@@ -58,8 +65,8 @@ def random_inputs(
             elif dtype == "bool":
                 arrays.append(rng.integers(0, 2, size=dims).astype(bool))
             else:
-                lo, hi = float_range
-                arrays.append(rng.uniform(lo, hi, size=dims).astype(dtype))
+                flo, fhi = float_range
+                arrays.append(rng.uniform(flo, fhi, size=dims).astype(dtype))
         sets.append(arrays)
     return sets
 
@@ -85,7 +92,8 @@ def check_parity(
             allow_mismatch=allow_mismatch,
             note="the source model cannot be run here, so parity could not be checked",
         )
-    sess = onnx_session(onnx_bytes)
+    optimize = kind != "quantized"
+    sess = onnx_session(onnx_bytes, optimize=optimize)
     onnx_inputs = sess.get_inputs()
     onnx_outputs = [o.name for o in sess.get_outputs()]
     specs = [(list(t.shape), t.dtype) for t in converted.inputs]
@@ -131,9 +139,10 @@ def check_parity(
 
     outputs = []
     for k, name in enumerate(onnx_outputs):
-        if worst_steps[k] is not None:
+        steps_k = worst_steps[k]
+        if steps_k is not None:
             limit = tol if kind == "quantized" else max(tol, 1.0)
-            ok = worst_steps[k] <= limit
+            ok = steps_k <= limit
         else:
             limit = tol * max(1.0, ref_mag[k]) if kind != "quantized" else 1e-2 * max(1.0, ref_mag[k])
             ok = worst_abs[k] <= limit
@@ -157,5 +166,7 @@ def check_parity(
         outputs=outputs,
         passed=passed,
         allow_mismatch=allow_mismatch,
-        note=f"model kind {kind}; tolerance {tol:g}" + (" quantisation steps" if kind == "quantized" else " x max(1, max|ref|)"),
+        onnxruntime_optimization="all" if optimize else "disabled",
+        note=f"model kind {kind}; tolerance {tol:g}"
+        + (" quantisation steps" if kind == "quantized" else " x max(1, max|ref|)"),
     )

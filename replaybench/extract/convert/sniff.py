@@ -23,7 +23,9 @@ def sniff_format(path: Path) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return "savedmodel"
-        raise UnsupportedFormatError(f"{path} is a folder but not a TensorFlow SavedModel (no saved_model.pb)")
+        raise UnsupportedFormatError(
+            f"{path} is a folder but not a TensorFlow SavedModel (no saved_model.pb)"
+        )
     with path.open("rb") as f:
         head = f.read(64)
     if len(head) >= 8 and head[4:8] == b"TFL3":

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from replaybench.errors import ConversionError, CorruptInputError
-from replaybench.extract.convert.registry import ConvertOptions, Converted, SourceTensor, register_converter
+from replaybench.extract.convert.registry import Converted, ConvertOptions, SourceTensor, register_converter
 from replaybench.extract.convert.tf_runtime import import_tensorflow, import_tf2onnx
 
 
@@ -54,7 +54,10 @@ def convert_savedmodel(path: Path, opts: ConvertOptions) -> Converted:
         converter_version=getattr(tf2onnx, "__version__", None),
         reference_runtime="tensorflow",
         run_source=run_source,
-        inputs=[SourceTensor(s.name or n, _spec_shape(s.shape), s.dtype.name) for n, s in zip(names, specs, strict=True)],
+        inputs=[
+            SourceTensor(s.name or n, _spec_shape(s.shape), s.dtype.name)
+            for n, s in zip(names, specs, strict=True)
+        ],
         outputs=[
             SourceTensor(k, _spec_shape(t.shape), t.dtype.name)
             for k, t in zip(out_keys, concrete.structured_outputs, strict=True)
@@ -76,13 +79,21 @@ def convert_graphdef(path: Path, opts: ConvertOptions) -> Converted:
         raise CorruptInputError(f"{path} is not a GraphDef: {e}") from e
     consumed = {i.split(":")[0].lstrip("^") for n in gd.node for i in n.input}
     inputs = [n for n in gd.node if n.op == "Placeholder"]
-    outputs = [n for n in gd.node if n.name not in consumed and n.op not in ("Const", "NoOp", "Placeholder", "Assert")]
+    outputs = [
+        n
+        for n in gd.node
+        if n.name not in consumed and n.op not in ("Const", "NoOp", "Placeholder", "Assert")
+    ]
     if not inputs or not outputs:
-        raise ConversionError(f"{path}: cannot tell the graph's inputs and outputs (no Placeholder or no sink)")
+        raise ConversionError(
+            f"{path}: cannot tell the graph's inputs and outputs (no Placeholder or no sink)"
+        )
     in_names = [n.name + ":0" for n in inputs]
     out_names = [n.name + ":0" for n in outputs]
     try:
-        onnx_model, _ = tf2onnx.convert.from_graph_def(gd, input_names=in_names, output_names=out_names, opset=opts.opset)
+        onnx_model, _ = tf2onnx.convert.from_graph_def(
+            gd, input_names=in_names, output_names=out_names, opset=opts.opset
+        )
     except Exception as e:
         raise ConversionError(f"tf2onnx could not convert {path.name}: {type(e).__name__}: {e}") from e
 

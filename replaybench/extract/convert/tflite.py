@@ -20,7 +20,7 @@ import numpy as np
 from replaybench.bundle import QuantParams
 from replaybench.errors import ConversionError, CorruptInputError
 from replaybench.extract.convert import tflite_rewrite as rw
-from replaybench.extract.convert.registry import ConvertOptions, Converted, SourceTensor, register_converter
+from replaybench.extract.convert.registry import Converted, ConvertOptions, SourceTensor, register_converter
 from replaybench.extract.convert.tf_runtime import import_tf2onnx
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ def _read_model(path: Path) -> tuple[bytes, Any]:
     except CorruptInputError:
         raise
     except Exception as e:
-        raise CorruptInputError(f"{path} is a truncated or malformed TFLite model: {type(e).__name__}: {e}") from e
+        raise CorruptInputError(
+            f"{path} is a truncated or malformed TFLite model: {type(e).__name__}: {e}"
+        ) from e
     return data, model
 
 
@@ -130,7 +132,9 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
     if custom_ops:
         cut_names = custom_names
         tainted = _downstream(model, custom_ops)
-        const = {i for i, t in enumerate(sg.tensors) if t.buffer > 0 and model.buffers[t.buffer].data is not None}
+        const = {
+            i for i, t in enumerate(sg.tensors) if t.buffer > 0 and model.buffers[t.buffer].data is not None
+        }
         cut_idx: list[int] = []
         for op in custom_ops:
             for i in op.inputs:
@@ -161,7 +165,13 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
             onnx_model, _ = tf2onnx.convert.from_tflite(str(src), opset=opts.opset, output_names=out_names)
         except Exception as e:
             raise ConversionError(f"tf2onnx could not convert {path.name}: {type(e).__name__}: {e}") from e
-    leftover = sorted({n.op_type for n in onnx_model.graph.node if n.op_type.startswith("TFL_") or n.domain not in ("", "ai.onnx")})
+    leftover = sorted(
+        {
+            n.op_type
+            for n in onnx_model.graph.node
+            if n.op_type.startswith("TFL_") or n.domain not in ("", "ai.onnx")
+        }
+    )
     if leftover:
         raise ConversionError(f"ops left unconverted in the ONNX graph: {', '.join(leftover)}")
 
@@ -221,5 +231,8 @@ def _source_tensor(t: Any) -> SourceTensor:
     sig = t.shapeSignature if t.shapeSignature is not None and len(t.shapeSignature) else t.shape
     shape: list[int | str | None] = [None if int(d) < 0 else int(d) for d in (sig if sig is not None else [])]
     return SourceTensor(
-        name=_tname(t), shape=shape, dtype=_NP_TYPES.get(int(t.type), str(t.type)), quantization=_tensor_quant(t)
+        name=_tname(t),
+        shape=shape,
+        dtype=_NP_TYPES.get(int(t.type), str(t.type)),
+        quantization=_tensor_quant(t),
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from replaybench.errors import ConversionError, CorruptInputError, missing_dependency
-from replaybench.extract.convert.registry import ConvertOptions, Converted, SourceTensor, register_converter
+from replaybench.extract.convert.registry import Converted, ConvertOptions, SourceTensor, register_converter
 
 _MOBILE_OPS = re.compile(rb"(ops\.prepacked\.\w+|torch\.classes\.xnnpack\.\w+|ops\.quantized\.\w+)")
 MAX_CODE_BYTES = 16 * 1024 * 1024
@@ -28,7 +28,11 @@ def mobile_ops(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
-                if "/code/" in info.filename and info.filename.endswith(".py") and info.file_size < MAX_CODE_BYTES:
+                if (
+                    "/code/" in info.filename
+                    and info.filename.endswith(".py")
+                    and info.file_size < MAX_CODE_BYTES
+                ):
                     found.update(m.decode() for m in _MOBILE_OPS.findall(z.read(info)))
     except (zipfile.BadZipFile, OSError):
         return []
@@ -79,8 +83,13 @@ def _convert(path: Path, opts: ConvertOptions, fmt: str) -> Converted:
     buf = io.BytesIO()
     try:
         torch.onnx.export(
-            module, example, buf, dynamo=False, opset_version=opts.opset or 17,
-            input_names=in_names, output_names=out_names,
+            module,
+            example,
+            buf,
+            dynamo=False,
+            opset_version=opts.opset or 17,
+            input_names=in_names,
+            output_names=out_names,
         )
     except Exception as e:
         raise ConversionError(f"torch.onnx.export failed for {path.name}: {type(e).__name__}: {e}") from e
@@ -100,8 +109,13 @@ def _convert(path: Path, opts: ConvertOptions, fmt: str) -> Converted:
         converter_version=torch.__version__,
         reference_runtime="torch.jit",
         run_source=run_source,
-        inputs=[SourceTensor(n, list(s), "float32") for n, s in zip(in_names, opts.input_shapes, strict=True)],
-        outputs=[SourceTensor(n, list(o.shape), str(o.dtype).replace("torch.", "")) for n, o in zip(out_names, outs, strict=True)],
+        inputs=[
+            SourceTensor(n, list(s), "float32") for n, s in zip(in_names, opts.input_shapes, strict=True)
+        ],
+        outputs=[
+            SourceTensor(n, list(o.shape), str(o.dtype).replace("torch.", ""))
+            for n, o in zip(out_names, outs, strict=True)
+        ],
     )
 
 

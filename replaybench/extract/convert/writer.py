@@ -29,7 +29,13 @@ from replaybench.bundle import (
     TensorSpec,
 )
 from replaybench.errors import ConversionError, ParityError, ReplaybenchError, UnsafeInputError
-from replaybench.extract.convert.registry import SOURCE_EXTENSIONS, ConvertOptions, Converted, SourceTensor, get_converter
+from replaybench.extract.convert.registry import (
+    SOURCE_EXTENSIONS,
+    Converted,
+    ConvertOptions,
+    SourceTensor,
+    get_converter,
+)
 from replaybench.extract.convert.sniff import sniff_format
 
 
@@ -124,13 +130,17 @@ def _io_spec(converted: Converted, onnx_model: Any) -> IOSpec:
         res = []
         for k, t in enumerate(onnx_t):
             q: QuantParams | None = src[k].quantization if k < len(src) else None
-            res.append(TensorSpec(name=t.name, shape=t.shape, dtype=t.dtype, layout=_layout(t.shape), quantization=q))  # type: ignore[arg-type]
+            res.append(
+                TensorSpec(name=t.name, shape=t.shape, dtype=t.dtype, layout=_layout(t.shape), quantization=q)
+            )  # type: ignore[arg-type]
         return res
 
     return IOSpec(inputs=merge(ins, converted.inputs), outputs=merge(outs, converted.outputs))
 
 
-def _input_shapes(preprocess: PreprocessSpec | None, input_shape: Sequence[int] | None) -> list[list[int]] | None:
+def _input_shapes(
+    preprocess: PreprocessSpec | None, input_shape: Sequence[int] | None
+) -> list[list[int]] | None:
     if input_shape:
         return [list(input_shape)]
     if preprocess is not None:
@@ -185,7 +195,9 @@ def convert_model(
             for f in ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
         }
         preprocess = preprocess.model_copy(update={"provenance": provenance})
-    opts = ConvertOptions(opset=opset, keep_quantized_io=keep_quantized_io, input_shapes=_input_shapes(preprocess, input_shape))
+    opts = ConvertOptions(
+        opset=opset, keep_quantized_io=keep_quantized_io, input_shapes=_input_shapes(preprocess, input_shape)
+    )
     t0 = time.perf_counter()
     converted = converter(model, opts)
     onnx_model = converted.onnx_model
@@ -198,7 +210,9 @@ def convert_model(
     if preprocess is None and converted.inputs:
         preprocess = default_preprocess(converted.inputs[0], converted.metadata)
     onnx_bytes = onnx_model.SerializeToString()
-    parity = check_parity_for(converted, onnx_bytes, preprocess, n_random, trace_inputs, tolerance, allow_mismatch)
+    parity = check_parity_for(
+        converted, onnx_bytes, preprocess, n_random, trace_inputs, tolerance, allow_mismatch
+    )
 
     labels = labels or converted.metadata.get("labels")
     post = postprocess or PostprocessSpec()
@@ -268,7 +282,9 @@ def check_parity_for(
         onnx_bytes,
         n_random=n_random,
         trace_inputs=trace_inputs,
-        float_range=_float_range(preprocess) if preprocess is None or preprocess.quantization is None else (0.0, 1.0),
+        float_range=_float_range(preprocess)
+        if preprocess is None or preprocess.quantization is None
+        else (0.0, 1.0),
         tolerance=tolerance,
         allow_mismatch=allow_mismatch,
     )
