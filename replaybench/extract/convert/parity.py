@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from replaybench.bundle import OutputParity, ParityReport
+from replaybench.errors import ConversionError
 from replaybench.extract.convert.registry import Converted
 
 # Max abs diff relative to the output's magnitude (max(1, max|ref|)), or quantisation steps.
@@ -41,7 +42,10 @@ def onnx_session(onnx_bytes: bytes, *, optimize: bool = True) -> Any:
     so.intra_op_num_threads = 1  # parity, not speed: keep it reproducible and light on shared machines
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph types; all mean "cannot run this model"
+        raise ConversionError(f"onnxruntime {ort.__version__} cannot load the ONNX model: {e}") from e
 
 
 def random_inputs(

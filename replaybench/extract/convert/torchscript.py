@@ -85,7 +85,7 @@ def _convert(path: Path, opts: ConvertOptions, fmt: str) -> Converted:
         torch.onnx.export(
             module,
             example,
-            buf,
+            buf,  # type: ignore[arg-type]
             dynamo=False,
             opset_version=opts.opset or 17,
             input_names=in_names,

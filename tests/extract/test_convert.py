@@ -1,0 +1,233 @@
+"""convert: registry, sniffing, every TFLite quant mode, TorchScript, SavedModel, ONNX, bad input, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from replaybench.bundle import PreprocessSpec, Provenance, ResizeSpec, load_bundle
+from replaybench.cli import main
+from replaybench.errors import (
+    ConversionError,
+    CorruptInputError,
+    ParityError,
+    UnsafeInputError,
+    UnsupportedFormatError,
+)
+from replaybench.extract.convert import convert_model, get_converter, register_converter, sniff_format
+from replaybench.extract.convert.registry import UNCONVERTIBLE_FORMATS
+from tests.fixtures.models import saved_model, tflite_models, torch_models
+
+
+@pytest.fixture(scope="module")
+def tfl() -> dict[str, Path]:
+    return tflite_models()
+
+
+def test_register_rejects_unknown_format():
+    with pytest.raises(ValueError, match="unknown source format 'keras_h5'"):
+        register_converter("keras_h5")
+
+
+def test_register_rejects_duplicate():
+    get_converter("tflite")
+    with pytest.raises(ValueError, match="already registered"):
+        register_converter("tflite")(lambda path, opts: None)  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.parametrize("fmt", UNCONVERTIBLE_FORMATS)
+def test_known_but_unconvertible_formats_name_themselves(fmt):
+    with pytest.raises(ConversionError, match=f"no converter for {fmt}"):
+        get_converter(fmt)
+
+
+def test_unknown_format_is_unsupported():
+    with pytest.raises(UnsupportedFormatError):
+        get_converter("bogus")
+
+
+def test_sniff(tfl, tmp_path):
+    pt, ptl = torch_models()
+    assert sniff_format(tfl["int8"]) == "tflite"
+    assert sniff_format(pt) == "torchscript"
+    assert sniff_format(ptl) == "pytorch_lite"
+    assert sniff_format(saved_model()) == "savedmodel"
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello, not a model\n")
+    with pytest.raises(UnsupportedFormatError):
+        sniff_format(txt)
+
+
+@pytest.mark.parametrize("mode", ["float", "fp16", "dynamic", "int8", "uint8"])
+def test_tflite_every_quant_mode(tfl, mode, tmp_path):
+    b = convert_model(tfl[mode], tmp_path / "b", n_random=2)
+    assert b.parity is not None and b.parity.passed
+    assert b.parity.reference_runtime == "tflite"
+    inp = b.io.inputs[0]
+    assert inp.shape[1:] == [32, 32, 3] and inp.layout == "NHWC"
+    # the model's own I/O dtypes are kept
+    assert inp.dtype == {"int8": "int8", "uint8": "uint8"}.get(mode, "float32")
+    assert (inp.quantization is not None) == (mode in ("int8", "uint8"))
+    if mode in ("int8", "uint8"):
+        assert b.parity.outputs[0].max_quant_steps is not None
+        assert b.preprocess is not None and b.preprocess.quantization == inp.quantization
+    else:
+        assert b.preprocess is not None and b.preprocess.provenance["scale"] == Provenance.DEFAULT
+        assert b.preprocess.scale == [pytest.approx(1 / 255)]
+    assert (tmp_path / "b" / "source.tflite").read_bytes() == tfl[mode].read_bytes()
+    loaded = load_bundle(tmp_path / "b")
+    assert loaded.bundle == b
+
+
+def test_onnx_model_runs_and_matches_tflite(tfl, tmp_path):
+    import onnxruntime as ort
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    convert_model(tfl["float"], tmp_path / "b", n_random=1)
+    x = np.random.default_rng(1).random((1, 32, 32, 3), dtype=np.float32)
+    s = ort.InferenceSession(str(tmp_path / "b" / "model.onnx"))
+    got = s.run(None, {s.get_inputs()[0].name: x})[0]
+    it = Interpreter(model_path=str(tfl["float"]))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    ref = it.get_tensor(it.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_user_preprocess_provenance(tfl, tmp_path):
+    spec = PreprocessSpec(resize=ResizeSpec(width=32, height=32), scale=[1 / 127.5], offset=[-1.0])
+    b = convert_model(tfl["float"], tmp_path / "b", preprocess=spec, n_random=1)
+    assert b.preprocess is not None
+    assert b.preprocess.provenance["scale"] == Provenance.USER
+    assert b.preprocess.offset == [-1.0]
+
+
+def test_parity_failure_is_written_then_raised(tfl, tmp_path):
+    with pytest.raises(ParityError, match="disagrees"):
+        convert_model(tfl["dynamic"], tmp_path / "b", n_random=1, tolerance=0.0 - 1.0)
+    doc = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert doc["parity"]["passed"] is False
+    b = convert_model(tfl["dynamic"], tmp_path / "c", n_random=1, tolerance=-1.0, allow_mismatch=True)
+    assert b.parity is not None and not b.parity.passed and b.parity.allow_mismatch
+
+
+def test_trace_inputs_are_used(tfl, tmp_path):
+    x = np.full((1, 32, 32, 3), 0.5, dtype=np.float32)
+    b = convert_model(tfl["float"], tmp_path / "b", n_random=1, trace_inputs=[[x]])
+    assert b.parity is not None and b.parity.inputs_tried == 2
+    assert b.parity.input_kinds == ["random-range", "trace"]
+
+
+def test_torchscript_and_lite(tmp_path):
+    pt, ptl = torch_models()
+    for p in (pt, ptl):
+        b = convert_model(p, tmp_path / p.name, input_shape=[1, 3, 32, 32], n_random=2)
+        assert b.parity is not None and b.parity.passed and b.parity.reference_runtime == "torch.jit"
+        assert b.io.outputs[0].shape == [1, 2]
+    assert (tmp_path / "tiny.ptl" / "source.ptl").is_file()
+
+
+def test_torchscript_needs_input_shape(tmp_path):
+    pt, _ = torch_models()
+    with pytest.raises(ConversionError, match="input shapes"):
+        convert_model(pt, tmp_path / "b")
+
+
+def test_savedmodel(tmp_path):
+    b = convert_model(saved_model(), tmp_path / "b", n_random=2)
+    assert b.parity is not None and b.parity.passed and b.parity.reference_runtime == "tensorflow"
+    assert (tmp_path / "b" / "source.savedmodel" / "saved_model.pb").is_file()
+
+
+def test_not_a_model(tmp_path):
+    p = tmp_path / "x.tflite"
+    p.write_bytes(b"\x00" * 100)
+    with pytest.raises(UnsupportedFormatError):
+        convert_model(p, tmp_path / "b")
+
+
+def test_truncated_tflite(tfl, tmp_path):
+    p = tmp_path / "t.tflite"
+    p.write_bytes(tfl["float"].read_bytes()[:600])
+    with pytest.raises(CorruptInputError, match="truncated or malformed"):
+        convert_model(p, tmp_path / "b")
+
+
+def _onnx_with_external(folder: Path, location: str) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
+    w.data_location = TensorProto.EXTERNAL
+    del w.float_data[:]
+    for k, v in (("location", location), ("offset", "0"), ("length", "8")):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    g = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [w],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    p = folder / "m.onnx"
+    p.write_bytes(m.SerializeToString())
+    return p
+
+
+def test_onnx_too_new_for_onnxruntime_is_a_conversion_error(tmp_path):
+    import onnx
+
+    (tmp_path / "w.bin").write_bytes(np.array([1, 2], dtype=np.float32).tobytes())
+    p = _onnx_with_external(tmp_path, "w.bin")
+    m = onnx.load(str(p))
+    m.ir_version = 99
+    onnx.save(m, str(p))
+    with pytest.raises((ConversionError, CorruptInputError)):
+        convert_model(p, tmp_path / "b", n_random=1)
+
+
+def test_onnx_external_data_escaping_folder(tmp_path):
+    inner = tmp_path / "model"
+    inner.mkdir()
+    (tmp_path / "secret.bin").write_bytes(np.array([1, 2], dtype=np.float32).tobytes())
+    p = _onnx_with_external(inner, "../secret.bin")
+    with pytest.raises(UnsafeInputError, match="outside the model's folder"):
+        convert_model(p, tmp_path / "b")
+
+
+def test_onnx_external_data_inside_folder(tmp_path):
+    (tmp_path / "w.bin").write_bytes(np.array([1, 2], dtype=np.float32).tobytes())
+    p = _onnx_with_external(tmp_path, "w.bin")
+    b = convert_model(p, tmp_path / "b", n_random=1)
+    assert b.parity is not None and b.parity.passed and b.conversion is not None
+    assert b.conversion.converter == "passthrough"
+
+
+def test_cli_convert_and_inspect(tfl, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["convert", str(tfl["uint8"]), "-o", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["io"]["inputs"][0]["dtype"] == "uint8"
+    assert main(["inspect", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "parity vs tflite" in text and "provenance" in text
+    assert main(["inspect", str(tfl["float"])]) == 0
+    assert "model (not converted)" in capsys.readouterr().out
+
+
+def test_cli_errors_have_exit_codes(tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model at all")
+    assert main(["convert", str(bad), "-o", str(tmp_path / "b")]) == UnsupportedFormatError.exit_code
+    assert main(["convert", str(tmp_path / "missing.tflite"), "-o", str(tmp_path / "b")]) == 3
+    pt, _ = torch_models()
+    assert main(["convert", str(pt), "-o", str(tmp_path / "c"), "--input-shape", "1,x"]) == 2
