@@ -84,7 +84,6 @@ def test_tflite_every_quant_mode(tfl, mode, tmp_path):
 
 def test_onnx_model_runs_and_matches_tflite(tfl, tmp_path):
     import onnxruntime as ort
-
     from ai_edge_litert.interpreter import Interpreter
 
     convert_model(tfl["float"], tmp_path / "b", n_random=1)
@@ -159,7 +158,6 @@ def test_truncated_tflite(tfl, tmp_path):
 
 
 def _onnx_with_external(folder: Path, location: str) -> Path:
-    import onnx
     from onnx import TensorProto, helper
 
     w = helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])
