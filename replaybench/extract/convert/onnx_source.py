@@ -49,8 +49,12 @@ def tensor_specs(values: Any) -> list[SourceTensor]:
     out = []
     for v in values:
         tt = v.type.tensor_type
+        # tf2onnx names unknown dims "unk__N": that is no information, so it is recorded as None
         shape: list[int | str | None] = [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+            d.dim_value
+            if d.HasField("dim_value")
+            else (d.dim_param if d.dim_param and not d.dim_param.startswith("unk__") else None)
+            for d in tt.shape.dim
         ]
         out.append(
             SourceTensor(name=v.name, shape=shape, dtype=_ONNX_NP.get(tt.elem_type, str(tt.elem_type)))

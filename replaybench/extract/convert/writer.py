@@ -94,7 +94,7 @@ def default_preprocess(inp: SourceTensor, metadata: dict[str, Any] | None = None
     elif metadata and metadata.get("mean") and metadata.get("std"):
         mean, std = metadata["mean"], metadata["std"]
         scale = [1.0 / s for s in std]
-        offset = [-m / s for m, s in zip(mean, std, strict=False)]
+        offset = [-m / s + 0.0 for m, s in zip(mean, std, strict=False)]  # + 0.0: no -0.0
         prov["scale"] = prov["offset"] = Provenance.METADATA
         notes.append("normalisation from TFLite metadata NormalizationOptions")
     else:
