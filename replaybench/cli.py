@@ -125,11 +125,19 @@ def convert(
         str | None,
         typer.Option("--input-shape", help="Input shape for TorchScript models, e.g. 1,3,224,224."),
     ] = None,
+    keep_quantized_io: Annotated[
+        bool,
+        typer.Option(
+            "--keep-quantized-io/--float-io",
+            help="Quantised models: keep their integer I/O (default, as the app feeds them) or take/return floats.",
+        ),
+    ] = True,
     json_out: JsonFlag = False,
 ) -> None:
     """Convert one model file to a validated ONNX bundle (parity-checked against its runtime).
 
-    Quantised models keep their own integer input/output dtypes, so the bundle takes what the app feeds.
+    Quantised models keep their own integer input/output dtypes (the bundle takes what the app feeds the
+    model); --float-io wraps them in Quantize/DequantizeLinear instead. Exit 8 when parity fails.
 
     Example: replaybench convert model.tflite -o bundles/age
     """
@@ -153,7 +161,13 @@ def convert(
         except ValueError as e:
             raise UsageError(f"--input-shape must be comma-separated integers, got {input_shape!r}") from e
     bundle = convert_model(
-        model, output, preprocess=spec, opset=opset, allow_mismatch=allow_mismatch, input_shape=shape
+        model,
+        output,
+        preprocess=spec,
+        opset=opset,
+        allow_mismatch=allow_mismatch,
+        input_shape=shape,
+        keep_quantized_io=keep_quantized_io,
     )
     if json_out:
         emit_json(bundle)

@@ -218,6 +218,8 @@ def test_cli_convert_and_inspect(tfl, tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "parity vs tflite" in text and "provenance" in text
+    assert main(["convert", str(tfl["int8"]), "-o", str(tmp_path / "f"), "--float-io", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["io"]["inputs"][0]["dtype"] == "float32"
     assert main(["inspect", str(tfl["float"])]) == 0
     assert "model (not converted)" in capsys.readouterr().out
 
@@ -229,3 +231,49 @@ def test_cli_errors_have_exit_codes(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.tflite"), "-o", str(tmp_path / "b")]) == 3
     pt, _ = torch_models()
     assert main(["convert", str(pt), "-o", str(tmp_path / "c"), "--input-shape", "1,x"]) == 2
+
+
+@pytest.mark.parametrize("mode", ["int8", "uint8"])
+def test_float_io_for_quantised_model(tfl, mode, tmp_path):
+    import onnxruntime as ort
+
+    keep = convert_model(tfl[mode], tmp_path / "q", n_random=1)
+    b = convert_model(tfl[mode], tmp_path / "f", n_random=2, keep_quantized_io=False)
+    assert b.parity is not None and b.parity.passed
+    assert b.io.inputs[0].dtype == "float32" and b.io.outputs[0].dtype == "float32"
+    assert b.io.inputs[0].quantization is None
+    assert b.parity.outputs[0].max_quant_steps is not None
+    # the same pixels through both bundles give the same (dequantised) answer
+    pix = np.random.default_rng(2).integers(0, 256, size=(1, 32, 32, 3))
+    outs = {}
+    for name, bundle in (("q", keep), ("f", b)):
+        pre = bundle.preprocess
+        assert pre is not None
+        x = pix * pre.scale[0] + pre.offset[0]
+        if pre.dtype in ("uint8", "int8"):
+            x = np.rint(x / pre.quantization.scale + pre.quantization.zero_point).astype(pre.dtype)
+        s = ort.InferenceSession(str(tmp_path / name / "model.onnx"))
+        y = s.run(None, {s.get_inputs()[0].name: x.astype(pre.dtype)})[0]
+        q = keep.io.outputs[0].quantization
+        outs[name] = (y.astype(np.float64) - q.zero_point) * q.scale if name == "q" else y
+    np.testing.assert_allclose(outs["f"], outs["q"], atol=2 * keep.io.outputs[0].quantization.scale)
+
+
+def test_frozen_graphdef(tmp_path):
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tests.fixtures.models import keras_model
+
+    m = keras_model()
+    fn = tf.function(lambda x: m(x)).get_concrete_function(
+        tf.TensorSpec([1, 32, 32, 3], tf.float32, name="image")
+    )
+    frozen = convert_variables_to_constants_v2(fn)
+    pb = tmp_path / "frozen.pb"
+    pb.write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    assert sniff_format(pb) == "tf_graphdef"
+    b = convert_model(pb, tmp_path / "b", n_random=2)
+    assert b.parity is not None and b.parity.passed and b.parity.reference_runtime == "tensorflow"
+    assert b.conversion is not None and b.conversion.converter == "tf2onnx.from_graph_def"
+    assert (tmp_path / "b" / "source.pb").read_bytes() == pb.read_bytes()

@@ -135,6 +135,9 @@ def check_parity(
                 gf = (g.astype(np.float64) - q.zero_point) * q.scale
             else:
                 rf, gf = r.astype(np.float64), g.astype(np.float64)
+                if q is not None:  # dequantised output of a quantised model: diff in steps all the same
+                    steps = float(np.max(np.abs(rf - gf), initial=0.0)) / q.scale
+                    worst_steps[k] = max(worst_steps[k] or 0.0, steps)
             d = float(np.max(np.abs(rf - gf), initial=0.0))
             mag = float(np.max(np.abs(rf), initial=0.0))
             ref_mag[k] = max(ref_mag[k], mag)

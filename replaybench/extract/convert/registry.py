@@ -51,6 +51,8 @@ class SourceTensor:
     shape: list[int | str | None]
     dtype: str  # numpy dtype name
     quantization: QuantParams | None = None
+    # set when a quantised tensor is exposed as float (keep_quantized_io=False): its integer dtype
+    quantized_dtype: str | None = None
 
 
 @dataclass

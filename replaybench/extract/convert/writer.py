@@ -86,11 +86,16 @@ def default_preprocess(inp: SourceTensor, metadata: dict[str, Any] | None = None
     notes = []
     scale, offset = [1.0 / 255.0], [0.0]
     q = inp.quantization
-    if q is not None and dtype in ("uint8", "int8"):
-        shift = 0 if dtype == "uint8" else -128
+    if q is not None:
+        # the pixel -> quantised value mapping, also for a float-I/O bundle of a quantised model
+        shift = -128 if (inp.quantized_dtype or dtype) == "int8" else 0
         scale, offset = [q.scale], [(shift - q.zero_point) * q.scale]
         prov["quantization"] = Provenance.METADATA
-        notes.append("quantised input: raw pixels are fed as the quantised values")
+        notes.append(
+            "quantised input: raw pixels are fed as the quantised values"
+            if dtype in ("uint8", "int8")
+            else "float I/O of a quantised model: pixels mapped to the real values the quantised input encodes"
+        )
     elif metadata and metadata.get("mean") and metadata.get("std"):
         mean, std = metadata["mean"], metadata["std"]
         scale = [1.0 / s for s in std]
@@ -129,7 +134,10 @@ def _io_spec(converted: Converted, onnx_model: Any) -> IOSpec:
     def merge(onnx_t: list[SourceTensor], src: list[SourceTensor]) -> list[TensorSpec]:
         res = []
         for k, t in enumerate(onnx_t):
-            q: QuantParams | None = src[k].quantization if k < len(src) else None
+            # a float-I/O bundle of a quantised model has no quantised tensors at its boundary
+            q: QuantParams | None = (
+                src[k].quantization if k < len(src) and t.dtype in ("uint8", "int8") else None
+            )
             res.append(
                 TensorSpec(name=t.name, shape=t.shape, dtype=t.dtype, layout=_layout(t.shape), quantization=q)
             )  # type: ignore[arg-type]
@@ -200,6 +208,12 @@ def convert_model(
     )
     t0 = time.perf_counter()
     converted = converter(model, opts)
+    if not keep_quantized_io and any(
+        t.quantization is not None for t in converted.inputs + converted.outputs
+    ):
+        from replaybench.extract.convert.quant_io import dequantize_io
+
+        converted = dequantize_io(converted)
     onnx_model = converted.onnx_model
     try:
         onnx.checker.check_model(onnx_model)
