@@ -277,3 +277,24 @@ def test_frozen_graphdef(tmp_path):
     assert b.parity is not None and b.parity.passed and b.parity.reference_runtime == "tensorflow"
     assert b.conversion is not None and b.conversion.converter == "tf2onnx.from_graph_def"
     assert (tmp_path / "b" / "source.pb").read_bytes() == pb.read_bytes()
+
+
+def test_convert_many_keeps_going_after_a_failure(tfl, tmp_path):
+    from replaybench.extract.convert import ConversionJob, convert_many
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"1234TFL3" + b"\x00" * 10)
+    spec = PreprocessSpec(resize=ResizeSpec(width=32, height=32), scale=[1 / 127.5], offset=[-1.0])
+    res = convert_many(
+        [
+            (tfl["float"], tmp_path / "a"),
+            (bad, tmp_path / "bad"),
+            ConversionJob(tfl["fp16"], tmp_path / "c", {"preprocess": spec}),
+        ],
+        n_random=1,
+    )
+    assert [r.error is None for r in res] == [True, False, True]
+    assert isinstance(res[1].error, CorruptInputError)
+    assert res[2].bundle is not None and res[2].bundle.preprocess is not None
+    assert res[2].bundle.preprocess.offset == [-1.0]
+    assert res[0].bundle is not None and res[0].bundle.preprocess.offset == [0.0]

@@ -21,6 +21,7 @@ def converted(realdata: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("realdata-bundles")
 
     def get(rel: str) -> object:
+        """The Bundle (or the ReplaybenchError) for ``rel``; the bundle folder is ``get.out / key``."""
         if rel not in _CACHE:
             exp = EXPECTATIONS[rel]
             src = realdata / rel
@@ -38,6 +39,7 @@ def converted(realdata: Path, tmp_path_factory: pytest.TempPathFactory):
                 _CACHE[rel] = e
         return _CACHE[rel]
 
+    get.out = out  # type: ignore[attr-defined]
     return get
 
 
@@ -94,3 +96,26 @@ def test_quantised_ssd_keeps_uint8_io(converted):
     assert inp.dtype == "uint8" and inp.quantization is not None
     assert inp.quantization.scale == pytest.approx(0.0078125) and inp.quantization.zero_point == 128
     assert b.parity is not None and b.parity.onnxruntime_optimization == "disabled"
+
+
+def test_selfie_segmentation_masks_are_meaningful(converted, realdata):
+    """The Convolution2DTransposeBias rewrite is checked by meaning, not only by parity against the
+    rewritten TFLite model: a face photo is mostly 'person', a flat grey image is not."""
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    rel = "mediapipe_0.10.14_face_tflite/selfie_segmentation.tflite"
+    b = converted(rel)
+    assert not isinstance(b, Exception)
+    s = ort.InferenceSession(str(converted.out / rel.replace("/", "__") / "model.onnx"))
+    name = s.get_inputs()[0].name
+    faces = sorted((realdata / "utkface_300").rglob("*.jpg"))[:3]
+    if not faces:
+        pytest.skip("no utkface_300 images")
+    for f in faces:
+        x = np.asarray(Image.open(f).convert("RGB").resize((256, 256)), dtype=np.float32)[None] / 255.0
+        mask = s.run(None, {name: x})[0][0, :, :, 0]
+        assert mask[96:160, 96:160].mean() > 0.9, f.name
+    grey = s.run(None, {name: np.full((1, 256, 256, 3), 0.5, np.float32)})[0]
+    assert grey.mean() < 0.1

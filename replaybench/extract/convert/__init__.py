@@ -18,6 +18,7 @@ from replaybench.extract.convert.registry import (
 )
 from replaybench.extract.convert.sniff import sniff_format
 from replaybench.extract.convert.writer import (
+    ConversionJob,
     ConversionOutcome,
     convert_many,
     convert_model,
@@ -26,6 +27,7 @@ from replaybench.extract.convert.writer import (
 
 __all__ = [
     "KNOWN_FORMATS",
+    "ConversionJob",
     "ConversionOutcome",
     "ConvertOptions",
     "Converted",

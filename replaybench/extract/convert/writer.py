@@ -7,7 +7,7 @@ import hashlib
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +305,16 @@ def check_parity_for(
 
 
 @dataclass
+class ConversionJob:
+    """One model for ``convert_many``, with its own ``convert_model`` keyword arguments
+    (preprocess, source, labels, trace_inputs, ...)."""
+
+    model: Path
+    out: Path
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ConversionOutcome:
     """One model of a ``convert_many`` batch: its bundle, or the error that stopped it."""
 
@@ -316,20 +326,25 @@ class ConversionOutcome:
 
 
 def convert_many(
-    jobs: Sequence[tuple[Path, Path]],
+    jobs: Sequence[ConversionJob | tuple[Path, Path]],
     *,
     progress: Progress | None = None,
     **kwargs: Any,
 ) -> list[ConversionOutcome]:
-    """Convert many (model, out) pairs in this process; one failure does not stop the others."""
+    """Convert many models in this process (TensorFlow is imported once); one failure does not stop
+    the others: each outcome holds its bundle or its typed error. ``kwargs`` apply to every job, a
+    job's own ``options`` override them."""
     progress = progress or NullProgress()
     progress.start(len(jobs), "converting")
     results = []
     try:
-        for model, out in jobs:
+        for job in jobs:
+            if not isinstance(job, ConversionJob):
+                job = ConversionJob(Path(job[0]), Path(job[1]))
+            model, out = job.model, job.out
             t = time.perf_counter()
             try:
-                b: Bundle | None = convert_model(model, out, **kwargs)
+                b: Bundle | None = convert_model(model, out, **{**kwargs, **job.options})
                 err: ReplaybenchError | None = None
             except ReplaybenchError as e:
                 b, err = None, e
