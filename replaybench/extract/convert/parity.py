@@ -31,9 +31,8 @@ INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "int16": (-32768, 32767)}
 
 
 def onnx_session(onnx_bytes: bytes, *, optimize: bool = True) -> Any:
-    """An onnxruntime CPU session. ``optimize=False`` disables graph optimisations: quantised (QDQ)
-    models must run that way, because ORT's QLinear* fusions use other integer rounding than TFLite
-    (measured on AndroidAge_quant: up to 47 steps off with fusions, 4 without)."""
+    """An onnxruntime CPU session; ``optimize=False`` disables graph optimisations (so QDQ graphs are
+    not fused into QLinear* kernels; see ``check_parity``). Unloadable models: ConversionError."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -96,17 +95,65 @@ def check_parity(
             allow_mismatch=allow_mismatch,
             note="the source model cannot be run here, so parity could not be checked",
         )
-    optimize = kind != "quantized"
-    sess = onnx_session(onnx_bytes, optimize=optimize)
-    onnx_inputs = sess.get_inputs()
-    onnx_outputs = [o.name for o in sess.get_outputs()]
     specs = [(list(t.shape), t.dtype) for t in converted.inputs]
     sets = random_inputs(specs, n_random, float_range=float_range)
     kinds = ["random-range"] * len(sets)
     for arrays in trace_inputs or []:
         sets.append([np.asarray(a) for a in arrays])
         kinds.append("trace")
+    refs = [converted.run_source(list(arrays)) for arrays in sets]
+    # Quantised models: ORT's QLinear* fusions round differently from TFLite's integer kernels, more
+    # or less than the unfused QDQ graph depending on the model (AndroidAge_quant: 47 steps fused vs 4
+    # unfused; detect.tflite: 0 fused vs 5 unfused). Both are measured; the closer one is recorded in
+    # ``onnxruntime_optimization`` for replay to use.
+    levels = ["all", "disabled"] if kind == "quantized" else ["all"]
+    best: list[OutputParity] | None = None
+    best_level = levels[0]
+    for level in levels:
+        sess = onnx_session(onnx_bytes, optimize=level == "all")
+        outputs = _compare(converted, sess, sets, refs, kind, tol)
+        if best is None or _badness(outputs) < _badness(best):
+            best, best_level = outputs, level
+    assert best is not None
+    passed = all(o.passed for o in best) and len(sets) > 0
+    return ParityReport(
+        reference_runtime=converted.reference_runtime,
+        inputs_tried=len(sets),
+        input_kinds=sorted(set(kinds)),
+        outputs=best,
+        passed=passed,
+        allow_mismatch=allow_mismatch,
+        onnxruntime_optimization=best_level,
+        note=f"model kind {kind}; tolerance {tol:g}"
+        + (" quantisation steps" if kind == "quantized" else " x max(1, max|ref|)"),
+    )
 
+
+def _badness(outputs: list[OutputParity]) -> tuple[int, float]:
+    """Sort key: fewer failing outputs first, then the smaller worst difference relative to tolerance."""
+    worst = max(
+        (
+            (
+                (o.max_quant_steps if o.max_quant_steps is not None else o.max_abs_diff)
+                / max(o.tolerance, 1e-12)
+            )
+            for o in outputs
+        ),
+        default=0.0,
+    )
+    return (sum(not o.passed for o in outputs), worst)
+
+
+def _compare(
+    converted: Converted,
+    sess: Any,
+    sets: list[list[np.ndarray]],
+    refs: list[list[np.ndarray]],
+    kind: str,
+    tol: float,
+) -> list[OutputParity]:
+    onnx_inputs = sess.get_inputs()
+    onnx_outputs = [o.name for o in sess.get_outputs()]
     n_out = len(onnx_outputs)
     worst_abs = [0.0] * n_out
     worst_rel = [0.0] * n_out
@@ -114,8 +161,7 @@ def check_parity(
     shape_ok = [True] * n_out
     dtype_ok = [True] * n_out
     ref_mag = [0.0] * n_out
-    for arrays in sets:
-        ref = converted.run_source(list(arrays))
+    for arrays, ref in zip(sets, refs, strict=True):
         got = sess.run(None, {i.name: a for i, a in zip(onnx_inputs, arrays, strict=True)})
         for k in range(n_out):
             r, g = np.asarray(ref[k]), np.asarray(got[k])
@@ -165,15 +211,4 @@ def check_parity(
                 passed=bool(ok and shape_ok[k] and dtype_ok[k]),
             )
         )
-    passed = all(o.passed for o in outputs) and len(sets) > 0
-    return ParityReport(
-        reference_runtime=converted.reference_runtime,
-        inputs_tried=len(sets),
-        input_kinds=sorted(set(kinds)),
-        outputs=outputs,
-        passed=passed,
-        allow_mismatch=allow_mismatch,
-        onnxruntime_optimization="all" if optimize else "disabled",
-        note=f"model kind {kind}; tolerance {tol:g}"
-        + (" quantisation steps" if kind == "quantized" else " x max(1, max|ref|)"),
-    )
+    return outputs
