@@ -298,3 +298,78 @@ def test_convert_many_keeps_going_after_a_failure(tfl, tmp_path):
     assert res[2].bundle is not None and res[2].bundle.preprocess is not None
     assert res[2].bundle.preprocess.offset == [-1.0]
     assert res[0].bundle is not None and res[0].bundle.preprocess.offset == [0.0]
+
+
+def _build_mediapipe_style_transpose_conv(out: Path) -> None:
+    """A Keras Conv2DTranspose as builtin TFLite, and the same op re-encoded the way MediaPipe ships it:
+    CUSTOM 'Convolution2DTransposeBias' with inputs (x, weights, bias) and raw TfLiteTransposeConvParams."""
+    import struct
+
+    import tensorflow as tf
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from replaybench.extract.convert import tflite_rewrite as rw
+
+    tf.keras.utils.set_random_seed(0)
+    m = tf.keras.Sequential(
+        [
+            tf.keras.Input((8, 8, 4), batch_size=1),
+            tf.keras.layers.Conv2DTranspose(
+                3, 4, strides=2, padding="same", bias_initializer="random_normal"
+            ),
+        ]
+    )
+    builtin = tf.lite.TFLiteConverter.from_keras_model(m).convert()
+    (out / "builtin.tflite").write_bytes(builtin)
+    model = rw.read(builtin)
+    op = model.subgraphs[0].operators[0]
+    assert rw.op_name(model, op) == "TRANSPOSE_CONV"
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = rw.CUSTOM
+    code.customCode = "Convolution2DTransposeBias"
+    code.version = 1
+    model.operatorCodes.append(code)
+    shape_in, w, x, b = (int(i) for i in op.inputs)
+    op.opcodeIndex = len(model.operatorCodes) - 1
+    op.inputs = np.array([x, w, b], dtype=np.int32)
+    op.builtinOptionsType, op.builtinOptions = 0, None
+    op.customOptions = np.frombuffer(struct.pack("<iii", 1, 2, 2), dtype=np.uint8)  # SAME, stride 2x2
+    (out / "mediapipe_style.tflite").write_bytes(rw.to_bytes(model))
+
+
+def test_mediapipe_transpose_conv_bias_handler(tmp_path):
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tests.fixtures.cache import cached_build
+
+    folder = cached_build("mp-transpose-conv", _build_mediapipe_style_transpose_conv)
+    b = convert_model(folder / "mediapipe_style.tflite", tmp_path / "b", n_random=1)
+    assert b.parity is not None and b.parity.passed
+    assert b.conversion is not None and any("Convolution2DTransposeBias" in n for n in b.conversion.notes)
+    assert b.conversion.cut_at == []
+    # independent reference: the builtin TRANSPOSE_CONV model the custom op was made from
+    x = np.random.default_rng(3).standard_normal((1, 8, 8, 4)).astype(np.float32)
+    it = Interpreter(model_path=str(folder / "builtin.tflite"))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    ref = it.get_tensor(it.get_output_details()[0]["index"])
+    s = ort.InferenceSession(str(tmp_path / "b" / "model.onnx"))
+    got = s.run(None, {s.get_inputs()[0].name: x})[0]
+    assert got.shape == (1, 16, 16, 3)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_lite_only_ptl_is_named_clearly(tmp_path):
+    import zipfile
+
+    _, ptl = torch_models()
+    lite_only = tmp_path / "bytecode_only.ptl"
+    with zipfile.ZipFile(ptl) as src, zipfile.ZipFile(lite_only, "w") as dst:
+        for info in src.infolist():
+            if "/code/" not in info.filename and not info.filename.endswith("constants.pkl"):
+                dst.writestr(info, src.read(info))
+    assert sniff_format(lite_only) == "pytorch_lite"
+    with pytest.raises(ConversionError, match="lite-interpreter-only"):
+        convert_model(lite_only, tmp_path / "b", input_shape=[1, 3, 32, 32])

@@ -58,10 +58,23 @@ def _load(path: Path, fmt: str):  # type: ignore[no-untyped-def]
                 f"(saved after optimize_for_mobile); torch.jit.load failed: {str(e).strip().splitlines()[0]}",
                 hint="convert the model from its pre-optimize_for_mobile version, or use a torch build with XNNPACK",
             ) from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if fmt == "pytorch_lite" and not _has_torchscript_code(path):
+            raise ConversionError(
+                f"{path.name} is a lite-interpreter-only PyTorch Mobile file (bytecode.pkl, no TorchScript "
+                f"code/): torch.jit.load cannot read it and there is no desktop loader for bytecode: {first}",
+                hint="find the app's TorchScript (.pt) or the model's source; lite bytecode cannot be exported",
+            ) from e
         what = "PyTorch Mobile lite-interpreter file" if fmt == "pytorch_lite" else "TorchScript file"
-        raise ConversionError(
-            f"torch.jit.load cannot read this {what} {path.name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-        ) from e
+        raise ConversionError(f"torch.jit.load cannot read this {what} {path.name}: {first}") from e
+
+
+def _has_torchscript_code(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _convert(path: Path, opts: ConvertOptions, fmt: str) -> Converted:
