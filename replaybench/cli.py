@@ -139,13 +139,141 @@ def extract(
 def convert(
     model: Annotated[Path, typer.Argument(help="A model file: .tflite, .onnx, .pt/.ptl, SavedModel, .pb.")],
     output: OutDir,
+    preprocess: Annotated[
+        Path | None,
+        typer.Option("--preprocess", help="A PreprocessSpec JSON file (recorded as provenance 'user')."),
+    ] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset to target.")] = None,
+    allow_mismatch: Annotated[
+        bool, typer.Option("--allow-mismatch", help="Write the bundle even when parity fails (exit 0).")
+    ] = False,
+    input_shape: Annotated[
+        str | None,
+        typer.Option("--input-shape", help="Input shape for TorchScript models, e.g. 1,3,224,224."),
+    ] = None,
+    keep_quantized_io: Annotated[
+        bool,
+        typer.Option(
+            "--keep-quantized-io/--float-io",
+            help="Quantised models: keep their integer I/O (default, as the app feeds them) or take/return floats.",
+        ),
+    ] = True,
     json_out: JsonFlag = False,
 ) -> None:
     """Convert one model file to a validated ONNX bundle (parity-checked against its runtime).
 
+    Quantised models keep their own integer input/output dtypes (the bundle takes what the app feeds the
+    model); --float-io wraps them in Quantize/DequantizeLinear instead. Exit 8 when parity fails.
+
     Example: replaybench convert model.tflite -o bundles/age
     """
-    raise _not_yet("convert", "convert to ONNX")
+    from replaybench._console import emit_json
+    from replaybench.bundle import PreprocessSpec
+    from replaybench.errors import InputNotFoundError
+    from replaybench.extract.convert import convert_model
+
+    spec = None
+    if preprocess is not None:
+        if not preprocess.is_file():
+            raise InputNotFoundError(f"preprocess spec not found: {preprocess}")
+        try:
+            spec = PreprocessSpec.model_validate_json(preprocess.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise UsageError(f"{preprocess} is not a valid PreprocessSpec: {e}") from e
+    shape = None
+    if input_shape:
+        try:
+            shape = [int(d) for d in input_shape.split(",")]
+        except ValueError as e:
+            raise UsageError(f"--input-shape must be comma-separated integers, got {input_shape!r}") from e
+    bundle = convert_model(
+        model,
+        output,
+        preprocess=spec,
+        opset=opset,
+        allow_mismatch=allow_mismatch,
+        input_shape=shape,
+        keep_quantized_io=keep_quantized_io,
+    )
+    if json_out:
+        emit_json(bundle)
+        return
+    _render_bundle(bundle, title=f"bundle written to {output}")
+
+
+def _render_bundle(bundle: Any, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    src = bundle.source
+    console.print(f"[bold]{title}[/]  {bundle.name}  format={src.format}  sha256={src.sha256[:16]}")
+    io = Table("", "name", "shape", "dtype", "layout", "quantisation", title="inputs / outputs")
+    for side, tensors in (("in", bundle.io.inputs), ("out", bundle.io.outputs)):
+        for t in tensors:
+            q = t.quantization
+            io.add_row(
+                side,
+                t.name,
+                str(t.shape),
+                t.dtype,
+                t.layout or "",
+                f"{q.scale:g} @ {q.zero_point}" if q else "",
+            )
+    console.print(io)
+    p = bundle.preprocess
+    if p is not None:
+        pre = Table("field", "value", "provenance", title="preprocessing")
+        rows = {
+            "resize": f"{p.resize.width}x{p.resize.height} {p.resize.method}",
+            "color_order": p.color_order,
+            "layout": p.layout,
+            "dtype": p.dtype,
+            "scale": ", ".join(f"{v:.6g}" for v in p.scale),
+            "offset": ", ".join(f"{v:.6g}" for v in p.offset),
+        }
+        if p.quantization:
+            rows["quantization"] = f"{p.quantization.scale:g} @ {p.quantization.zero_point}"
+        for k, v in rows.items():
+            pre.add_row(k, v, str(p.provenance.get(k, "")))
+        console.print(pre)
+        for n in p.notes:
+            console.print(f"  note: {n}")
+    if bundle.parity is not None:
+        par = bundle.parity
+        t = Table(
+            "output",
+            "shape",
+            "dtype",
+            "max abs",
+            "max rel",
+            "q-steps",
+            "tolerance",
+            "ok",
+            title=f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs): "
+            + ("[green]passed[/]" if par.passed else "[red]FAILED[/]"),
+        )
+        for o in par.outputs:
+            t.add_row(
+                o.name,
+                "ok" if o.shape_match else "MISMATCH",
+                "ok" if o.dtype_match else "MISMATCH",
+                f"{o.max_abs_diff:.3g}",
+                f"{o.max_rel_diff:.3g}",
+                "" if o.max_quant_steps is None else f"{o.max_quant_steps:g}",
+                f"{o.tolerance:.3g}",
+                "yes" if o.passed else "NO",
+            )
+        console.print(t)
+    c = bundle.conversion
+    if c is not None:
+        console.print(f"converter: {c.converter} {c.converter_version or ''}  opset {c.opset}  {c.seconds}s")
+        if c.cut_at:
+            console.print(
+                f"[yellow]graph cut before {', '.join(c.cut_at)}; outputs: {', '.join(c.cut_tensors)}[/]"
+            )
+        for n in c.notes:
+            console.print(f"  note: {n}")
 
 
 @app.command()
@@ -182,7 +310,14 @@ def inspect(
 
     Example: replaybench inspect bundles/age --json
     """
-    raise _not_yet("inspect", "convert to ONNX")
+    from replaybench._console import emit_json
+    from replaybench.extract.convert import inspect_target
+
+    bundle = inspect_target(target)
+    if json_out:
+        emit_json(bundle)
+        return
+    _render_bundle(bundle, title="bundle" if bundle.parity is not None else "model (not converted)")
 
 
 # ---------------------------------------------------------------------------------------------- replay
