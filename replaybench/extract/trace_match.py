@@ -284,13 +284,13 @@ def match_trace(trace: Trace, blobs: list[BlobLike], app: AppIdentity | None = N
             elif named:
                 blob, how, confidence = named[0], "path", 0.5
                 evidence.append(f"same name {name}, size {named[0].size} vs loaded {load.size}")
-            if blob is not None and load.sha256 and blob.sha256 and load.sha256 != blob.sha256:
-                if not (blob.encrypted or blob.entropy >= HIGH_ENTROPY):
-                    # A plain model of the same name with other bytes: the app changed under the trace.
-                    path_conflicts.append(
-                        f"{blob.entry}: the traced model has sha256 {load.sha256[:12]}..., the app's "
-                        f"{blob.sha256[:12]}..."
-                    )
+            plain = blob is not None and not (blob.encrypted or blob.entropy >= HIGH_ENTROPY)
+            if plain and blob is not None and load.sha256 and blob.sha256 and load.sha256 != blob.sha256:
+                # A plain model of the same name with other bytes: the app changed under the trace.
+                path_conflicts.append(
+                    f"{blob.entry}: the traced model has sha256 {load.sha256[:12]}..., the app's "
+                    f"{blob.sha256[:12]}..."
+                )
         if blob is None and load.sha256:
             # Seen only in memory: find the encrypted entry it most likely came from.
             candidates = [b for b in blobs if b.encrypted or b.entropy >= HIGH_ENTROPY]
