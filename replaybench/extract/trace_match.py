@@ -306,7 +306,6 @@ def match_trace(trace: Trace, blobs: list[BlobLike], app: AppIdentity | None = N
             alternatives = [
                 {"entry": b.entry, "container": list(b.container), "score": round(s, 3), "evidence": ev}
                 for s, ev, b in scored[1:4]
-                if s > 0
             ]
         if blob is not None:
             ran[(blob.sha256, blob.entry, blob.offset)] = blob

@@ -53,7 +53,7 @@ NORMS = {
     "pm1": ([1 / 127.5], [-1.0]),
     "imagenet": (
         [1 / (255 * s) for s in IMAGENET_STD],
-        [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
+        [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)],
     ),
 }
 

@@ -7,7 +7,7 @@
  * Use: `replaybench trace ...` (which prepends `const REPLAYBENCH_CONFIG = {...};`), or by hand:
  * `frida -U -f com.example.app -l agent.js` (the frida REPL bundles the Java bridge).
  *
- * Frida 17: no Module.getExportByName(null, ..); the Java bridge is not bundled for API-loaded scripts, so
+ * Frida 17: the static Module export lookups are gone (findGlobalExportByName and Module instances instead); the Java bridge is not bundled for API-loaded scripts, so
  * every Java hook checks for it and the native hooks (which cover the same loads at the JNI/C boundary)
  * work without it.
  */
@@ -42,10 +42,19 @@ function emit(kind, fields, data, essential) {
   if (now - windowStart >= 1000) {
     windowStart = now;
     windowCount = 0;
+    if (stats.dropped) {
+      send({ v: SCHEMA_VERSION, t: now - t0, kind: 'stats', dropped: stats.dropped, capped: 0 });
+      stats.dropped = 0;
+    }
   }
   // Model loads, sessions and interpreters are rare and are what a trace is for: never rate-limited.
   if (!essential && windowCount >= cfg.maxEventsPerSecond) {
-    stats.dropped++;
+    if (windowCount++ === cfg.maxEventsPerSecond) {
+      // The first drop of a window is reported at once: a process may exit before the window ends.
+      send({ v: SCHEMA_VERSION, t: now - t0, kind: 'stats', dropped: 1, capped: 0, errors: ['rate limit of ' + cfg.maxEventsPerSecond + ' events/s reached'] });
+    } else {
+      stats.dropped++;
+    }
     return false;
   }
   windowCount++;
@@ -893,11 +902,15 @@ function installWatch(spec, mod) {
           if (r !== null && r.protection.indexOf('r') === 0) {
             const bytes = a.readByteArray(cfg.watchBytes);
             item.hex = hexOf(bytes);
-            try {
-              const s = a.readUtf8String(cfg.watchBytes);
-              if (s && /^[\x20-\x7e]{2,}$/.test(s)) item.string = s;
-            } catch (e) {
-              /* not text */
+            // A NUL-terminated printable prefix is shown as a string too.
+            const nul = new Uint8Array(bytes).indexOf(0);
+            if (nul >= 2) {
+              try {
+                const s = a.readUtf8String(nul);
+                if (/^[\x20-\x7e]+$/.test(s)) item.string = s;
+              } catch (e) {
+                /* not text */
+              }
             }
             if (payload === null) payload = bytes;
           }
