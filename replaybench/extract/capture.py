@@ -133,6 +133,31 @@ def _app_info(device: Any, package: str) -> dict[str, Any]:
     return {"package": package}
 
 
+# A target whose agent stopped answering (a wedged hook) must not hold the capture forever: teardown RPCs
+# get this long, then a spawned process is killed and the trace so far is kept.
+TEARDOWN_SECONDS = 10.0
+
+
+def _teardown(frida: Any, script: Any, session: Any) -> None:
+    try:
+        script.exports_sync.flush()
+        script.unload()
+        session.detach()
+    except (frida.InvalidOperationError, frida.TransportError) as e:
+        log.info("detach after capture: %s", e)
+
+
+def _bounded(fn: Any, seconds: float) -> bool:
+    """Run ``fn`` in a daemon thread; False when it did not finish in time."""
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        log.warning("the agent did not answer within %.0f s at the end of the capture", seconds)
+        return False
+    return True
+
+
 def capture(
     target: CaptureTarget,
     out: Path,
@@ -232,12 +257,7 @@ def capture(
             ended_by = "interrupted"
         elapsed = time.monotonic() - started
         if not detached.is_set():
-            try:
-                script.exports_sync.flush()
-                script.unload()
-                session.detach()
-            except (frida.InvalidOperationError, frida.TransportError) as e:
-                log.info("detach after capture: %s", e)
+            _bounded(lambda: _teardown(frida, script, session), TEARDOWN_SECONDS)
     finally:
         if spawned and not detached.is_set():
             try:

@@ -37,7 +37,9 @@ let windowStart = Date.now();
 let windowCount = 0;
 const stats = { dropped: 0, capped: 0 };
 
-function emit(kind, fields, data, essential) {
+// The events-per-second cap. Hooks that do work before emitting (watch) ask first, so a hot function
+// costs little once the cap is reached.
+function admit(essential) {
   const now = Date.now();
   if (now - windowStart >= 1000) {
     windowStart = now;
@@ -58,7 +60,12 @@ function emit(kind, fields, data, essential) {
     return false;
   }
   windowCount++;
-  const ev = Object.assign({ v: SCHEMA_VERSION, t: now - t0, kind: kind }, fields);
+  return true;
+}
+
+function emit(kind, fields, data, essential, admitted) {
+  if (!admitted && !admit(essential)) return false;
+  const ev = Object.assign({ v: SCHEMA_VERSION, t: Date.now() - t0, kind: kind }, fields);
   if (data !== undefined && data !== null) send(ev, data);
   else send(ev);
   return true;
@@ -714,7 +721,9 @@ function jniDirectBuffer(env, buf) {
   return { address: addr, capacity: cap };
 }
 
+let tfliteJniHooked = false;
 function installTfliteJni(mod) {
+  tfliteJniHooked = true;
   const P = 'Java_org_tensorflow_lite_NativeInterpreterWrapper_';
   hookExport(mod, P + 'createModel', {
     onEnter(args) {
@@ -892,6 +901,8 @@ function installWatch(spec, mod) {
   if (addr === null) return false;
   attachOnce(addr, {
     onEnter(args) {
+      this.admitted = admit(false);
+      if (!this.admitted) return;
       const out = [];
       let payload = null;
       for (let i = 0; i < 6; i++) {
@@ -919,10 +930,10 @@ function installWatch(spec, mod) {
         }
         out.push(item);
       }
-      emit('watch', { target: spec, phase: 'enter', args: out }, payload);
+      emit('watch', { target: spec, phase: 'enter', args: out }, payload, false, true);
     },
     onLeave(retval) {
-      emit('watch', { target: spec, phase: 'leave', retval: retval.toString() });
+      if (this.admitted) emit('watch', { target: spec, phase: 'leave', retval: retval.toString() });
     },
   });
   return true;
@@ -994,7 +1005,15 @@ function installJava(J) {
           const a0 = arguments[0];
           try {
             const cls = a0 && a0.$className ? a0.$className : '';
-            if (cls === 'java.io.File') emit('file_open', { path: a0.getAbsolutePath(), api: 'Interpreter(File)' });
+            if (cls === 'java.io.File') {
+              emit('file_open', { path: a0.getAbsolutePath(), api: 'Interpreter(File)' });
+            } else if (!tfliteJniHooked && a0 && a0.isDirect && a0.isDirect()) {
+              // A runtime whose JNI library we did not recognise (e.g. Play Services): dump the buffer here.
+              const addr = J.vm.getEnv().getDirectBufferAddress(a0.$h);
+              const src = rangeSource(addr);
+              const d = dumpBuffer(addr, a0.capacity());
+              emit('model_load', Object.assign({ runtime: 'tflite', api: 'Interpreter(ByteBuffer)', source: src && src.asset ? 'asset' : 'buffer', path: src ? src.path : null, address: addr.toString() }, d.fields), d.data, true);
+            }
           } catch (e) {
             noteError('Interpreter.<init>', e);
           }
