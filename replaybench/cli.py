@@ -282,23 +282,86 @@ def agent(
 ) -> None:
     """Print (or write) the Frida agent, for use with the frida CLI or 'replaybench trace'.
 
+    With the frida CLI: frida -U -f com.example.app -l agent.js (its events go to the console).
+
     Example: replaybench agent -o agent.js
     """
-    raise _not_yet("agent", "Frida agent and trace")
+    from replaybench.extract.capture import agent_source
+
+    js = agent_source()
+    if output is None:
+        sys.stdout.write(js)
+    else:
+        output.write_text(js, encoding="utf-8")
+        sys.stderr.write(f"wrote {output}\n")
 
 
 @app.command()
 def trace(
     output: OutDir,
+    program_args: Annotated[
+        list[str] | None, typer.Argument(metavar="[-- ARGS]", help="Arguments for a spawned local program.")
+    ] = None,
     usb: Annotated[bool, typer.Option("--usb", help="Use the USB device.")] = False,
+    remote: Annotated[str | None, typer.Option("--remote", help="Use frida-server at HOST[:PORT].")] = None,
     pid: Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")] = None,
     spawn: Annotated[str | None, typer.Option("--spawn", help="Spawn this package or program.")] = None,
+    seconds: Annotated[
+        float, typer.Option("--seconds", help="Record this long (0: until Ctrl-C or the process ends).")
+    ] = 30.0,
+    max_dumps: Annotated[
+        int | None, typer.Option("--max-dumps", help="Stop after writing this many dumps.")
+    ] = None,
+    watch: Annotated[
+        list[str] | None,
+        typer.Option("--watch", help="Also log calls to this export (NAME or MODULE!NAME); repeatable."),
+    ] = None,
+    max_events_per_second: Annotated[
+        int, typer.Option("--max-events-per-second", help="Rate cap on tensor/file/watch events.")
+    ] = 200,
+    max_dump_mb: Annotated[int, typer.Option("--max-dump-mb", help="Cap on one model dump (MiB).")] = 64,
+    json_out: JsonFlag = False,
 ) -> None:
     """Record a brief trace of an app's model loads and tensors with the Frida agent.
 
+    Writes OUTPUT/trace.jsonl and OUTPUT/dumps/<sha256>. Needs the frida extra.
+
     Example: replaybench trace --usb --spawn com.example.app --seconds 30 -o trace/
     """
-    raise _not_yet("trace", "Frida agent and trace")
+    from replaybench.extract.capture import AgentConfig, CaptureTarget, capture
+
+    target = CaptureTarget(
+        usb=usb, remote=remote, pid=pid, name=name, spawn=spawn, spawn_args=list(program_args or [])
+    )
+    target.check()
+    config = AgentConfig(
+        max_dump_bytes=max_dump_mb * 1024 * 1024,
+        max_events_per_second=max_events_per_second,
+        watch=list(watch or []),
+    )
+    if not json_out:
+        sys.stderr.write("tracing... (Ctrl-C to stop)\n")
+    result = capture(target, output, seconds=seconds or None, max_dumps=max_dumps, config=config)
+    if json_out:
+        from replaybench._console import emit_json
+
+        emit_json(result)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"trace of pid {result.pid}: {result.trace}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("models loaded", str(result.models_loaded))
+    table.add_row("invokes seen", str(result.invokes))
+    table.add_row("dumps written", str(result.dumps_written))
+    table.add_row("events", str(result.events))
+    table.add_row("seconds", f"{result.seconds:.1f} ({result.ended_by})")
+    Console().print(table)
+    for err in result.agent_errors[:10]:
+        sys.stderr.write(f"agent: {err}\n")
 
 
 @app.command()
