@@ -224,11 +224,10 @@ def read_folders(root: Path, options: ReadOptions) -> list[DatasetItem]:
         raise UsageError("--format folders needs --pattern, e.g. '{attribute}/{race}_{gender}/*.jpg'")
     if not root.is_dir():
         raise DatasetError(f"--format folders needs a folder, got a file: {root}")
-    regex, glob, _ = _pattern_regex(options.pattern)
+    regex, _, _ = _pattern_regex(options.pattern)
     items, bad = [], []
-    for p in sorted(root.glob(glob)):
-        if not _is_image(p):
-            continue
+    # Every image under the folder must match: an image the pattern misses would be a silent drop.
+    for p in _walk_images(root):
         rel = _rel_id(p, root)
         m = regex.match(rel)
         if m is None:
