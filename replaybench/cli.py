@@ -392,12 +392,110 @@ def replay(
         list[Path], typer.Argument(metavar="BUNDLE... DATASET", help="Bundles, then the dataset.")
     ],
     output: OutDir,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="Dataset format: utkface, fairface, folders, manifest, posts (default: detect)."
+        ),
+    ] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--pattern", help="folders: labels from the path, e.g. '{attribute}/{race}_{gender}/*.jpg'."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Decode+preprocess processes (default: one per CPU; 0: none)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Items per inference batch.")] = 64,
+    providers: Annotated[
+        str | None,
+        typer.Option("--providers", help="onnxruntime execution providers, comma-separated (e.g. CUDA,CPU)."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="onnxruntime intra-op threads (default: one per CPU).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run in the same output folder.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Replay only the first N items.")] = None,
+    shuffle: Annotated[
+        bool, typer.Option("--shuffle", help="Shuffle items (with --seed) before --limit.")
+    ] = False,
+    seed: Seed = 0,
+    fast_decode: Annotated[
+        bool,
+        typer.Option(
+            "--fast-decode",
+            help="Reduced-size JPEG decode (DCT scaling) for large photos: faster, not bit-exact.",
+        ),
+    ] = False,
+    faces: Annotated[
+        Path | None,
+        typer.Option("--faces", help="A face-detector bundle: crop each image to its best face first."),
+    ] = None,
+    one_face: Annotated[
+        bool, typer.Option("--one-face", help="With --faces: keep only items with exactly one face.")
+    ] = False,
+    face_margin: Annotated[
+        float,
+        typer.Option("--face-margin", help="With --faces: grow the face box by this fraction per side."),
+    ] = 0.2,
+    part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    json_out: JsonFlag = False,
 ) -> None:
     """Run a dataset through one or more bundles at high throughput; write predictions as Parquet.
 
     Example: replaybench replay bundles/age bundles/gender UTKFace/ --format utkface -o preds/
     """
-    raise _not_yet("replay", "replay")
+    if len(paths) < 2:
+        raise UsageError(
+            "give one or more bundles, then the dataset: replaybench replay BUNDLE... DATASET -o PREDS"
+        )
+    if one_face and faces is None:
+        raise UsageError("--one-face needs --faces DETECTOR_BUNDLE")
+    if fmt is not None and fmt != "folders" and pattern is not None:
+        raise UsageError("--pattern only applies to --format folders")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.replay.runner import ReplayOptions
+    from replaybench.replay.runner import replay as run_replay
+
+    options = ReplayOptions(
+        format=fmt,
+        pattern=pattern,
+        workers=workers,
+        batch_size=batch_size,
+        providers=tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else (),
+        threads=threads,
+        resume=resume,
+        limit=limit,
+        shuffle=shuffle,
+        seed=seed,
+        fast_decode=fast_decode,
+        faces=faces,
+        one_face=one_face,
+        face_margin=face_margin,
+        part_rows=part_rows,
+    )
+    progress = NullProgress() if json_out else RichProgress()
+    result = run_replay(paths[:-1], paths[-1], output, options, progress)
+    if json_out:
+        emit_json(result)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("bundle", "batching", "notes", title=f"replay -> {result.output}")
+    for b in result.bundles:
+        table.add_row(b.name, b.batch_mode, "; ".join(b.notes))
+    console = Console()
+    console.print(table)
+    console.print(
+        f"{result.items_processed} items ({result.items_skipped_done} already done): {result.items_ok} ok, "
+        f"{result.items_error} error, {result.items_filtered} skipped; {result.rows_written} rows in "
+        f"{result.parts_written} parts; {result.items_per_second:,.1f} items/s with {result.workers} workers"
+    )
 
 
 # -------------------------------------------------------------------------------------------- evaluate
