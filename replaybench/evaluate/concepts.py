@@ -149,11 +149,13 @@ def _group_columns(df: pl.DataFrame, by: Sequence[str]) -> dict[str, np.ndarray]
     for f in by:
         out[f] = np.array(df[f].cast(pl.String).to_list(), dtype=object)
     if len(by) > 1:
+        # one intersection (of the first two features): deeper ones fragment into tiny groups
+        pair = list(by[:2])
         joined = [
             None if any(v is None for v in vals) else " / ".join(vals)
-            for vals in zip(*(out[f] for f in by), strict=True)
+            for vals in zip(*(out[f] for f in pair), strict=True)
         ]
-        out["+".join(by)] = np.array(joined, dtype=object)
+        out["+".join(pair)] = np.array(joined, dtype=object)
     return out
 
 

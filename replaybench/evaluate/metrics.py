@@ -44,6 +44,7 @@ FLAG_EMPTY = "empty"
 FLAG_UNDEFINED = "undefined"
 FLAG_MISSING = "missing_excluded"
 FLAG_CI_PARTIAL = "ci_partial"
+FLAG_UNKNOWN = "unknown_group"  # a group whose label is missing: reported, never ranked
 
 #: FairFace's age bins, the common currency of face-dataset age labels.
 AGE_BINS: tuple[tuple[int, int], ...] = (
@@ -465,6 +466,8 @@ class MetricFrame:
                 flags.append(FLAG_UNDEFINED)
             if n_missing:
                 flags.append(FLAG_MISSING)
+            if _MISSING_GROUP in values.values():
+                flags.append(FLAG_UNKNOWN)
             lo = hi = float("nan")
             r = reps.get(name)
             if r is not None and math.isfinite(value):
@@ -578,13 +581,14 @@ class MetricFrame:
         if grouping not in allowed:
             raise EvaluationError(msg.UNKNOWN_GROUPING.format(grouping=grouping, allowed=allowed))
 
-    def _eligible(self, grouping: str | None, include_small: bool) -> tuple[str, pl.DataFrame, list[str]]:
+    def _eligible(self, grouping: str | None, include_small: bool) -> tuple[str, pl.DataFrame, pl.DataFrame]:
+        """Rows of one grouping that may be ranked, and those that may not (both per metric)."""
         g = grouping or "+".join(self._default)
         self._check_grouping(g)
         t = self._results.filter(pl.col("grouping") == g)
-        bad = [FLAG_EMPTY, FLAG_UNDEFINED] + ([] if include_small else [FLAG_SMALL])
+        bad = [FLAG_EMPTY, FLAG_UNDEFINED, FLAG_UNKNOWN] + ([] if include_small else [FLAG_SMALL])
         flagged = pl.col("flags").list.eval(pl.element().is_in(bad)).list.any()
-        return g, t.filter(~flagged), sorted(set(t.filter(flagged)["group"].to_list()))
+        return g, t.filter(~flagged), t.filter(flagged)
 
     def _aggregate(self, how: str, grouping: str | None, include_small: bool) -> dict[str, float]:
         _, t, _ = self._eligible(grouping, include_small)
@@ -629,13 +633,14 @@ class MetricFrame:
     def _disparities(self, method: str, grouping: str | None, include_small: bool) -> list[Disparity]:
         if method not in AGGREGATION_METHODS:
             raise EvaluationError(msg.UNKNOWN_METHOD.format(method=method, allowed=list(AGGREGATION_METHODS)))
-        g, t, excluded = self._eligible(grouping, include_small)
+        g, t, flagged = self._eligible(grouping, include_small)
         alpha = (1 - (self.ci or 0.95)) / 2
         out = []
         for name, m in self.metrics.items():
             rows = t.filter(pl.col("metric") == name)
             labels, v = rows["group"].to_list(), rows["value"].to_numpy()
             overall = self._overall_row.get(name, float("nan"))
+            excluded = flagged.filter(pl.col("metric") == name)["group"].to_list()
             diff, rat = _diff_ratio(v[None, :], overall, method)
             reps = [self._replicates.get((g, lab, name)) for lab in labels]
             d_ci = r_ci = (float("nan"), float("nan"))
@@ -644,6 +649,9 @@ class MetricFrame:
                 o = self._replicates.get((OVERALL, OVERALL, name))
                 dr, rr = _diff_ratio(R, o if o is not None else np.full(len(R), overall), method)
                 d_ci, r_ci = _quantiles(dr, alpha), _quantiles(rr, alpha)
+            if m.better == "zero":
+                # a signed quantity (bias) has no meaningful ratio: -2 / 3 says nothing
+                rat, r_ci = np.array([np.nan]), (float("nan"), float("nan"))
             worst = best = None
             worst_value = float("nan")
             if len(v) and m.better != "none":
