@@ -77,7 +77,7 @@ def load_predictions(path: Path) -> Predictions:
     df = df.with_columns(pl.col("bundle").cast(pl.String), pl.col("item_id").cast(pl.String))
     is_err = pl.col("status").cast(pl.String) != "ok"
     err = df.filter(is_err).group_by("bundle").len()
-    errors = {str(b): int(n) for b, n in zip(err["bundle"].to_list(), err["len"].to_list(), strict=True)}
+    errors = {str(b): int(n) for b, n in sorted(zip(err["bundle"].to_list(), err["len"].to_list(), strict=True))}
     ok = df.filter(~is_err)
     if ok.height == 0:
         raise EvaluationError(msg.NO_OK_ROWS.format(n_error=df.height))
