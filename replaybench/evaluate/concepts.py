@@ -79,7 +79,8 @@ def wilson(k: np.ndarray, n: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarr
         den = 1 + z**2 / n
         centre = (p + z**2 / (2 * n)) / den
         half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
-    return centre - half, centre + half
+    # clipped: floating-point noise must not put a bound past the rate it brackets at 0 or 1
+    return np.clip(np.minimum(centre - half, p), 0, 1), np.clip(np.maximum(centre + half, p), 0, 1)
 
 
 def odds_ratio(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, z: float):
