@@ -257,7 +257,7 @@ def evaluate(
 
 def _render_evaluation(summary: Any) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
     from rich.text import Text
 
     def f(v: float | None, d: int = 3) -> str:
@@ -268,7 +268,9 @@ def _render_evaluation(summary: Any) -> None:
 
     console = Console()
     for t in summary.tasks:
-        table = Table("metric", "overall", f"{summary.ci:.0%} CI", "n", "worst group", "its value", "max-min")
+        table = Table(f"{summary.ci:.0%} CI", "n", "worst group", "its value", "max-min")
+        table.columns.insert(0, Column("overall"))
+        table.columns.insert(0, Column("metric", no_wrap=True, min_width=22))
         table.title = Text(f"{t.bundle}: {t.task}")
         # worst group over the richest grouping (an intersection when there is one)
         worst: dict[str, Any] = {}

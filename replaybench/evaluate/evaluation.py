@@ -134,9 +134,12 @@ def evaluate_predictions(
     plan = []
     for bundle in predictions.bundles:
         rows = predictions.ok.filter(pl.col("bundle") == bundle)
-        tasks = [task] if task else detect_tasks(rows)
-        plan += [(bundle, t, rows) for t in tasks]
+        found = detect_tasks(rows)
+        # a named task runs on the bundles that predict it (an age bundle has no gender_pred)
+        plan += [(bundle, t, rows) for t in found if task is None or t == task]
     if not plan:
+        if task is not None:
+            check_task(predictions.ok, task, label_column)  # raises the message naming what is missing
         raise EvaluationError(msg.NO_TASK_DETECTED)
     progress.start(len(plan), "evaluating")
     task_results: list[TaskResult] = []

@@ -77,7 +77,9 @@ def load_predictions(path: Path) -> Predictions:
     df = df.with_columns(pl.col("bundle").cast(pl.String), pl.col("item_id").cast(pl.String))
     is_err = pl.col("status").cast(pl.String) != "ok"
     err = df.filter(is_err).group_by("bundle").len()
-    errors = {str(b): int(n) for b, n in sorted(zip(err["bundle"].to_list(), err["len"].to_list(), strict=True))}
+    errors = {
+        str(b): int(n) for b, n in sorted(zip(err["bundle"].to_list(), err["len"].to_list(), strict=True))
+    }
     ok = df.filter(~is_err)
     if ok.height == 0:
         raise EvaluationError(msg.NO_OK_ROWS.format(n_error=df.height))
@@ -144,7 +146,13 @@ def concept_columns(df: pl.DataFrame) -> list[str]:
 
 
 def _has(df: pl.DataFrame, col: str) -> bool:
-    return col in df.columns and df[col].null_count() < df.height
+    """Whether ``col`` holds at least one value (NaN is no value: a failed decode is not a prediction)."""
+    if col not in df.columns:
+        return False
+    s = df[col]
+    if s.dtype.is_float():
+        return bool(s.is_not_nan().fill_null(False).any())
+    return s.null_count() < df.height
 
 
 def detect_tasks(df: pl.DataFrame) -> list[str]:

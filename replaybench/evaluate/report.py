@@ -38,6 +38,13 @@ KEY_DISPARITIES = {
     ],
     "classification": ["accuracy", "balanced_accuracy"],
 }
+# Marks the body with how many plots decoded, so a headless browser (and a person's devtools) can check
+# that every embedded image renders: data-images="<decoded>/<total>".
+_LOADED_SCRIPT = (
+    "<script>window.addEventListener('load',function(){var i=[].slice.call(document.images);"
+    "document.body.dataset.images=i.filter(function(x){return x.complete&&x.naturalWidth>0}).length+'/'+i.length;"
+    "});</script>"
+)
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
 line-height:1.45;padding:0 1rem}
@@ -133,7 +140,7 @@ def _png(fig: Any) -> str:
 
     buf = io.BytesIO()
     fig.tight_layout()  # cheaper than bbox_inches="tight", which draws every figure twice
-    fig.savefig(buf, format="png", dpi=80)
+    fig.savefig(buf, format="png", dpi=80, pil_kwargs={"compress_level": 1})  # fast; size is secondary
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -501,7 +508,7 @@ def _html(
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>replaybench evaluation</title>"
         f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{_CSS}</style></head>"
-        f"<body>{body}</body></html>"
+        f"<body>{body}{_LOADED_SCRIPT}</body></html>"
     )
 
 
