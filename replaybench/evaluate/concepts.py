@@ -13,7 +13,9 @@ change in each concept's rate the edit causes, paired by identity, per group.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,16 +324,12 @@ def edit_effects(
     return pl.concat(parts).with_columns(pl.col(pl.Float64).fill_nan(None)) if parts else pl.DataFrame()
 
 
-class _quiet:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Groups where every identity lacks a score give all-NaN means: expected, reported as null."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
+        yield
 
 
 def is_finite(x: float | None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -236,6 +237,8 @@ def _task(
     sf = rows.select(groups) if groups else pl.DataFrame({"all": ["all"] * rows.height})
     confusion = age_error = None
     bins: list[str] = []
+    y_true: Any
+    y_pred: Any
     if task == "age":
         y_true = age_intervals(rows["age"])
         y_pred = predicted_ages(rows["age_pred"])

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -209,6 +211,13 @@ def age_bin_index(age: np.ndarray, bins: Sequence[tuple[int, int]] = AGE_BINS) -
     return np.clip(np.searchsorted(lows, np.floor(age), side="right") - 1, 0, len(bins) - 1)
 
 
+def _threshold_stats(num: _AgeMask, den: _AgeMask, th: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def stats(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return _pair(num(t[:, 0], t[:, 1], p, th), den(t[:, 0], t[:, 1], p, th))
+
+    return stats
+
+
 def age_metrics(
     *,
     exact_truth: bool,
@@ -251,11 +260,7 @@ def age_metrics(
         for name, (num, den, desc) in THRESHOLD_RATES.items():
             out[f"{name}@{t_}"] = Metric(
                 f"{name}@{t_}",
-                (
-                    lambda t, p, num=num, den=den, th=t_: _pair(
-                        num(t[:, 0], t[:, 1], p, th), den(t[:, 0], t[:, 1], p, th)
-                    )
-                ),
+                _threshold_stats(num, den, t_),
                 _ratio,
                 "lower",
                 description=desc.format(t=t_),
@@ -688,18 +693,12 @@ def _diff_ratio(v: np.ndarray, overall: Any, method: str) -> tuple[np.ndarray, n
         return diff, np.nanmin(np.where(np.isfinite(r), r, np.nan), axis=1)
 
 
-class _quiet_nan:
+@contextmanager
+def _quiet_nan() -> Iterator[None]:
     """All-NaN slices are expected in replicates of tiny groups; keep them from warning."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
+        yield
 
 
 def _quantiles(r: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -717,9 +716,9 @@ def _normalise_metrics(metrics: Any) -> dict[str, Metric]:
     out: dict[str, Metric] = {}
     for name, m in items:
         if isinstance(m, Metric):
-            out[name or m.name] = m
+            out[str(name or m.name)] = m
         elif callable(m):
-            key = name or getattr(m, "__name__", "metric")
+            key = str(name or getattr(m, "__name__", "metric"))
             out[key] = Metric(key, reduce="callable", fn=m, better="none")
         else:
             raise EvaluationError(msg.METRICS_EMPTY)

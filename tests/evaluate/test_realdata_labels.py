@@ -54,7 +54,9 @@ def test_report_on_utkface_label_distribution(utk, tmp_path):
     preds = _simulate(utk)
     (tmp_path / "preds").mkdir()
     preds.write_parquet(tmp_path / "preds" / "part-00000.parquet")
-    s = evaluate_predictions(tmp_path / "preds", tmp_path / "report", by=["race", "gender"], n_boot=300, seed=0)
+    s = evaluate_predictions(
+        tmp_path / "preds", tmp_path / "report", by=["race", "gender"], n_boot=300, seed=0
+    )
 
     assert s.n_rows == 2 * utk.height and s.n_error == 0
     age = next(t for t in s.tasks if t.task == "age")
