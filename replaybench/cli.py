@@ -208,6 +208,9 @@ def evaluate(
     min_group_size: Annotated[
         int, typer.Option("--min-group-size", help="Smaller groups are flagged and never ranked.")
     ] = 30,
+    min_denominator: Annotated[
+        int, typer.Option("--min-denominator", help="Rates over fewer items are flagged and never ranked.")
+    ] = 10,
     label_column: Annotated[
         str, typer.Option("--label-column", help="True-label column for the classification task.")
     ] = "label",
@@ -244,6 +247,7 @@ def evaluate(
         compare=compare,
         spurious=spurious,
         min_group_size=min_group_size,
+        min_denominator=min_denominator,
         label_column=label_column,
         concept_threshold=threshold,
         top_k=top_k,

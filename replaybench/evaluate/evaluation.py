@@ -93,6 +93,7 @@ def evaluate_predictions(
     seed: int = 0,
     n_boot: int = 1000,
     min_group_size: int = 30,
+    min_denominator: int = 10,
     compare: Path | None = None,
     spurious: Path | None = None,
     label_column: str = "label",
@@ -187,7 +188,9 @@ def evaluate_predictions(
         else:
             check_task(rows, t, label_column)
             task_results.append(
-                _task(bundle, t, rows, groups, ci, seed, n_boot, min_group_size, label_column)
+                _task(
+                    bundle, t, rows, groups, ci, seed, n_boot, min_group_size, label_column, min_denominator
+                )
             )
         progress.advance()
     progress.close()
@@ -214,6 +217,7 @@ def evaluate_predictions(
         seed=seed,
         n_boot=n_boot,
         min_group_size=min_group_size,
+        min_denominator=min_denominator,
         tasks=[r.summary for r in task_results],
         concepts=[r.summary for r in concept_results],
         comparison=comparison,
@@ -233,6 +237,7 @@ def _task(
     n_boot: int,
     min_group_size: int,
     label_column: str,
+    min_denominator: int = 10,
 ) -> TaskResult:
     sf = rows.select(groups) if groups else pl.DataFrame({"all": ["all"] * rows.height})
     confusion = age_error = None
@@ -276,6 +281,7 @@ def _task(
         n_boot=n_boot,
         seed=seed,
         min_group_size=min_group_size,
+        min_denominator=min_denominator,
         max_intersection=2,
     )
     res = frame.results.filter(pl.col("grouping") == OVERALL)
@@ -290,6 +296,7 @@ def _task(
                 ci_low=num(r["ci_low"]),
                 ci_high=num(r["ci_high"]),
                 n=r["n"],
+                n_eff=r["n_eff"],
                 description=frame.metrics[name].description,
             )
         )

@@ -16,6 +16,10 @@ Example::
         seed=0,
     )
     frame.overall["accuracy"]; frame.by_group; frame.difference(grouping="race")["accuracy"]
+
+Results carry ``n`` (rows in the group) and ``n_eff`` (for a rate, the rows it is a rate of: the minors
+in ``minors_as_adults@18``, the true females in ``recall[female]``); a rate over fewer than
+``min_denominator`` items is flagged ``small_denominator`` and, like a small group, never ranked.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ FLAG_UNDEFINED = "undefined"
 FLAG_MISSING = "missing_excluded"
 FLAG_CI_PARTIAL = "ci_partial"
 FLAG_UNKNOWN = "unknown_group"  # a group whose label is missing: reported, never ranked
+# a rate whose denominator is tiny (3 minors in a group of 60): reported, not ranked
+FLAG_SMALL_DENOMINATOR = "small_denominator"
 
 #: FairFace's age bins, the common currency of face-dataset age labels.
 AGE_BINS: tuple[tuple[int, int], ...] = (
@@ -85,6 +91,8 @@ class Metric:
     reduce: Reduce = "mean"
     fn: Callable[[np.ndarray, np.ndarray], float] | None = None
     description: str = ""
+    #: for a rate, the column of ``stats`` counting the items it is a rate of (``n_eff`` in the results)
+    denominator: int | None = None
 
 
 def _first(m: np.ndarray) -> np.ndarray:
@@ -165,6 +173,7 @@ def _class_rate(name: str, cls: Any) -> Metric:
         combine=_ratio,
         better=better,
         description=desc.format(c=cls),
+        denominator=1,
     )
 
 
@@ -264,6 +273,7 @@ def age_metrics(
                 _ratio,
                 "lower",
                 description=desc.format(t=t_),
+                denominator=1,
             )
     return out
 
@@ -359,6 +369,7 @@ class MetricFrame:
         n_boot: int = 1000,
         seed: int = 0,
         min_group_size: int = 30,
+        min_denominator: int = 10,
         max_intersection: int | None = None,
     ) -> None:
         self.metrics = _normalise_metrics(metrics)
@@ -369,6 +380,7 @@ class MetricFrame:
             raise EvaluationError(msg.LENGTH_MISMATCH.format(n_true=len(yt), what="y_pred", n_other=len(yp)))
         feats = _features(sensitive_features, len(yt))
         self.ci, self.n_boot, self.seed, self.min_group_size = ci, n_boot, seed, min_group_size
+        self.min_denominator = min_denominator
         self.features = list(feats)
         valid = ~(_is_missing(yt) | _is_missing(yp))
         if not valid.any():
@@ -431,6 +443,7 @@ class MetricFrame:
                 "ci_low": pl.Float64,
                 "ci_high": pl.Float64,
                 "n": pl.Int64,
+                "n_eff": pl.Int64,
                 "n_missing": pl.Int64,
                 "flags": pl.List(pl.String),
             },
@@ -452,8 +465,12 @@ class MetricFrame:
         label = OVERALL if grouping == OVERALL else " / ".join(values.values())
         point: dict[str, float] = {}
         reps: dict[str, np.ndarray] = {}
+        n_eff: dict[str, int] = {}
         if n:
             S = self._S[members]
+            for name, m in self.metrics.items():
+                if m.denominator is not None and name in self._blocks:
+                    n_eff[name] = int(round(S[:, self._blocks[name].start + m.denominator].sum()))
             means = S.mean(axis=0)
             for name, m in self.metrics.items():
                 point[name] = float(self._point(m, name, S, means, members))
@@ -469,6 +486,8 @@ class MetricFrame:
                 flags.append(FLAG_SMALL)
             if n and not math.isfinite(value):
                 flags.append(FLAG_UNDEFINED)
+            elif n >= self.min_group_size and n_eff.get(name, n) < self.min_denominator:
+                flags.append(FLAG_SMALL_DENOMINATOR)
             if n_missing:
                 flags.append(FLAG_MISSING)
             if _MISSING_GROUP in values.values():
@@ -492,6 +511,7 @@ class MetricFrame:
                     "ci_low": lo,
                     "ci_high": hi,
                     "n": n,
+                    "n_eff": n_eff.get(name, n),
                     "n_missing": n_missing,
                     "flags": flags,
                 }
@@ -591,7 +611,8 @@ class MetricFrame:
         g = grouping or "+".join(self._default)
         self._check_grouping(g)
         t = self._results.filter(pl.col("grouping") == g)
-        bad = [FLAG_EMPTY, FLAG_UNDEFINED, FLAG_UNKNOWN] + ([] if include_small else [FLAG_SMALL])
+        bad = [FLAG_EMPTY, FLAG_UNDEFINED, FLAG_UNKNOWN]
+        bad += [] if include_small else [FLAG_SMALL, FLAG_SMALL_DENOMINATOR]
         flagged = pl.col("flags").list.eval(pl.element().is_in(bad)).list.any()
         return g, t.filter(~flagged), t.filter(flagged)
 
@@ -683,6 +704,9 @@ class MetricFrame:
 
 def _diff_ratio(v: np.ndarray, overall: Any, method: str) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise difference and ratio over the group columns of ``v`` (replicates x groups)."""
+    if v.shape[1] == 0:
+        empty = np.full(v.shape[0], np.nan)
+        return empty, empty.copy()
     with np.errstate(divide="ignore", invalid="ignore"), _quiet_nan():
         if method == "between_groups":
             hi, lo = np.nanmax(v, axis=1), np.nanmin(v, axis=1)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from replaybench.evaluate.metrics import FLAG_SMALL, OVERALL
+from replaybench.evaluate.metrics import FLAG_SMALL, FLAG_SMALL_DENOMINATOR, OVERALL
 from replaybench.evaluate.summary import EvaluationSummary
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ def _metrics_table(tasks: list[TaskResult], groups: list[str]) -> pl.DataFrame:
                 "ci_low",
                 "ci_high",
                 "n",
+                "n_eff",
                 "n_missing",
                 "flags",
             )
@@ -168,7 +169,7 @@ def _group_bars(t: TaskResult, grouping: str) -> str | None:
         labels = rows["group"].to_list()
         v = rows["value"].to_numpy()
         lo, hi = rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy()
-        small = [FLAG_SMALL in f for f in rows["flags"].to_list()]
+        small = [FLAG_SMALL in f or FLAG_SMALL_DENOMINATOR in f for f in rows["flags"].to_list()]
         y = np.arange(len(labels))
         colours = ["#c7c7c7" if s else "#4c72b0" for s in small]
         err = np.array([np.nan_to_num(v - lo), np.nan_to_num(hi - v)])
@@ -360,13 +361,14 @@ def _html(
         )
         parts.append(
             _table(
-                ["metric", "value", "CI", "n", "meaning"],
+                ["metric", "value", "CI", "n", "of", "meaning"],
                 [
                     [
                         html.escape(m.name),
                         _fmt(m.value),
                         _ci(m.ci_low, m.ci_high),
                         m.n,
+                        "" if m.n_eff is None or m.n_eff == m.n else m.n_eff,
                         f"<span class='muted'>{html.escape(m.description)}</span>",
                     ]
                     for m in ts.headline
@@ -518,6 +520,16 @@ def _short(groups: list[str], k: int = 3) -> str:
     return html.escape(f"{len(groups)}: {', '.join(groups[:k])}, …")
 
 
+def _cell(r: dict[str, Any]) -> str:
+    if _fmt(r["value"]) == "—":
+        return "—"
+    of = f" of {r['n_eff']}" if r["n_eff"] != r["n"] else ""
+    text = f"{_fmt(r['value'])} <span class='muted'>{_ci(r['ci_low'], r['ci_high'])}{of}</span>"
+    if FLAG_SMALL_DENOMINATOR in r["flags"]:
+        return f"<i class='muted' title='small denominator: not ranked'>{text}</i>"
+    return text
+
+
 def _plotted(grouping: str, groups: list[str]) -> bool:
     """Bars for each feature and for the first intersection; the other intersections get tables only."""
     return "+" not in grouping or grouping == "+".join(groups[:2])
@@ -532,16 +544,6 @@ def _group_table(t: TaskResult, grouping: str) -> str:
         sub = r.filter(pl.col("group") == g)
         vals = {row["metric"]: row for row in sub.iter_rows(named=True)}
         first = sub.row(0, named=True)
-        rows.append(
-            [html.escape(g), first["n"]]
-            + [
-                (
-                    f"{_fmt(vals[n]['value'])} <span class='muted'>{_ci(vals[n]['ci_low'], vals[n]['ci_high'])}</span>"
-                    if _fmt(vals[n]["value"]) != "—"
-                    else "—"
-                )
-                for n in names
-            ]
-        )
+        rows.append([html.escape(g), first["n"]] + [_cell(vals[n]) for n in names])
         flagged.append(bool(first["flags"]) and any(f in first["flags"] for f in (FLAG_SMALL, "empty")))
     return _table([grouping, "n", *names], rows, flagged=flagged)

@@ -28,6 +28,8 @@ class MetricValue(_Strict):
     ci_low: float | None = None
     ci_high: float | None = None
     n: int
+    #: for a rate, how many items it is a rate of (e.g. minors for minors_as_adults@18)
+    n_eff: int | None = None
     description: str = ""
 
 
@@ -128,6 +130,7 @@ class EvaluationSummary(_Strict):
     seed: int
     n_boot: int
     min_group_size: int
+    min_denominator: int = 10
     tasks: list[TaskSummary] = Field(default_factory=list)
     concepts: list[ConceptSummary] = Field(default_factory=list)
     comparison: ComparisonSummary | None = None

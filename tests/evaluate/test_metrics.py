@@ -14,6 +14,7 @@ from replaybench.evaluate.metrics import (
     FLAG_EMPTY,
     FLAG_MISSING,
     FLAG_SMALL,
+    FLAG_SMALL_DENOMINATOR,
     FLAG_UNDEFINED,
     Metric,
     MetricFrame,
@@ -365,3 +366,27 @@ def test_custom_metric_object():
     )
     assert f.overall == {"within_5y": 0.5}
     assert f.by_group["within_5y"].to_list() == [0.5, 0.5]
+
+
+def test_rate_over_few_items_flagged_small_denominator():
+    """A group of 40 with 3 minors: minors_as_adults is reported with n_eff=3 and is not ranked."""
+    rng = np.random.default_rng(0)
+    age = np.concatenate([rng.integers(20, 60, 37), [10, 12, 15], rng.integers(5, 30, 40)]).astype(float)
+    pred = age + 3
+    pred[37:40] = 25  # all three minors of group a predicted adult
+    g = ["a"] * 40 + ["b"] * 40
+    f = MetricFrame(
+        metrics=age_metrics(exact_truth=True),
+        y_true=np.column_stack([age, age]),
+        y_pred=pred,
+        sensitive_features={"g": g},
+        n_boot=50,
+    )
+    a = _value(f, "g", "a", "minors_as_adults@18")
+    assert a["value"] == 1.0 and a["n"] == 40 and a["n_eff"] == 3
+    assert FLAG_SMALL_DENOMINATOR in a["flags"]
+    b = _value(f, "g", "b", "minors_as_adults@18")
+    assert b["n_eff"] == int(np.sum(age[40:] < 18)) and FLAG_SMALL_DENOMINATOR not in b["flags"]
+    d = {x.metric: x for x in f.disparities(grouping="g")}["minors_as_adults@18"]
+    assert d.n_groups == 1 and d.excluded_groups == ("a",)
+    assert _value(f, "g", "a", "mae")["n_eff"] == 40

@@ -81,6 +81,7 @@ def test_metrics_parquet_is_tidy(report):
         "ci_low",
         "ci_high",
         "n",
+        "n_eff",
         "n_missing",
         "flags",
     ]
