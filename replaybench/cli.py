@@ -272,17 +272,16 @@ def _render_evaluation(summary: Any) -> None:
 
     console = Console()
     for t in summary.tasks:
-        table = Table(f"{summary.ci:.0%} CI", "n", "worst group", "its value", "max-min")
+        table = Table(f"{summary.ci:.0%} CI", "n", "of", "worst group", "its value", "max-min")
         table.columns.insert(0, Column("overall"))
         table.columns.insert(0, Column("metric", no_wrap=True, min_width=22))
         table.title = Text(f"{t.bundle}: {t.task}")
-        # worst group over the richest grouping (an intersection when there is one)
+        # worst group over the first group column (race by default), where at least two groups rank
+        order = {g: i for i, g in enumerate(t.group_columns)}
         worst: dict[str, Any] = {}
-        for d in t.disparities:
-            if d.metric not in worst and "+" in d.grouping:
-                worst[d.metric] = d
-        for d in t.disparities:
-            worst.setdefault(d.metric, d)
+        for d in sorted(t.disparities, key=lambda d: ("+" in d.grouping, order.get(d.grouping, 99))):
+            if d.n_groups >= 2:
+                worst.setdefault(d.metric, d)
         for m in t.headline:
             d = worst.get(m.name)
             row(
@@ -291,6 +290,7 @@ def _render_evaluation(summary: Any) -> None:
                 f(m.value),
                 f"[{f(m.ci_low)}, {f(m.ci_high)}]",
                 str(m.n),
+                "" if m.n_eff is None or m.n_eff == m.n else str(m.n_eff),
                 f"{d.worst_group} ({d.grouping})" if d and d.worst_group else "-",
                 f(d.worst_value) if d and d.worst_group else "-",
                 f(d.difference) if d else "-",

@@ -122,6 +122,8 @@ def evaluate_predictions(
         raise EvaluationError(msg.UNKNOWN_TASK.format(task=task, allowed=list(TASKS)))
     if not 0 < ci < 1:
         raise EvaluationError(msg.BAD_CI.format(ci=ci))
+    if Path(out).is_file():
+        raise EvaluationError(msg.REPORT_PATH_IS_FILE.format(path=out))
     predictions = load_predictions(preds)
     groups = resolve_groups(predictions.ok, list(by) if by else None)
     spurious_list = read_concept_list(spurious) if spurious else []

@@ -29,6 +29,8 @@ NO_TASK_DETECTED = (
     "no task could be detected from the prediction columns: expected age_pred, gender_pred, label_pred, "
     "a 'concepts' list or concept__<name> columns"
 )
+RESERVED_GROUP_NAME = "group column {column!r} clashes with a column of the metrics table: rename it first"
+REPORT_PATH_IS_FILE = "the report folder {path} exists and is a file: give -o a folder"
 UNKNOWN_TASK = "unknown task {task!r}: use one of {allowed}"
 UNPARSEABLE_AGE = (
     "cannot read age {value!r} in column {column!r}: use a number or a bin such as '20-29' or '70+'"

@@ -187,6 +187,23 @@ def check_task(df: pl.DataFrame, task: str, label_column: str | None = None) -> 
         raise EvaluationError(msg.NO_CONCEPTS)
 
 
+#: Column names of the tidy metrics table, which group columns sit beside.
+RESERVED = frozenset(
+    {
+        "bundle",
+        "task",
+        "metric",
+        "grouping",
+        "group",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+        "n_eff",
+        "n_missing",
+        "flags",
+    }
+)
 LABELLED_GROUP_CANDIDATES = ("race", "gender", "age_group", "ethnicity", "skin_tone", "attribute")
 
 
@@ -194,6 +211,8 @@ def resolve_groups(df: pl.DataFrame, by: list[str] | None) -> list[str]:
     """The group columns: those asked for (each must exist), else the default ones found."""
     if by:
         for col in by:
+            if col in RESERVED:
+                raise EvaluationError(msg.RESERVED_GROUP_NAME.format(column=col))
             if col not in df.columns:
                 available = [c for c in LABELLED_GROUP_CANDIDATES if c in df.columns]
                 raise EvaluationError(msg.GROUP_COLUMN_ABSENT.format(column=col, available=available))

@@ -50,7 +50,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 line-height:1.45;padding:0 1rem}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}
 h3{margin-top:1.6rem}table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:.88rem}
-th,td{border:1px solid #ddd;padding:.25rem .55rem;text-align:right}th{background:#f3f4f6}
+th,td{border:1px solid #ddd;padding:.25rem .55rem;text-align:right;white-space:nowrap}td.t,td:last-child{white-space:normal}th{background:#f3f4f6}
 td.l,th.l,td.t{text-align:left}tr.flag td{color:#888;font-style:italic}.muted{color:#666;font-size:.9rem}
 .warn{background:#fff7e0;border-left:4px solid #e0a800;padding:.4rem .8rem}
 img{max-width:100%;height:auto;display:block;margin:.5rem 0}.sp{color:#b00020;font-weight:600}
@@ -439,7 +439,8 @@ def _html(
         parts.append(f"<h2>{html.escape(cs.bundle)} — concept associations ({html.escape(cs.source)})</h2>")
         parts.append(
             f"<p class='muted'>{cs.n_concepts} concepts × groups = {cs.n_tests} tests; {cs.n_significant} "
-            f"significant at BH q &lt; {cs.alpha}; {len(cs.spurious)} marked spurious</p>"
+            f"significant at BH q &lt; {cs.alpha}; {len(cs.spurious)} significant associations of concepts listed as unrelated "
+            f"to demographics (marked spurious, in red)</p>"
         )
         for grouping in c.associations["grouping"].unique(maintain_order=True).to_list():
             parts.append(_img(_concept_heatmap(c, grouping), f"concepts by {grouping}"))

@@ -237,6 +237,10 @@ def test_bad_predictions(tmp_path, preds):
         value="adult", column="age"
     )
     assert _err(evaluate_predictions, preds, out, ci=1.2) == msg.BAD_CI.format(ci=1.2)
+    assert _err(evaluate_predictions, preds, out, by=["group"]) == msg.RESERVED_GROUP_NAME.format(
+        column="group"
+    )
+    assert _err(evaluate_predictions, preds, one) == msg.REPORT_PATH_IS_FILE.format(path=one)
 
 
 def test_nan_predictions_are_counted_not_scored(tmp_path, preds):
