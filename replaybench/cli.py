@@ -505,12 +505,147 @@ def replay(
 def evaluate(
     predictions: Annotated[Path, typer.Argument(help="Predictions folder written by 'replaybench replay'.")],
     output: OutDir,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", help="age|gender|classification|concepts (default: every task the columns allow)."
+        ),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Group columns, comma-separated (default: race,gender,age_group found)."),
+    ] = None,
+    ci: Annotated[float, typer.Option("--ci", help="Confidence level of the bootstrap intervals.")] = 0.95,
+    seed: Seed = 0,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    compare: Annotated[
+        Path | None, typer.Option("--compare", help="A second predictions folder to measure agreement with.")
+    ] = None,
+    spurious: Annotated[
+        Path | None,
+        typer.Option(
+            "--spurious", help="File of concepts (one a line) that should be unrelated to demographics."
+        ),
+    ] = None,
+    min_group_size: Annotated[
+        int, typer.Option("--min-group-size", help="Smaller groups are flagged and never ranked.")
+    ] = 30,
+    min_denominator: Annotated[
+        int, typer.Option("--min-denominator", help="Rates over fewer items are flagged and never ranked.")
+    ] = 10,
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="True-label column for the classification task.")
+    ] = "label",
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Concept score that counts as a detection (default 0.5)."),
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Count only the first K concepts of a list.")
+    ] = None,
+    json_out: JsonFlag = False,
 ) -> None:
     """Measure demographic disparities and concept associations; write a report folder.
 
     Example: replaybench evaluate preds/ --by race,gender -o report/
     """
-    raise _not_yet("evaluate", "evaluate")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.errors import InputNotFoundError
+    from replaybench.evaluate.evaluation import evaluate_predictions
+
+    if not predictions.exists():
+        raise InputNotFoundError(f"predictions not found: {predictions}")
+    if compare is not None and not compare.exists():
+        raise InputNotFoundError(f"predictions to compare not found: {compare}")
+    groups = [g.strip() for g in by.split(",") if g.strip()] if by else None
+    summary = evaluate_predictions(
+        predictions,
+        output,
+        task=task,
+        by=groups,
+        ci=ci,
+        seed=seed,
+        n_boot=n_boot,
+        compare=compare,
+        spurious=spurious,
+        min_group_size=min_group_size,
+        min_denominator=min_denominator,
+        label_column=label_column,
+        concept_threshold=threshold,
+        top_k=top_k,
+        progress=NullProgress() if json_out else RichProgress(),
+    )
+    if json_out:
+        emit_json(summary)
+        return
+    _render_evaluation(summary)
+
+
+def _render_evaluation(summary: Any) -> None:
+    from rich.console import Console
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    def f(v: float | None, d: int = 3) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    def row(table: Any, *cells: str) -> None:
+        table.add_row(*(Text(c) for c in cells))  # Text: metric names like recall[female] are not markup
+
+    console = Console()
+    for t in summary.tasks:
+        table = Table(f"{summary.ci:.0%} CI", "n", "of", "worst group", "its value", "max-min")
+        table.columns.insert(0, Column("overall"))
+        table.columns.insert(0, Column("metric", no_wrap=True, min_width=22))
+        table.title = Text(f"{t.bundle}: {t.task}")
+        # worst group over the first group column (race by default), where at least two groups rank
+        order = {g: i for i, g in enumerate(t.group_columns)}
+        worst: dict[str, Any] = {}
+        for d in sorted(t.disparities, key=lambda d: ("+" in d.grouping, order.get(d.grouping, 99))):
+            if d.n_groups >= 2:
+                worst.setdefault(d.metric, d)
+        for m in t.headline:
+            d = worst.get(m.name)
+            row(
+                table,
+                m.name,
+                f(m.value),
+                f"[{f(m.ci_low)}, {f(m.ci_high)}]",
+                str(m.n),
+                "" if m.n_eff is None or m.n_eff == m.n else str(m.n_eff),
+                f"{d.worst_group} ({d.grouping})" if d and d.worst_group else "-",
+                f(d.worst_value) if d and d.worst_group else "-",
+                f(d.difference) if d else "-",
+            )
+        console.print(table)
+    for c in summary.concepts:
+        table = Table("concept", "group", "rate", "elsewhere", "odds ratio", "q", "spurious")
+        table.title = Text(
+            f"{c.bundle}: {c.n_significant} of {c.n_tests} concept x group associations significant"
+        )
+        for a in [*c.spurious, *c.strongest][:15]:
+            row(
+                table,
+                a.concept,
+                f"{a.group} ({a.grouping})",
+                f(a.rate),
+                f(a.rate_rest),
+                f(a.odds_ratio, 2),
+                f"{a.q_value:.2g}" if a.q_value is not None else "-",
+                "yes" if a.spurious else "",
+            )
+        console.print(table)
+    if summary.comparison:
+        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "worst group")
+        table.title = Text(f"agreement with {summary.comparison.other}")
+        for a in summary.comparison.fields:
+            row(
+                table, a.field, str(a.n), f(a.agreement), f(a.kappa), f(a.mean_abs_diff), a.worst_group or "-"
+            )
+        console.print(table)
+    for w in summary.warnings:
+        console.print(Text(f"warning: {w}", style="yellow"))
+    console.print(Text(f"report: {summary.report}/index.html (metrics.parquet, summary.json beside it)"))
 
 
 # --------------------------------------------------------------------------------------------- distill
