@@ -199,17 +199,21 @@ def distill_label(
     posts: Annotated[Path, typer.Argument(help="A posts dataset.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Labels file (.parquet, .csv or .jsonl).")],
     endpoint: Annotated[
-        str | None, typer.Option("--endpoint", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1.")
+        str | None,
+        typer.Option("--endpoint", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1."),
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Teacher model name on that endpoint.")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight.")] = 4,
-    prompt_version: Annotated[str, typer.Option("--prompt-version", help="Versioned prompt (cache key).")] = "v1",
+    prompt_version: Annotated[
+        str, typer.Option("--prompt-version", help="Versioned prompt (cache key).")
+    ] = "v1",
     retries: Annotated[int, typer.Option("--retries", help="Retries per request (exponential backoff).")] = 4,
     api_key_env: Annotated[
         str | None, typer.Option("--api-key-env", help="Environment variable holding a bearer token.")
     ] = None,
     import_file: Annotated[
-        Path | None, typer.Option("--import", help="Import labels (CSV/JSONL/Parquet: post_id, score) instead.")
+        Path | None,
+        typer.Option("--import", help="Import labels (CSV/JSONL/Parquet: post_id, score) instead."),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -255,7 +259,9 @@ def distill_train(
     ] = None,
     text_encoder: Annotated[
         str | None,
-        typer.Option("--text-encoder", help="Local Hugging Face model folder or a name in the local HF cache."),
+        typer.Option(
+            "--text-encoder", help="Local Hugging Face model folder or a name in the local HF cache."
+        ),
     ] = None,
     random_init: Annotated[
         bool, typer.Option("--random-init", help="Random encoders where no weights are given (tests only).")
@@ -340,10 +346,14 @@ def distill_score(
     posts: Annotated[Path, typer.Argument(help="A posts dataset.")],
     output: OutDir,
     int8: Annotated[bool, typer.Option("--int8", help="Run the int8 graphs.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in the same folder.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run in the same folder.")
+    ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images / captions per model call.")] = 32,
     part_size: Annotated[int, typer.Option("--part-size", help="Rows per Parquet part.")] = 512,
-    workers: Annotated[int | None, typer.Option("--workers", help="Decode processes (default: cores).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Decode processes (default: cores).")
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Score posts in bulk with the student bundle; Parquet with score and bucket per post.

@@ -148,7 +148,9 @@ def export_student(
         raise ConversionError(f"torch.onnx.export failed for the student: {e}") from e
 
     # Parity: the whole graph and the two halves chained, against torch, on real images and captions.
-    whole = _session(output / "model.onnx").run(None, {"image": images[:n], "input_ids": ids, "attention_mask": mask})[0]
+    whole = _session(output / "model.onnx").run(
+        None, {"image": images[:n], "input_ids": ids, "attention_mask": mask}
+    )[0]
     chained = run_split(output / IMAGE_ONNX, output / TEXT_HEAD_ONNX, images[:n], ids, mask)
     diff = float(max(np.abs(whole - expected).max(), np.abs(chained - expected).max()))
     passed = diff <= PARITY_TOLERANCE
@@ -191,7 +193,9 @@ def run_split(
 ) -> np.ndarray:
     """Scores from the two-graph form (used for parity and the int8 comparison)."""
     emb = _session(image_model).run(None, {"image": images})[0]
-    return _session(text_model).run(None, {"input_ids": ids, "attention_mask": mask, "image_embedding": emb})[0]
+    return _session(text_model).run(None, {"input_ids": ids, "attention_mask": mask, "image_embedding": emb})[
+        0
+    ]
 
 
 class _ImageReader:
@@ -231,9 +235,8 @@ def quantize_image_encoder(src: Path, dst: Path, images: np.ndarray) -> None:
 
 def quantize_text_head(src: Path, dst: Path) -> None:
     """Per-channel dynamic int8 for the transformer and head MatMuls."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # The head stays fp32: it is <1% of the compute, and its first layer carries the folded feature
     # standardisation (columns of very different magnitude) that one int8 scale per channel would crush.
@@ -318,8 +321,13 @@ def _bundle_doc(
             input_kinds=["calibration-posts"],
             outputs=[
                 OutputParity(
-                    name="score", shape_match=True, dtype_match=True, max_abs_diff=diff,
-                    max_rel_diff=diff / 10.0, tolerance=PARITY_TOLERANCE, passed=passed,
+                    name="score",
+                    shape_match=True,
+                    dtype_match=True,
+                    max_abs_diff=diff,
+                    max_rel_diff=diff / 10.0,
+                    tolerance=PARITY_TOLERANCE,
+                    passed=passed,
                 )  # fmt: skip
             ],
             passed=passed,
@@ -336,13 +344,18 @@ def _bundle_doc(
         ),
         parts=[
             GraphPart(
-                role="image_encoder", file=IMAGE_ONNX, inputs=["image"], outputs=["image_embedding"],
+                role="image_encoder",
+                file=IMAGE_ONNX,
+                inputs=["image"],
+                outputs=["image_embedding"],
                 file_int8=IMAGE_INT8 if int8 else None,
                 quantization="static QDQ int8, per-channel weights, MinMax calibration" if int8 else None,
             ),  # fmt: skip
             GraphPart(
-                role="text_head", file=TEXT_HEAD_ONNX,
-                inputs=["input_ids", "attention_mask", "image_embedding"], outputs=["score"],
+                role="text_head",
+                file=TEXT_HEAD_ONNX,
+                inputs=["input_ids", "attention_mask", "image_embedding"],
+                outputs=["score"],
                 file_int8=TEXT_HEAD_INT8 if int8 else None,
                 quantization="dynamic int8, per-channel weights" if int8 else None,
             ),  # fmt: skip
@@ -350,8 +363,11 @@ def _bundle_doc(
         variants=(
             [
                 VariantReport(
-                    name="int8", output="score", inputs_tried=n_calib,
-                    max_abs_diff=float(int8_max or 0.0), mean_abs_diff=float(int8_mean or 0.0),
+                    name="int8",
+                    output="score",
+                    inputs_tried=n_calib,
+                    max_abs_diff=float(int8_max or 0.0),
+                    mean_abs_diff=float(int8_mean or 0.0),
                     notes=["image.int8.onnx -> text_head.int8.onnx vs the fp32 pair, on calibration posts"],
                 )  # fmt: skip
             ]

@@ -17,10 +17,9 @@ def decode_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
     """uint8 CHW (3, size, size) RGB array of the image at ``path``. Raises OSError/ValueError if unreadable."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))
-        im = ImageOps.exif_transpose(im)
-        im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    with Image.open(path) as src:
+        src.draft("RGB", (size, size))
+        im = ImageOps.exif_transpose(src).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         arr = np.asarray(im, dtype=np.uint8)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

@@ -148,9 +148,9 @@ def image_data_url(path: Path) -> str:
     """The image as a base64 JPEG data URL, EXIF-rotated and capped at MAX_IMAGE_SIDE pixels."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
-        im = ImageOps.exif_transpose(im).convert("RGB")
+    with Image.open(path) as src:
+        src.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+        im = ImageOps.exif_transpose(src).convert("RGB")
         im.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=90)
@@ -316,7 +316,11 @@ def label_posts(
     cache = LabelCache(cache_path or output.with_name(output.name + ".cache.sqlite"))
     progress = progress or NullProgress()
     result = LabelResult(
-        output=str(output), posts=len(posts), model=model, prompt_version=prompt_version, cache=str(cache.path)
+        output=str(output),
+        posts=len(posts),
+        model=model,
+        prompt_version=prompt_version,
+        cache=str(cache.path),
     )
     answers: dict[str, TeacherAnswer] = {}
     todo: list[str] = []

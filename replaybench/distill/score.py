@@ -125,7 +125,10 @@ class StudentRunner:
         self.batcher = TextBatcher(tok, b.text.max_length, b.text.pad_id)
 
     def image_embeddings(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-        out = [self.image.run(None, {"image": images[s : s + batch_size]})[0] for s in range(0, len(images), batch_size)]
+        out = [
+            self.image.run(None, {"image": images[s : s + batch_size]})[0]
+            for s in range(0, len(images), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, 512), np.float32)
 
     def scores(self, embeddings: np.ndarray, captions: Sequence[str], batch_size: int) -> np.ndarray:
@@ -209,7 +212,9 @@ def score_posts(
         def submit() -> None:
             job = next(job_iter, None)
             if job is not None:
-                pending.append((job, pool.apply_async(_decode_job, ([str(i.path) if i.path else None for i in job],))))
+                pending.append(
+                    (job, pool.apply_async(_decode_job, ([str(i.path) if i.path else None for i in job],)))
+                )
 
         for _ in range(4 * n_workers):  # bounded prefetch: decode stays ahead, memory stays flat
             submit()

@@ -142,6 +142,9 @@ def _build_modules() -> dict[str, Any]:
             self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
             self.register_buffer("offset", -mean / std, persistent=False)
 
+        scale: torch.Tensor
+        offset: torch.Tensor
+
         def forward(self, image: torch.Tensor) -> torch.Tensor:
             x = image.to(torch.float32) * self.scale + self.offset
             return self.resnet.features(x)
@@ -241,7 +244,10 @@ def load_resnet18(weights: Path | None, *, random_init: bool) -> Any:
         raise CorruptInputError(f"{weights} is not a loadable torch state dict: {e}") from e
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError, AttributeError) as e:  # shape mismatches, not a dict
+        raise CorruptInputError(f"{weights} is not a torchvision resnet18 state dict: {e}") from e
     if missing or unexpected:
         raise CorruptInputError(
             f"{weights} is not a torchvision resnet18 state dict (missing {list(missing)[:5]}, unexpected "
@@ -281,7 +287,9 @@ def build_wordpiece_tokenizer(texts: Sequence[str], folder: Path, *, vocab_size:
     tok.train_from_iterator(list(texts) or ["empty"], trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     tok.decoder = decoders.WordPiece()
     fast = PreTrainedTokenizerFast(
@@ -343,7 +351,9 @@ def text_hidden_size(model: Any) -> int:
     return int(getattr(cfg, "hidden_size", None) or cfg.dim)
 
 
-def save_student(student: Any, tokenizer: Any, config: StudentConfig, folder: Path, report: dict[str, Any]) -> None:
+def save_student(
+    student: Any, tokenizer: Any, config: StudentConfig, folder: Path, report: dict[str, Any]
+) -> None:
     """Write a self-contained student folder."""
     import torch
 

@@ -28,7 +28,6 @@ REPORT_JSON = "training_report.json"
 CURVE_PNG = "learning_curve.png"
 CALIBRATION_NPZ = "calibration.npz"
 CALIBRATION_SIZE = 32
-_TEXT_BATCH = 32
 
 
 class TrainResult(BaseModel):
@@ -65,8 +64,8 @@ def split_posts(
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(ids))
         n_val = max(1, int(round(len(ids) * val_fraction)))
-        val = {ids[i] for i in order[:n_val]}
-        return [i for i in ids if i not in val], [i for i in ids if i in val]
+        val_ids = {ids[i] for i in order[:n_val]}
+        return [i for i in ids if i not in val_ids], [i for i in ids if i in val_ids]
     if not split_file.is_file():
         raise InputNotFoundError(f"split file not found: {split_file}")
     if split_file.suffix.lower() == ".json":
@@ -115,7 +114,7 @@ class EmbeddingCache:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez(tmp, **self.entries)
+        np.savez(tmp, **self.entries)  # type: ignore[arg-type]
         tmp.replace(self.path)
 
 
@@ -139,67 +138,68 @@ def encode_posts(
     max_length: int,
     cache: EmbeddingCache | None,
     progress: Progress,
+    chunk: int = 128,
 ) -> tuple[dict[str, np.ndarray], dict[str, str], int, int]:
-    """Frozen-encoder embeddings [image 512 | text] per post; (embeddings, skipped, computed, cached)."""
+    """Frozen-encoder embeddings [image 512 | text] per post; (embeddings, skipped, computed, cached).
+
+    Posts are encoded in chunks (images batched across posts, a carousel's embedding is the mean of its
+    images), so memory stays bounded on large datasets.
+    """
     import torch
 
     from replaybench.distill.images import try_decode
 
     out: dict[str, np.ndarray] = {}
     skipped: dict[str, str] = {}
-    todo: list[tuple[str, str, np.ndarray, str | None]] = []  # pid, key, image emb, caption
+    todo: list[tuple[str, str]] = []  # (post id, content key) not in the cache
     n_cached = 0
-    progress.start(len(posts), "encoding posts")
+    for pid, items in posts.items():
+        key = _post_key(items)
+        if cache is not None and key in cache.entries:
+            out[pid] = cache.entries[key]
+            n_cached += 1
+        else:
+            todo.append((pid, key))
+    progress.start(len(todo), "encoding posts")
     with torch.no_grad():
-        for pid, items in posts.items():
-            key = _post_key(items)
-            if cache is not None and key in cache.entries:
-                out[pid] = cache.entries[key]
-                n_cached += 1
-                progress.advance()
-                continue
-            arrays, reasons = [], []
-            for it in items:
-                arr, why = try_decode(it.path)
-                if arr is None:
-                    reasons.append(why or "unreadable")
-                else:
-                    arrays.append(arr)
-            if not arrays:
-                skipped[pid] = "; ".join(reasons)
-                progress.advance()
-                continue
-            img_emb = student.image(torch.from_numpy(np.stack(arrays))).mean(0).numpy()
-            todo.append((pid, key, img_emb, items[0].caption))
-            if len(todo) >= _TEXT_BATCH:
-                _flush_text(student, tokenizer, todo, max_length, out, cache)
-                progress.advance(len(todo))
-                todo = []
-        if todo:
-            _flush_text(student, tokenizer, todo, max_length, out, cache)
-            progress.advance(len(todo))
+        for s in range(0, len(todo), chunk):
+            arrays: list[np.ndarray] = []
+            owner: list[int] = []
+            kept: list[tuple[str, str]] = []
+            for pid, key in todo[s : s + chunk]:
+                reasons, mine = [], []
+                for it in posts[pid]:
+                    arr, why = try_decode(it.path)
+                    if arr is None:
+                        reasons.append(why or "unreadable")
+                    else:
+                        mine.append(arr)
+                if not mine:
+                    skipped[pid] = "; ".join(reasons)
+                    continue
+                arrays += mine
+                owner += [len(kept)] * len(mine)
+                kept.append((pid, key))
+            if kept:
+                batch = torch.from_numpy(np.stack(arrays))
+                img = torch.cat([student.image(batch[i : i + 32]) for i in range(0, len(batch), 32)]).numpy()
+                idx = np.asarray(owner)
+                img_emb = np.stack([img[idx == k].mean(0) for k in range(len(kept))])
+                ids, mask = tokenize(tokenizer, [posts[pid][0].caption for pid, _ in kept], max_length)
+                txt = torch.cat(
+                    [student.text(ids[i : i + 32], mask[i : i + 32]) for i in range(0, len(kept), 32)]
+                ).numpy()
+                for k, (pid, key) in enumerate(kept):
+                    vec = np.concatenate([img_emb[k], txt[k]]).astype(np.float32)
+                    out[pid] = vec
+                    if cache is not None:
+                        cache.entries[key] = vec
+            progress.advance(len(todo[s : s + chunk]))
     progress.close()
     computed = len(out) - n_cached
     if cache is not None and computed:
         cache.save()
     return out, skipped, computed, n_cached
-
-
-def _flush_text(
-    student: Any,
-    tokenizer: Any,
-    todo: list[tuple[str, str, np.ndarray, str | None]],
-    max_length: int,
-    out: dict[str, np.ndarray],
-    cache: EmbeddingCache | None,
-) -> None:
-    ids, mask = tokenize(tokenizer, [t[3] for t in todo], max_length)
-    text_emb = student.text(ids, mask).numpy()
-    for (pid, key, img, _), txt in zip(todo, text_emb, strict=True):
-        vec = np.concatenate([img, txt]).astype(np.float32)
-        out[pid] = vec
-        if cache is not None:
-            cache.entries[key] = vec
 
 
 def _prepare_text_encoder(
@@ -211,7 +211,9 @@ def _prepare_text_encoder(
         model, tok = load_text_encoder(text_encoder)
         return model, tok, text_encoder
     if not random_init:
-        raise UsageError("give --text-encoder (a local Hugging Face model folder or cached name) or --random-init")
+        raise UsageError(
+            "give --text-encoder (a local Hugging Face model folder or cached name) or --random-init"
+        )
     from transformers import AutoModel
 
     # No pretrained weights offline: a WordPiece vocabulary learned from the captions themselves.
@@ -296,7 +298,9 @@ def train_student(
     cache = None
     cache_path: str | None = None
     if finetune_last_blocks == 0:
-        cache = EmbeddingCache(cache_dir or output / "embedding-cache", encoder_key(config, image_weights, text_model))
+        cache = EmbeddingCache(
+            cache_dir or output / "embedding-cache", encoder_key(config, image_weights, text_model)
+        )
         cache_path = str(cache.path)
     embeddings, skipped, computed, cached = encode_posts(
         student, tokenizer, posts, max_length=max_length, cache=cache, progress=progress

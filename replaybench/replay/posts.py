@@ -108,7 +108,7 @@ def _read_post_json(doc_path: Path, root: Path) -> list[DatasetItem]:
         raise CorruptInputError(f"post {doc_path} is not valid JSON: {e}") from e
     if not isinstance(doc, Mapping):
         raise CorruptInputError(f"post {doc_path} is not a JSON object")
-    node = doc.get("node") if isinstance(doc.get("node"), Mapping) else doc
+    node: Mapping[str, Any] = doc["node"] if isinstance(doc.get("node"), Mapping) else doc
     post_id = _first_scalar(node, POST_ID_KEYS) or doc_path.stem
     caption = caption_of(doc)
     listed = _listed_images(node)

@@ -32,7 +32,9 @@ def test_coco_mini_posts_index(realdata):
 
 def test_graphql_json_with_carousel_and_single(tmp_path):
     (tmp_path / "a.json").write_text(
-        json.dumps({"shortcode": "A1", "edge_media_to_caption": {"edges": [{"node": {"text": "hello #ootd"}}]}})
+        json.dumps(
+            {"shortcode": "A1", "edge_media_to_caption": {"edges": [{"node": {"text": "hello #ootd"}}]}}
+        )
     )
     _jpg(tmp_path / "a_2.jpg")
     _jpg(tmp_path / "a_1.jpg")
@@ -50,7 +52,9 @@ def test_graphql_json_with_carousel_and_single(tmp_path):
 
 
 def test_listed_images_and_missing_image_kept_as_item(tmp_path):
-    (tmp_path / "p.json").write_text(json.dumps({"id": 7, "caption": "", "images": ["img/x.jpg", "img/gone.jpg"]}))
+    (tmp_path / "p.json").write_text(
+        json.dumps({"id": 7, "caption": "", "images": ["img/x.jpg", "img/gone.jpg"]})
+    )
     (tmp_path / "img").mkdir()
     _jpg(tmp_path / "img" / "x.jpg")
     (tmp_path / "q.json").write_text(json.dumps({"caption": "no image anywhere"}))
@@ -71,7 +75,9 @@ def test_csv_table_with_carousel_rows(tmp_path):
     _jpg(tmp_path / "1.jpg")
     _jpg(tmp_path / "2.jpg")
     _jpg(tmp_path / "3.jpg")
-    (tmp_path / "posts.csv").write_text("post_id,image_path,caption,brand\nP,1.jpg,hi,x\nP,2.jpg,hi,x\nQ,3.jpg,,y\n")
+    (tmp_path / "posts.csv").write_text(
+        "post_id,image_path,caption,brand\nP,1.jpg,hi,x\nP,2.jpg,hi,x\nQ,3.jpg,,y\n"
+    )
     items = read_posts(tmp_path / "posts.csv")
     assert [(it.item_id, it.post_id) for it in items] == [("P_1", "P"), ("P_2", "P"), ("Q", "Q")]
     assert items[0].labels == {"brand": "x"}
@@ -82,7 +88,9 @@ def test_parquet_table(tmp_path):
     import polars as pl
 
     _jpg(tmp_path / "1.jpg")
-    pl.DataFrame({"post_id": ["z"], "image": ["1.jpg"], "caption": ["cap"]}).write_parquet(tmp_path / "t.parquet")
+    pl.DataFrame({"post_id": ["z"], "image": ["1.jpg"], "caption": ["cap"]}).write_parquet(
+        tmp_path / "t.parquet"
+    )
     (item,) = read_posts(tmp_path)
     assert (item.item_id, item.caption, item.path) == ("z", "cap", tmp_path / "1.jpg")
 
