@@ -654,13 +654,55 @@ def _render_evaluation(summary: Any) -> None:
 @distill_app.command("label")
 def distill_label(
     posts: Annotated[Path, typer.Argument(help="A posts dataset.")],
-    output: OutDir,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Labels file (.parquet, .csv or .jsonl).")],
+    endpoint: Annotated[
+        str | None,
+        typer.Option("--endpoint", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1."),
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Teacher model name on that endpoint.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight.")] = 4,
+    prompt_version: Annotated[
+        str, typer.Option("--prompt-version", help="Versioned prompt (cache key).")
+    ] = "v1",
+    retries: Annotated[int, typer.Option("--retries", help="Retries per request (exponential backoff).")] = 4,
+    api_key_env: Annotated[
+        str | None, typer.Option("--api-key-env", help="Environment variable holding a bearer token.")
+    ] = None,
+    import_file: Annotated[
+        Path | None,
+        typer.Option("--import", help="Import labels (CSV/JSONL/Parquet: post_id, score) instead."),
+    ] = None,
+    json_out: JsonFlag = False,
 ) -> None:
     """Score posts with a VLM teacher behind an OpenAI-compatible endpoint (cached, resumable).
 
     Example: replaybench distill label posts/ --endpoint http://localhost:8000/v1 --model qwen -o labels.parquet
     """
-    raise _not_yet("distill label", "distill")
+    import os
+
+    from replaybench._console import RichProgress, emit_json
+
+    if import_file is not None:
+        if endpoint or model:
+            raise UsageError("--import takes labels from a file; do not combine it with --endpoint/--model")
+        from replaybench.distill.label import import_labels
+
+        result = import_labels(import_file, output)
+    else:
+        if not endpoint or not model:
+            raise UsageError("give --endpoint and --model (or --import FILE)")
+        from replaybench.distill.label import label_posts
+
+        result = label_posts(
+            posts, output, endpoint=endpoint, model=model, prompt_version=prompt_version,
+            concurrency=concurrency, retries=retries,
+            api_key=os.environ.get(api_key_env) if api_key_env else None,
+            progress=None if json_out else RichProgress(),
+        )  # fmt: skip
+    if json_out:
+        emit_json(result)
+        return
+    _render_doc("teacher labels", result.model_dump())
 
 
 @distill_app.command("train")
@@ -668,24 +710,91 @@ def distill_train(
     posts: Annotated[Path, typer.Argument(help="A posts dataset.")],
     labels: Annotated[Path, typer.Argument(help="Teacher labels.")],
     output: OutDir,
+    image_encoder_weights: Annotated[
+        Path | None,
+        typer.Option("--image-encoder-weights", help="torchvision resnet18 checkpoint (.pth, state dict)."),
+    ] = None,
+    text_encoder: Annotated[
+        str | None,
+        typer.Option(
+            "--text-encoder", help="Local Hugging Face model folder or a name in the local HF cache."
+        ),
+    ] = None,
+    random_init: Annotated[
+        bool, typer.Option("--random-init", help="Random encoders where no weights are given (tests only).")
+    ] = False,
+    text_arch: Annotated[
+        str, typer.Option("--text-arch", help="Random-init text shape: tiny, distilbert-base, minilm-l6.")
+    ] = "tiny",
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = 200,
+    patience: Annotated[int, typer.Option("--patience", help="Early stopping patience (epochs).")] = 20,
+    seed: Seed = 0,
+    split: Annotated[
+        Path | None, typer.Option("--split", help="JSON {train:[ids], val:[ids]} or CSV post_id,split.")
+    ] = None,
+    finetune_last_blocks: Annotated[
+        int, typer.Option("--finetune-last-blocks", help="Also train the last N encoder blocks (0-4).")
+    ] = 0,
+    json_out: JsonFlag = False,
 ) -> None:
     """Train the image+text student on teacher labels.
 
     Example: replaybench distill train posts/ labels.parquet -o student/
     """
-    raise _not_yet("distill train", "distill")
+    from replaybench._console import RichProgress, emit_json
+    from replaybench.distill.train import train_student
+
+    if text_arch not in ("tiny", "distilbert-base", "minilm-l6"):
+        raise UsageError("--text-arch must be tiny, distilbert-base or minilm-l6")
+    result = train_student(
+        posts, labels, output, image_weights=image_encoder_weights, text_encoder=text_encoder,
+        random_init=random_init, text_arch=text_arch,  # type: ignore[arg-type]
+        epochs=epochs, patience=patience, seed=seed, split=split, finetune_last_blocks=finetune_last_blocks,
+        progress=None if json_out else RichProgress(),
+    )  # fmt: skip
+    if json_out:
+        emit_json(result)
+        return
+    v = result.validation
+    _render_doc(
+        "student training",
+        {
+            "output": result.output,
+            "posts used": f"{result.posts_used} ({result.train_posts} train, {result.val_posts} val)",
+            "skipped posts": len(result.skipped),
+            "epochs": f"{result.epochs_run} (best {result.best_epoch})",
+            "val MAE": f"{v['mae']:.3f} (predict-the-mean {result.baseline_val_mae:.3f})",
+            "within 1 / 2": f"{v['within_1']:.1%} / {v['within_2']:.1%}",
+            "pearson / spearman": f"{v['pearson']} / {v['spearman']}",
+        },
+    )
 
 
 @distill_app.command("export")
 def distill_export(
     student: Annotated[Path, typer.Argument(help="A trained student folder.")],
     output: OutDir,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="Posts to calibrate int8 on (default: kept samples).")
+    ] = None,
+    no_int8: Annotated[bool, typer.Option("--no-int8", help="Skip the int8 variant.")] = False,
+    json_out: JsonFlag = False,
 ) -> None:
     """Export the student (encoders + head) to an ONNX bundle, fp32 and int8, parity-checked.
 
     Example: replaybench distill export student/ -o student-bundle/
     """
-    raise _not_yet("distill export", "distill")
+    from replaybench._console import RichProgress, emit_json
+    from replaybench.distill.export import export_student
+
+    result = export_student(
+        student, output, calibration_posts=calibration, int8=not no_int8,
+        progress=None if json_out else RichProgress(),
+    )  # fmt: skip
+    if json_out:
+        emit_json(result)
+        return
+    _render_doc("student export", result.model_dump())
 
 
 @distill_app.command("score")
@@ -693,12 +802,46 @@ def distill_score(
     bundle: Annotated[Path, typer.Argument(help="A student bundle.")],
     posts: Annotated[Path, typer.Argument(help="A posts dataset.")],
     output: OutDir,
+    int8: Annotated[bool, typer.Option("--int8", help="Run the int8 graphs.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run in the same folder.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images / captions per model call.")] = 32,
+    part_size: Annotated[int, typer.Option("--part-size", help="Rows per Parquet part.")] = 512,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Decode processes (default: cores).")
+    ] = None,
+    json_out: JsonFlag = False,
 ) -> None:
     """Score posts in bulk with the student bundle; Parquet with score and bucket per post.
 
     Example: replaybench distill score student-bundle/ posts/ -o scores/
     """
-    raise _not_yet("distill score", "distill")
+    from replaybench._console import RichProgress, emit_json
+    from replaybench.distill.score import score_posts
+
+    result = score_posts(
+        bundle, posts, output, int8=int8, resume=resume, batch_size=batch_size, chunk_size=part_size,
+        workers=workers, progress=None if json_out else RichProgress(),
+    )  # fmt: skip
+    if json_out:
+        emit_json(result)
+        return
+    doc = result.model_dump(exclude={"summary"})
+    for bucket, v in result.summary["buckets"].items():
+        doc[f"bucket {bucket}"] = f"{v['count']} ({v['share']:.1%})"
+    doc["errors (all parts)"] = result.summary["errors"]
+    _render_doc("student scores", doc)
+
+
+def _render_doc(title: str, doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("field", "value", title=title)
+    for k, v in doc.items():
+        table.add_row(str(k), f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console().print(table)
 
 
 # ------------------------------------------------------------------------------------------ demo, doctor
