@@ -15,17 +15,22 @@ from replaybench.cli import app
 from replaybench.errors import TraceError
 from replaybench.extract.capture import AgentConfig, CaptureTarget, agent_source, agent_version
 from replaybench.extract.trace import StatsEvent, WatchEvent, read_trace
+from tests.extract.trace_target import stop_when_exists
 
 PROGRAM = r"""
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 __attribute__((noinline, noipa)) int rb_secret(const char *label, int n) { return (int)strlen(label) + n; }
 __attribute__((noinline, noipa)) int rb_spam(int i) { volatile int x = i; return x * 2; }
-int main(void) {
+int main(int argc, char **argv) {
     int acc = 0;
     for (int i = 0; i < 5; i++) acc += rb_secret("hello-watch", 42);
     for (int i = 0; i < 3000; i++) acc += rb_spam(i);
-    printf("%d\n", acc);
+    FILE *done = fopen(argv[1], "w");  /* tell the test we are done; it ends the capture */
+    fprintf(done, "%d\n", acc);
+    fclose(done);
+    sleep(30);  /* stay alive: the capture kills us (exiting under live hooks is racy in frida) */
     return 0;
 }
 """
@@ -59,13 +64,21 @@ def test_watch_and_rate_cap_on_a_compiled_program(tmp_path: Path) -> None:
     from replaybench.extract.capture import capture
 
     config = AgentConfig(max_events_per_second=50, watch=["rb_secret", "prog!rb_spam"])
+    done = tmp_path / "done"
+    stop = stop_when_exists(done)
     try:
-        result = capture(CaptureTarget(spawn=str(exe)), tmp_path / "trace", seconds=30, config=config)
+        result = capture(
+            CaptureTarget(spawn=str(exe), spawn_args=[str(done)]),
+            tmp_path / "trace",
+            seconds=30,
+            config=config,
+            stop=stop,
+        )
     except TraceError as e:
         if "cannot attach" in e.message:
             pytest.skip(f"frida cannot attach here (ptrace denied?): {e.message}")
         raise
-    assert result.ended_by == "detached"
+    assert result.ended_by == "stopped"
     trace = read_trace(tmp_path / "trace")
     watches = trace.of_kind(WatchEvent)
     secret = [w for w in watches if w.target == "rb_secret" and w.phase == "enter"]
