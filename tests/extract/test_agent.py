@@ -3,6 +3,7 @@ its events-per-second cap work on a compiled program."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -111,3 +112,45 @@ def test_capture_without_frida_names_the_install_command(monkeypatch) -> None:
     with pytest.raises(MissingDependencyError) as e:
         capture(CaptureTarget(pid=1), Path("unused"))
     assert "pip install 'replaybench[frida]'" in (e.value.hint or "")
+
+
+def test_trace_command_needs_exactly_one_target(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["trace", "-o", str(tmp_path / "t"), "--pid", "1", "--spawn", "x"])
+    assert r.exit_code != 0
+    from replaybench.cli import main
+
+    assert main(["trace", "-o", str(tmp_path / "t")]) == 2
+
+
+@pytest.mark.frida
+def test_trace_command_records_and_reports_json(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("frida", reason="frida is not installed (pip install 'replaybench[frida]')")
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    src = tmp_path / "prog.c"
+    src.write_text(PROGRAM)
+    exe = tmp_path / "prog"
+    subprocess.run(["gcc", "-O0", "-rdynamic", "-o", str(exe), str(src)], check=True)
+    from replaybench.cli import main
+
+    out = tmp_path / "trace"
+    argv = [
+        "trace",
+        "--spawn",
+        str(exe),
+        "-o",
+        str(out),
+        "--seconds",
+        "1.5",
+        "--watch",
+        "rb_secret",
+        "--json",
+    ]
+    code = main([*argv, "--", str(tmp_path / "done")])
+    if code == 12 and "cannot attach" in capsys.readouterr().err:
+        pytest.skip("frida cannot attach here (ptrace denied?)")
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ended_by"] == "timeout" and doc["by_kind"]["watch"] == 10 and doc["models_loaded"] == 0
+    assert (tmp_path / "done").is_file()  # the program got its argument after --
+    assert read_trace(out).summary.by_kind["watch"] == 10
