@@ -91,7 +91,7 @@ class CaptureResult(BaseModel):
     models_loaded: int = 0
     invokes: int = 0
     dumps_written: int = 0
-    ended_by: str = "timeout"  # timeout, detached, interrupted, max-dumps
+    ended_by: str = "timeout"  # timeout, detached (the process ended), stopped, interrupted, max-dumps
     agent_errors: list[str] = Field(default_factory=list)
 
 
@@ -186,6 +186,7 @@ def capture(
     writer = TraceWriter(out)
     lock = threading.Lock()
     detached = threading.Event()
+    dumps_full = threading.Event()
     stop = stop or threading.Event()
     errors: list[str] = []
 
@@ -202,6 +203,7 @@ def capture(
         with lock:
             writer.write(payload, data)
             if max_dumps is not None and writer.dumps_written >= max_dumps:
+                dumps_full.set()
                 stop.set()
 
     spawned = False
@@ -246,7 +248,7 @@ def capture(
         try:
             while True:
                 if stop.wait(0.1):
-                    ended_by = "max-dumps" if max_dumps is not None else "stopped"
+                    ended_by = "max-dumps" if dumps_full.is_set() else "stopped"
                     break
                 if detached.is_set():
                     ended_by = "detached"

@@ -19,6 +19,7 @@ import pytest
 from replaybench.errors import TraceError
 from replaybench.extract.trace import FileOpenEvent, ModelLoadEvent, read_trace
 from replaybench.extract.trace_match import traced_invokes
+from tests.extract.trace_target import stop_when_exists
 from tests.fixtures.models import tflite_models
 
 pytestmark = pytest.mark.frida
@@ -46,12 +47,12 @@ def _capture(tmp_path: Path, model: Path, mode: str):
         spawn=sys.executable, spawn_args=[str(TARGET), str(model), mode, str(fed), str(INVOKES)]
     )
     try:
-        result = capture(target, out, seconds=90)
+        result = capture(target, out, seconds=90, stop=stop_when_exists(fed))
     except TraceError as e:
         if "cannot attach" in e.message:
             pytest.skip(f"frida cannot attach here (ptrace denied?): {e.message}")
         raise
-    assert result.ended_by == "detached", result  # the process ran to its end under the agent
+    assert result.ended_by == "stopped", result  # the process did its work under the agent
     assert fed.is_file(), "the traced process did not finish"
     return result, read_trace(out), dict(np.load(fed))
 
