@@ -14,6 +14,7 @@ from replaybench.errors import (
     ConversionError,
     CorruptInputError,
     ParityError,
+    TraceError,
     UnsafeInputError,
     UnsupportedFormatError,
 )
@@ -117,9 +118,11 @@ def test_parity_failure_is_written_then_raised(tfl, tmp_path):
 
 def test_trace_inputs_are_used(tfl, tmp_path):
     x = np.full((1, 32, 32, 3), 0.5, dtype=np.float32)
-    b = convert_model(tfl["float"], tmp_path / "b", n_random=1, trace_inputs=[[x]])
-    assert b.parity is not None and b.parity.inputs_tried == 2
+    b = convert_model(tfl["float"], tmp_path / "b", n_random=1, trace_inputs=[[x], x[0].ravel()])
+    assert b.parity is not None and b.parity.inputs_tried == 3
     assert b.parity.input_kinds == ["random-range", "trace"]
+    with pytest.raises(TraceError, match="does not fit"):
+        convert_model(tfl["float"], tmp_path / "c", n_random=1, trace_inputs=[np.zeros(7, np.float32)])
 
 
 def test_torchscript_and_lite(tmp_path):

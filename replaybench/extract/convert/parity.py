@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from replaybench.bundle import OutputParity, ParityReport
-from replaybench.errors import ConversionError
+from replaybench.errors import ConversionError, TraceError
 from replaybench.extract.convert.registry import Converted
 
 # Max abs diff relative to the output's magnitude (max(1, max|ref|)), or quantisation steps.
@@ -79,7 +79,7 @@ def check_parity(
     onnx_bytes: bytes,
     *,
     n_random: int = 3,
-    trace_inputs: Sequence[Sequence[np.ndarray]] | None = None,
+    trace_inputs: Sequence[np.ndarray | Sequence[np.ndarray]] | None = None,
     float_range: tuple[float, float] = (0.0, 1.0),
     tolerance: float | None = None,
     allow_mismatch: bool = False,
@@ -98,8 +98,8 @@ def check_parity(
     specs = [(list(t.shape), t.dtype) for t in converted.inputs]
     sets = random_inputs(specs, n_random, float_range=float_range)
     kinds = ["random-range"] * len(sets)
-    for arrays in trace_inputs or []:
-        sets.append([np.asarray(a) for a in arrays])
+    for item in trace_inputs or []:
+        sets.append(_trace_set(item, converted))
         kinds.append("trace")
     refs = [converted.run_source(list(arrays)) for arrays in sets]
     # Quantised models: ORT's QLinear* fusions round differently from TFLite's integer kernels, more
@@ -127,6 +127,31 @@ def check_parity(
         note=f"model kind {kind}; tolerance {tol:g}"
         + (" quantisation steps" if kind == "quantized" else " x max(1, max|ref|)"),
     )
+
+
+def _trace_set(item: np.ndarray | Sequence[np.ndarray], converted: Converted) -> list[np.ndarray]:
+    """One captured input set: a bare array for a single-input model, else one array per input.
+
+    Dumps from a device may lack the batch dimension or come as flat buffers: an array with the
+    input's element count is reshaped to the input's shape and cast to its dtype.
+    """
+    arrays = [item] if isinstance(item, np.ndarray) else list(item)
+    if len(arrays) != len(converted.inputs):
+        raise TraceError(
+            f"a trace input set has {len(arrays)} arrays; the model has {len(converted.inputs)} inputs"
+        )
+    out = []
+    for a, spec in zip(arrays, converted.inputs, strict=True):
+        a = np.asarray(a)
+        dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+        if list(a.shape) != dims:
+            if a.size != int(np.prod(dims)):
+                raise TraceError(
+                    f"trace input of shape {list(a.shape)} does not fit input {spec.name} {spec.shape}"
+                )
+            a = a.reshape(dims)
+        out.append(a.astype(spec.dtype, copy=False))
+    return out
 
 
 def _badness(outputs: list[OutputParity]) -> tuple[int, float]:

@@ -174,7 +174,7 @@ def convert_model(
     opset: int | None = None,
     allow_mismatch: bool = False,
     source: SourceInfo | None = None,
-    trace_inputs: Sequence[Sequence[np.ndarray]] | None = None,
+    trace_inputs: Sequence[np.ndarray | Sequence[np.ndarray]] | None = None,
     keep_quantized_io: bool = True,
     input_shape: Sequence[int] | None = None,
     n_random: int = 3,
@@ -182,7 +182,8 @@ def convert_model(
 ) -> Bundle:
     """Convert ``model`` to ONNX, check parity against its own runtime, and write the bundle in ``out``.
 
-    ``preprocess`` given here is recorded with Provenance.USER for fields the spec does not already
+    ``trace_inputs``: captured input tensors, each a bare array (single-input model) or one array per
+    input; they are tried in parity next to ``n_random`` random inputs. ``preprocess`` given here is recorded with Provenance.USER for fields the spec does not already
     attribute. Raises ConversionError, ParityError (after writing bundle.json, unless allow_mismatch),
     CorruptInputError, UnsafeInputError, UnsupportedFormatError.
 
@@ -285,7 +286,7 @@ def check_parity_for(
     onnx_bytes: bytes,
     preprocess: PreprocessSpec | None,
     n_random: int,
-    trace_inputs: Sequence[Sequence[np.ndarray]] | None,
+    trace_inputs: Sequence[np.ndarray | Sequence[np.ndarray]] | None,
     tolerance: float | None,
     allow_mismatch: bool,
 ):  # type: ignore[no-untyped-def]
