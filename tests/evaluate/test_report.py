@@ -275,7 +275,15 @@ def test_single_file_and_fairface_bins(tmp_path):
     df = df.with_columns(pl.Series("age", [bins[i] for i in idx]))
     f = tmp_path / "preds.parquet"
     df.write_parquet(f)
-    s = evaluate_predictions(f, tmp_path / "r", task="age", by=["race"], n_boot=20)
+    s = evaluate_predictions(f, tmp_path / "r", task="age", by=["age_group"], n_boot=20)
     names = [m.name for m in s.tasks[0].headline]
     assert "mae" not in names and "age_bin_accuracy" in names and "minors_as_adults@13" in names
+    # '10-19' straddles the 13-17 / 18-29 age groups: those rows get no age group, and that group is
+    # reported but never ranked
+    m = pl.read_parquet(tmp_path / "r" / "metrics.parquet").filter(pl.col("grouping") == "age_group")
+    unknown = m.filter(pl.col("age_group") == "(missing)")
+    assert unknown["n"][0] == int((df["age"] == "10-19").sum())
+    assert unknown["flags"][0].to_list().count("unknown_group") == 1
+    d = next(d for d in s.tasks[0].disparities if d.metric == "age_bin_accuracy")
+    assert "(missing)" in d.excluded_groups
     shutil.rmtree(tmp_path / "r")
