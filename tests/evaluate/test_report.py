@@ -237,6 +237,13 @@ def test_bad_predictions(tmp_path, preds):
         value="adult", column="age"
     )
     assert _err(evaluate_predictions, preds, out, ci=1.2) == msg.BAD_CI.format(ci=1.2)
+    coded = base.with_columns(
+        pl.when(pl.col("gender") == "male").then(pl.lit("0")).otherwise(pl.lit("1")).alias("gender")
+    )
+    coded.write_parquet(one)
+    assert _err(evaluate_predictions, one, out, task="gender") == msg.LABELS_DISJOINT.format(
+        label="gender", prediction="gender_pred", true=["0", "1"], pred=["female", "male"]
+    )
     assert _err(evaluate_predictions, preds, out, by=["group"]) == msg.RESERVED_GROUP_NAME.format(
         column="group"
     )
@@ -265,6 +272,16 @@ def test_nan_predictions_are_counted_not_scored(tmp_path, preds):
         (pl.col("bundle") == "age-model") & (pl.col("group") == "Black") & (pl.col("metric") == "mae")
     )
     assert m["flags"][0].to_list().count("missing_excluded") == 1
+
+
+def test_gender_label_case_is_not_an_error(tmp_path, preds):
+    df = pl.read_parquet(sorted(preds.glob("part-*.parquet")))
+    upper = df.with_columns(pl.col("gender").str.to_titlecase())  # FairFace style 'Male'/'Female'
+    a = evaluate_predictions(preds, tmp_path / "a", task="gender", by=["race"], n_boot=0)
+    b = evaluate_predictions(
+        write_parts(upper, tmp_path / "p"), tmp_path / "b", task="gender", by=["race"], n_boot=0
+    )
+    assert a.tasks[0].headline[0].value == b.tasks[0].headline[0].value > 0.8
 
 
 def test_single_file_and_fairface_bins(tmp_path):
