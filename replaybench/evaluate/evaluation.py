@@ -271,7 +271,22 @@ def _task(
         pred_col = "gender_pred" if task == "gender" else "label_pred"
         y_true = rows[true_col].cast(pl.String)
         y_pred = rows[pred_col].cast(pl.String)
-        classes = sorted({*y_true.drop_nulls().to_list(), *y_pred.drop_nulls().to_list()})
+        if task == "gender":
+            # FairFace writes 'Male', apps write 'MALE': case is not a disagreement
+            y_true = y_true.str.strip_chars().str.to_lowercase()
+            y_pred = y_pred.str.strip_chars().str.to_lowercase()
+        seen_true, seen_pred = set(y_true.drop_nulls().to_list()), set(y_pred.drop_nulls().to_list())
+        if seen_true and seen_pred and not seen_true & seen_pred:
+            # disjoint vocabularies ('0'/'1' vs 'male'/'female') would score 0% accuracy: a wrong number
+            raise EvaluationError(
+                msg.LABELS_DISJOINT.format(
+                    label=true_col,
+                    prediction=pred_col,
+                    true=sorted(seen_true)[:5],
+                    pred=sorted(seen_pred)[:5],
+                )
+            )
+        classes = sorted(seen_true | seen_pred)
         metrics = classification_metrics(classes)
         confusion = confusion_by_group(y_true, y_pred, sf, labels=classes)
     frame = MetricFrame(

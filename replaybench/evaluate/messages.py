@@ -24,6 +24,10 @@ MISSING_LABEL_COLUMN = "the {task} task needs the label column {column!r}, which
 MISSING_PREDICTION_COLUMN = (
     "the {task} task needs the prediction column {column!r}, which the predictions lack"
 )
+LABELS_DISJOINT = (
+    "the labels in {label!r} ({true}) and the predictions in {prediction!r} ({pred}) share no value: "
+    "map them to one vocabulary before evaluating"
+)
 GROUP_COLUMN_ABSENT = "group column {column!r} is not in the predictions (columns with labels: {available})"
 NO_TASK_DETECTED = (
     "no task could be detected from the prediction columns: expected age_pred, gender_pred, label_pred, "

@@ -680,7 +680,7 @@ class MetricFrame:
                 rat, r_ci = np.array([np.nan]), (float("nan"), float("nan"))
             worst = best = None
             worst_value = float("nan")
-            if len(v) and m.better != "none":
+            if len(v) >= 2 and m.better != "none":  # with one group there is nothing to be worst against
                 score = {"higher": -v, "lower": v, "zero": np.abs(v)}[m.better]
                 worst, best = labels[int(np.argmax(score))], labels[int(np.argmin(score))]
                 worst_value = float(v[int(np.argmax(score))])

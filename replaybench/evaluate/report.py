@@ -53,7 +53,7 @@ h3{margin-top:1.6rem}table{border-collapse:collapse;margin:.6rem 0 1rem;font-siz
 th,td{border:1px solid #ddd;padding:.25rem .55rem;text-align:right;white-space:nowrap}td.t,td:last-child{white-space:normal}th{background:#f3f4f6}
 td.l,th.l,td.t{text-align:left}tr.flag td{color:#888;font-style:italic}.muted{color:#666;font-size:.9rem}
 .warn{background:#fff7e0;border-left:4px solid #e0a800;padding:.4rem .8rem}
-img{max-width:100%;height:auto;display:block;margin:.5rem 0}.sp{color:#b00020;font-weight:600}
+.tw{overflow-x:auto;max-width:100%}img{max-width:100%;height:auto;display:block;margin:.5rem 0}.sp{color:#b00020;font-weight:600}
 """
 
 
@@ -332,7 +332,8 @@ def _table(
         tr = ' class="flag"' if flagged and flagged[k] else ""
         tds = "".join(f'<td class="{cls(i)}">{c}</td>' for i, c in enumerate(row))
         body.append(f"<tr{tr}>{tds}</tr>")
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # wide tables scroll inside their box instead of widening the page
+    return f"<div class='tw'><table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def _img(src: str | None, alt: str) -> str:

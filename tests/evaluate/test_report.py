@@ -237,6 +237,13 @@ def test_bad_predictions(tmp_path, preds):
         value="adult", column="age"
     )
     assert _err(evaluate_predictions, preds, out, ci=1.2) == msg.BAD_CI.format(ci=1.2)
+    coded = base.with_columns(
+        pl.when(pl.col("gender") == "male").then(pl.lit("0")).otherwise(pl.lit("1")).alias("gender")
+    )
+    coded.write_parquet(one)
+    assert _err(evaluate_predictions, one, out, task="gender") == msg.LABELS_DISJOINT.format(
+        label="gender", prediction="gender_pred", true=["0", "1"], pred=["female", "male"]
+    )
     assert _err(evaluate_predictions, preds, out, by=["group"]) == msg.RESERVED_GROUP_NAME.format(
         column="group"
     )
@@ -267,6 +274,16 @@ def test_nan_predictions_are_counted_not_scored(tmp_path, preds):
     assert m["flags"][0].to_list().count("missing_excluded") == 1
 
 
+def test_gender_label_case_is_not_an_error(tmp_path, preds):
+    df = pl.read_parquet(sorted(preds.glob("part-*.parquet")))
+    upper = df.with_columns(pl.col("gender").str.to_titlecase())  # FairFace style 'Male'/'Female'
+    a = evaluate_predictions(preds, tmp_path / "a", task="gender", by=["race"], n_boot=0)
+    b = evaluate_predictions(
+        write_parts(upper, tmp_path / "p"), tmp_path / "b", task="gender", by=["race"], n_boot=0
+    )
+    assert a.tasks[0].headline[0].value == b.tasks[0].headline[0].value > 0.8
+
+
 def test_single_file_and_fairface_bins(tmp_path):
     df = age_gender_predictions(n=300, seed=3, n_errors=0).filter(pl.col("bundle") == "age-model")
     bins = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
@@ -275,7 +292,15 @@ def test_single_file_and_fairface_bins(tmp_path):
     df = df.with_columns(pl.Series("age", [bins[i] for i in idx]))
     f = tmp_path / "preds.parquet"
     df.write_parquet(f)
-    s = evaluate_predictions(f, tmp_path / "r", task="age", by=["race"], n_boot=20)
+    s = evaluate_predictions(f, tmp_path / "r", task="age", by=["age_group"], n_boot=20)
     names = [m.name for m in s.tasks[0].headline]
     assert "mae" not in names and "age_bin_accuracy" in names and "minors_as_adults@13" in names
+    # '10-19' straddles the 13-17 / 18-29 age groups: those rows get no age group, and that group is
+    # reported but never ranked
+    m = pl.read_parquet(tmp_path / "r" / "metrics.parquet").filter(pl.col("grouping") == "age_group")
+    unknown = m.filter(pl.col("age_group") == "(missing)")
+    assert unknown["n"][0] == int((df["age"] == "10-19").sum())
+    assert unknown["flags"][0].to_list().count("unknown_group") == 1
+    d = next(d for d in s.tasks[0].disparities if d.metric == "age_bin_accuracy")
+    assert "(missing)" in d.excluded_groups
     shutil.rmtree(tmp_path / "r")
