@@ -455,9 +455,9 @@ def _is_split(raw: bytes) -> bool:
 
 
 def _manifest_fields(raw: bytes) -> tuple[str | None, str | None, int | None, str | None]:
-    from loguru import logger
+    from replaybench.extract.code import quiet_androguard
 
-    logger.disable("androguard")
+    quiet_androguard()
     from androguard.core.axml import AXMLPrinter
 
     xml = AXMLPrinter(raw).get_xml_obj()
