@@ -108,6 +108,9 @@ def test_encrypted_blobs_are_flagged(apps) -> None:
     assert any("referenced in app code" in e for e in enc.evidence)
     fake = by_entry["assets/face.tflite"]
     assert fake.format == "unknown_high_entropy" and any("likely encrypted" in e for e in fake.evidence)
+    aes = by_entry["assets/models/detector.bin"]
+    assert aes.encrypted and any("model folder" in e for e in aes.evidence)
+    assert aes.size % 16 == 0 and aes.size > 40 * len(tflite_models()["float"].read_bytes())
     [rej] = inv.rejected_candidates
     assert rej.location.entry == "assets/face.tflite" and rej.claimed_format == "tflite"
 
