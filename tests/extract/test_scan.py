@@ -281,3 +281,18 @@ def test_torch_lite_and_ncnn_param_embedded_in_so(tmp_path: Path) -> None:
     manifest = extract_blobs(inv, tmp_path / "out")
     got = {i.blob.format: (tmp_path / "out" / i.file).read_bytes() for i in manifest.blobs}
     assert got == {"pytorch_lite": ptl, "ncnn_param": param}
+
+
+def test_extract_seam_select_and_after(apps, tmp_path: Path) -> None:
+    """The hooks trace matching and conversion plug into: select which blobs, act on each written one."""
+    inv = scan_app([apps["apkm"]], code=False)
+    seen: list[tuple[str, bool]] = []
+    manifest = extract_blobs(
+        inv,
+        tmp_path / "o",
+        select=lambda b: b.format == "onnx",
+        after=[lambda item, out: seen.append((item.blob.format, (out / item.file).is_file()))],
+    )
+    assert [i.blob.format for i in manifest.blobs] == ["onnx"] and seen == [("onnx", True)]
+    on_disk = ExtractManifest.model_validate_json((tmp_path / "o" / "manifest.json").read_text())
+    assert on_disk == manifest
