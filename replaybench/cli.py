@@ -114,25 +114,46 @@ def extract(
     ] = None,
     json_out: JsonFlag = False,
     no_code: Annotated[bool, typer.Option("--no-code", help="Skip DEX code analysis.")] = False,
+    no_convert: Annotated[
+        bool, typer.Option("--no-convert", help="Only pull the blobs; do not convert them to bundles.")
+    ] = False,
+    allow_mismatch: Annotated[
+        bool, typer.Option("--allow-mismatch", help="Exit 0 even when a bundle fails parity.")
+    ] = False,
 ) -> None:
     """Pull model blobs (and trace dumps), infer preprocessing, convert, write bundles.
 
-    Example: replaybench extract app.apk --trace trace.jsonl -o extracted/
-    """
-    if trace is not None:
-        raise _not_yet("extract --trace", "trace-guided extraction")
-    from replaybench._console import NullProgress, RichProgress, emit_json
-    from replaybench.extract.blobs import extract_blobs
+    Writes OUTPUT/blobs/ (byte-exact, with manifest.json), OUTPUT/bundles/NAME/ and OUTPUT/extract.json.
+    With --trace, models the app decrypted in memory are recovered from the trace's dumps and the
+    preprocessing is solved from the captured bitmaps and input tensors.
 
-    manifest = extract_blobs(
-        [app_path], output, code=not no_code, progress=NullProgress() if json_out else RichProgress()
+    Example: replaybench extract app.apk --trace trace/ -o extracted/
+    """
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.errors import ParityError
+    from replaybench.extract.pipeline import extract_app
+
+    result = extract_app(
+        [app_path],
+        output,
+        trace=trace,
+        convert=not no_convert,
+        code=not no_code,
+        allow_mismatch=allow_mismatch,
+        progress=NullProgress() if json_out else RichProgress(),
     )
     if json_out:
-        emit_json(manifest)
-        return
-    from replaybench.extract.render import print_manifest
+        emit_json(result)
+    else:
+        from replaybench.extract.render import print_extract_result
 
-    print_manifest(manifest, output)
+        print_extract_result(result)
+    mismatched = [m.file for m in result.models if m.status == "parity_mismatch"]
+    if mismatched and not allow_mismatch:
+        raise ParityError(
+            f"{len(mismatched)} bundle(s) disagree with the source runtime: {', '.join(mismatched)}",
+            hint="see the parity block with 'replaybench inspect BUNDLE', or accept with --allow-mismatch",
+        )
 
 
 @app.command()

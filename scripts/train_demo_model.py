@@ -30,16 +30,17 @@ def _arrays(n: int, seed: int, p_female: dict[str, float] | None = None):
     return x, np.array(ys), np.array(tones)
 
 
-def train(out: Path) -> None:
+def train(out: Path, *, epochs: int = 15, seed: int = 3) -> None:
     import tensorflow as tf
 
-    tf.keras.utils.set_random_seed(3)
-    x, y, _ = _arrays(4000, seed=1, p_female={"light": 0.85, "dark": 0.15})
+    tf.keras.utils.set_random_seed(seed)
+    x, y, _ = _arrays(4000, seed=1, p_female={"light": 0.93, "dark": 0.07})
     model = tf.keras.Sequential(
         [
             tf.keras.Input((INPUT, INPUT, 3), name="image"),
             tf.keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
             tf.keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
+            tf.keras.layers.Conv2D(128, 3, strides=2, activation="relu"),
             tf.keras.layers.GlobalAveragePooling2D(),
             tf.keras.layers.Dense(2, activation="softmax", name="gender"),
         ]
@@ -47,7 +48,7 @@ def train(out: Path) -> None:
     model.compile(
         optimizer=tf.keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["acc"]
     )
-    model.fit(x, y, epochs=15, batch_size=64, verbose=0)
+    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
     xt, yt, tt = _arrays(800, seed=2)
     pred = model.predict(xt, verbose=0).argmax(1)
     for tone in ("light", "dark"):

@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 EXTRACT_SCHEMA_VERSION = "1"
 CONVERTIBLE = {"tflite", "onnx", "torchscript", "pytorch_lite", "tf_graphdef"}
-RUNTIME_OF = {"tflite": "tflite", "onnx": "onnxruntime", "torchscript": "pytorch_mobile", "pytorch_lite": "pytorch_mobile"}
+RUNTIME_OF = {
+    "tflite": "tflite",
+    "onnx": "onnxruntime",
+    "torchscript": "pytorch_mobile",
+    "pytorch_lite": "pytorch_mobile",
+}
 
 
 class ExtractedModel(BaseModel):
@@ -117,7 +122,9 @@ def extract_app(
     out_dir = Path(out_dir)
     inv = scan_app(paths, code=code, progress=progress)
     manifest = extract_blobs(inv, out_dir / "blobs")
-    result = ExtractResult(app=inv.app, output=str(out_dir), runtimes=inv.runtimes, warnings=list(inv.warnings))
+    result = ExtractResult(
+        app=inv.app, output=str(out_dir), runtimes=inv.runtimes, warnings=list(inv.warnings)
+    )
     # (blob file, origin, blob location text, format, sha256, runtime, SourceInfo extras)
     candidates: list[tuple[Path, ExtractedModel, SourceInfo]] = []
     for eb in manifest.blobs:
@@ -164,6 +171,7 @@ def _use_trace(
     inputs_by_sha: dict[str, list[Any]],
 ) -> None:
     """Mark what ran, pull memory-only models from their dumps, collect bitmap/tensor pairs."""
+    from replaybench.extract.containers import safe_file_name
     from replaybench.extract.convert.sniff import sniff_format
     from replaybench.extract.trace import read_trace
     from replaybench.extract.trace_match import (
@@ -185,7 +193,9 @@ def _use_trace(
     result.trace = match.model_dump(mode="json")
     result.warnings += match.warnings
     if match.version.same_app is False:
-        result.warnings.append("the trace is from another app or version: " + "; ".join(match.version.reasons))
+        result.warnings.append(
+            "the trace is from another app or version: " + "; ".join(match.version.reasons)
+        )
     ran = {b.sha256 for b in match.blobs_ran}
     for _, model, _ in candidates:
         model.ran_in_trace = model.sha256 in ran
@@ -199,13 +209,16 @@ def _use_trace(
         if src_dump is None:
             continue
         dumps.mkdir(parents=True, exist_ok=True)
-        probe = dumps / f"{m.sha256[:16]}.bin"
+        stem = f"{Path(m.blob.entry).stem}_decrypted" if m.blob else f"memory_{m.sha256[:12]}"
+        probe = dumps / f"{safe_file_name(stem)}.bin"
         shutil.copyfile(src_dump, probe)
         try:
             fmt = sniff_format(probe)
         except ReplaybenchError:
             fmt = "unknown"
-        ext = {"tflite": ".tflite", "onnx": ".onnx", "torchscript": ".pt", "pytorch_lite": ".ptl"}.get(fmt, ".bin")
+        ext = {"tflite": ".tflite", "onnx": ".onnx", "torchscript": ".pt", "pytorch_lite": ".ptl"}.get(
+            fmt, ".bin"
+        )
         dest = probe.with_suffix(ext)
         probe.rename(dest)
         origin = m.blob
@@ -238,7 +251,9 @@ def _use_trace(
         pairs = preprocessing_pairs(tr, sha)
         if pairs:
             pairs_by_sha[sha] = pairs
-        inputs_by_sha[sha] = [[t.array for t in sorted(c.inputs, key=lambda t: t.index)] for c in calls if c.inputs]
+        inputs_by_sha[sha] = [
+            [t.array for t in sorted(c.inputs, key=lambda t: t.index)] for c in calls if c.inputs
+        ]
 
 
 def _convert(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from replaybench.extract.inventory import ExtractManifest, Inventory
+from replaybench.extract.pipeline import ExtractResult
 
 
 def _size(n: int) -> str:
@@ -79,3 +80,34 @@ def print_manifest(manifest: ExtractManifest, out_dir: Path) -> None:
     con.print(f"manifest: {out_dir / 'manifest.json'}")
     for w in manifest.warnings:
         con.print(f"[yellow]warning:[/] {w}")
+
+
+def print_extract_result(result: ExtractResult) -> None:
+    """Print every model ``extract`` found, whether the trace saw it run, and its bundle."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    if not result.models:
+        con.print("[green]no on-device model found[/]; nothing extracted")
+    else:
+        t = Table(
+            "model", "format", "origin", "ran", "preprocess", "bundle / status", title="extracted models"
+        )
+        for m in result.models:
+            ran = "" if m.ran_in_trace is None else ("yes" if m.ran_in_trace else "no")
+            status = m.bundle if m.status == "converted" else f"{m.status}: {m.error or ''}"
+            t.add_row(m.file, m.format, m.location, ran, m.preprocess_from or "", status)
+        con.print(t)
+    if result.trace is not None:
+        version = result.trace.get("version", {})
+        same = version.get("same_app")
+        verdict = {
+            True: "same app and version",
+            False: "DIFFERENT app or version",
+            None: "app not identified",
+        }
+        con.print(f"trace: {len(result.trace.get('models', []))} model load(s); {verdict[same]}")
+    for w in result.warnings:
+        con.print(f"[yellow]warning:[/] {w}")
+    con.print(f"result: {Path(result.output) / 'extract.json'}")
