@@ -173,6 +173,9 @@ class ParityReport(Strict):
     outputs: list[OutputParity] = Field(default_factory=list)
     passed: bool
     allow_mismatch: bool = False
+    # onnxruntime graph optimisation level parity was measured with ("all", "disabled"); replay should run
+    # the bundle the same way (quantised models: "disabled", see replaybench.extract.convert.parity).
+    onnxruntime_optimization: str | None = None
     note: str | None = None
 
 

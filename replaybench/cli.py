@@ -85,12 +85,24 @@ def _not_yet(command: str, issue: str) -> NotAvailableYetError:
 def scan(
     apps: Annotated[list[Path], typer.Argument(help="APK, split-APK folder, XAPK/APKS/APKM, or model file.")],
     json_out: JsonFlag = False,
+    no_code: Annotated[
+        bool, typer.Option("--no-code", help="Skip DEX code analysis (much faster on big apps).")
+    ] = False,
 ) -> None:
     """What is inside an app: ML runtimes, model blobs, and the evidence for each.
 
     Example: replaybench scan app.apk --json > inventory.json
     """
-    raise _not_yet("scan", "scan and extract")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.extract.scan import scan_app
+
+    inventory = scan_app(apps, code=not no_code, progress=NullProgress() if json_out else RichProgress())
+    if json_out:
+        emit_json(inventory)
+        return
+    from replaybench.extract.render import print_inventory
+
+    print_inventory(inventory)
 
 
 @app.command()
@@ -101,25 +113,167 @@ def extract(
         Path | None, typer.Option("--trace", help="A trace recorded by 'replaybench trace'.")
     ] = None,
     json_out: JsonFlag = False,
+    no_code: Annotated[bool, typer.Option("--no-code", help="Skip DEX code analysis.")] = False,
 ) -> None:
     """Pull model blobs (and trace dumps), infer preprocessing, convert, write bundles.
 
     Example: replaybench extract app.apk --trace trace.jsonl -o extracted/
     """
-    raise _not_yet("extract", "scan and extract")
+    if trace is not None:
+        raise _not_yet("extract --trace", "trace-guided extraction")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.extract.blobs import extract_blobs
+
+    manifest = extract_blobs(
+        [app_path], output, code=not no_code, progress=NullProgress() if json_out else RichProgress()
+    )
+    if json_out:
+        emit_json(manifest)
+        return
+    from replaybench.extract.render import print_manifest
+
+    print_manifest(manifest, output)
 
 
 @app.command()
 def convert(
     model: Annotated[Path, typer.Argument(help="A model file: .tflite, .onnx, .pt/.ptl, SavedModel, .pb.")],
     output: OutDir,
+    preprocess: Annotated[
+        Path | None,
+        typer.Option("--preprocess", help="A PreprocessSpec JSON file (recorded as provenance 'user')."),
+    ] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset to target.")] = None,
+    allow_mismatch: Annotated[
+        bool, typer.Option("--allow-mismatch", help="Write the bundle even when parity fails (exit 0).")
+    ] = False,
+    input_shape: Annotated[
+        str | None,
+        typer.Option("--input-shape", help="Input shape for TorchScript models, e.g. 1,3,224,224."),
+    ] = None,
+    keep_quantized_io: Annotated[
+        bool,
+        typer.Option(
+            "--keep-quantized-io/--float-io",
+            help="Quantised models: keep their integer I/O (default, as the app feeds them) or take/return floats.",
+        ),
+    ] = True,
     json_out: JsonFlag = False,
 ) -> None:
     """Convert one model file to a validated ONNX bundle (parity-checked against its runtime).
 
+    Quantised models keep their own integer input/output dtypes (the bundle takes what the app feeds the
+    model); --float-io wraps them in Quantize/DequantizeLinear instead. Exit 8 when parity fails.
+
     Example: replaybench convert model.tflite -o bundles/age
     """
-    raise _not_yet("convert", "convert to ONNX")
+    from replaybench._console import emit_json
+    from replaybench.bundle import PreprocessSpec
+    from replaybench.errors import InputNotFoundError
+    from replaybench.extract.convert import convert_model
+
+    spec = None
+    if preprocess is not None:
+        if not preprocess.is_file():
+            raise InputNotFoundError(f"preprocess spec not found: {preprocess}")
+        try:
+            spec = PreprocessSpec.model_validate_json(preprocess.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise UsageError(f"{preprocess} is not a valid PreprocessSpec: {e}") from e
+    shape = None
+    if input_shape:
+        try:
+            shape = [int(d) for d in input_shape.split(",")]
+        except ValueError as e:
+            raise UsageError(f"--input-shape must be comma-separated integers, got {input_shape!r}") from e
+    bundle = convert_model(
+        model,
+        output,
+        preprocess=spec,
+        opset=opset,
+        allow_mismatch=allow_mismatch,
+        input_shape=shape,
+        keep_quantized_io=keep_quantized_io,
+    )
+    if json_out:
+        emit_json(bundle)
+        return
+    _render_bundle(bundle, title=f"bundle written to {output}")
+
+
+def _render_bundle(bundle: Any, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    src = bundle.source
+    console.print(f"[bold]{title}[/]  {bundle.name}  format={src.format}  sha256={src.sha256[:16]}")
+    io = Table("", "name", "shape", "dtype", "layout", "quantisation", title="inputs / outputs")
+    for side, tensors in (("in", bundle.io.inputs), ("out", bundle.io.outputs)):
+        for t in tensors:
+            q = t.quantization
+            io.add_row(
+                side,
+                t.name,
+                str(t.shape),
+                t.dtype,
+                t.layout or "",
+                f"{q.scale:g} @ {q.zero_point}" if q else "",
+            )
+    console.print(io)
+    p = bundle.preprocess
+    if p is not None:
+        pre = Table("field", "value", "provenance", title="preprocessing")
+        rows = {
+            "resize": f"{p.resize.width}x{p.resize.height} {p.resize.method}",
+            "color_order": p.color_order,
+            "layout": p.layout,
+            "dtype": p.dtype,
+            "scale": ", ".join(f"{v:.6g}" for v in p.scale),
+            "offset": ", ".join(f"{v:.6g}" for v in p.offset),
+        }
+        if p.quantization:
+            rows["quantization"] = f"{p.quantization.scale:g} @ {p.quantization.zero_point}"
+        for k, v in rows.items():
+            pre.add_row(k, v, str(p.provenance.get(k, "")))
+        console.print(pre)
+        for n in p.notes:
+            console.print(f"  note: {n}")
+    if bundle.parity is not None:
+        par = bundle.parity
+        t = Table(
+            "output",
+            "shape",
+            "dtype",
+            "max abs",
+            "max rel",
+            "q-steps",
+            "tolerance",
+            "ok",
+            title=f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs): "
+            + ("[green]passed[/]" if par.passed else "[red]FAILED[/]"),
+        )
+        for o in par.outputs:
+            t.add_row(
+                o.name,
+                "ok" if o.shape_match else "MISMATCH",
+                "ok" if o.dtype_match else "MISMATCH",
+                f"{o.max_abs_diff:.3g}",
+                f"{o.max_rel_diff:.3g}",
+                "" if o.max_quant_steps is None else f"{o.max_quant_steps:g}",
+                f"{o.tolerance:.3g}",
+                "yes" if o.passed else "NO",
+            )
+        console.print(t)
+    c = bundle.conversion
+    if c is not None:
+        console.print(f"converter: {c.converter} {c.converter_version or ''}  opset {c.opset}  {c.seconds}s")
+        if c.cut_at:
+            console.print(
+                f"[yellow]graph cut before {', '.join(c.cut_at)}; outputs: {', '.join(c.cut_tensors)}[/]"
+            )
+        for n in c.notes:
+            console.print(f"  note: {n}")
 
 
 @app.command()
@@ -128,23 +282,86 @@ def agent(
 ) -> None:
     """Print (or write) the Frida agent, for use with the frida CLI or 'replaybench trace'.
 
+    With the frida CLI: frida -U -f com.example.app -l agent.js (its events go to the console).
+
     Example: replaybench agent -o agent.js
     """
-    raise _not_yet("agent", "Frida agent and trace")
+    from replaybench.extract.capture import agent_source
+
+    js = agent_source()
+    if output is None:
+        sys.stdout.write(js)
+    else:
+        output.write_text(js, encoding="utf-8")
+        sys.stderr.write(f"wrote {output}\n")
 
 
 @app.command()
 def trace(
     output: OutDir,
+    program_args: Annotated[
+        list[str] | None, typer.Argument(metavar="[-- ARGS]", help="Arguments for a spawned local program.")
+    ] = None,
     usb: Annotated[bool, typer.Option("--usb", help="Use the USB device.")] = False,
+    remote: Annotated[str | None, typer.Option("--remote", help="Use frida-server at HOST[:PORT].")] = None,
     pid: Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")] = None,
     spawn: Annotated[str | None, typer.Option("--spawn", help="Spawn this package or program.")] = None,
+    seconds: Annotated[
+        float, typer.Option("--seconds", help="Record this long (0: until Ctrl-C or the process ends).")
+    ] = 30.0,
+    max_dumps: Annotated[
+        int | None, typer.Option("--max-dumps", help="Stop after writing this many dumps.")
+    ] = None,
+    watch: Annotated[
+        list[str] | None,
+        typer.Option("--watch", help="Also log calls to this export (NAME or MODULE!NAME); repeatable."),
+    ] = None,
+    max_events_per_second: Annotated[
+        int, typer.Option("--max-events-per-second", help="Rate cap on tensor/file/watch events.")
+    ] = 200,
+    max_dump_mb: Annotated[int, typer.Option("--max-dump-mb", help="Cap on one model dump (MiB).")] = 64,
+    json_out: JsonFlag = False,
 ) -> None:
     """Record a brief trace of an app's model loads and tensors with the Frida agent.
 
+    Writes OUTPUT/trace.jsonl and OUTPUT/dumps/<sha256>. Needs the frida extra.
+
     Example: replaybench trace --usb --spawn com.example.app --seconds 30 -o trace/
     """
-    raise _not_yet("trace", "Frida agent and trace")
+    from replaybench.extract.capture import AgentConfig, CaptureTarget, capture
+
+    target = CaptureTarget(
+        usb=usb, remote=remote, pid=pid, name=name, spawn=spawn, spawn_args=list(program_args or [])
+    )
+    target.check()
+    config = AgentConfig(
+        max_dump_bytes=max_dump_mb * 1024 * 1024,
+        max_events_per_second=max_events_per_second,
+        watch=list(watch or []),
+    )
+    if not json_out:
+        sys.stderr.write("tracing... (Ctrl-C to stop)\n")
+    result = capture(target, output, seconds=seconds or None, max_dumps=max_dumps, config=config)
+    if json_out:
+        from replaybench._console import emit_json
+
+        emit_json(result)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"trace of pid {result.pid}: {result.trace}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("models loaded", str(result.models_loaded))
+    table.add_row("invokes seen", str(result.invokes))
+    table.add_row("dumps written", str(result.dumps_written))
+    table.add_row("events", str(result.events))
+    table.add_row("seconds", f"{result.seconds:.1f} ({result.ended_by})")
+    Console().print(table)
+    for err in result.agent_errors[:10]:
+        sys.stderr.write(f"agent: {err}\n")
 
 
 @app.command()
@@ -156,7 +373,14 @@ def inspect(
 
     Example: replaybench inspect bundles/age --json
     """
-    raise _not_yet("inspect", "convert to ONNX")
+    from replaybench._console import emit_json
+    from replaybench.extract.convert import inspect_target
+
+    bundle = inspect_target(target)
+    if json_out:
+        emit_json(bundle)
+        return
+    _render_bundle(bundle, title="bundle" if bundle.parity is not None else "model (not converted)")
 
 
 # ---------------------------------------------------------------------------------------------- replay
@@ -168,12 +392,110 @@ def replay(
         list[Path], typer.Argument(metavar="BUNDLE... DATASET", help="Bundles, then the dataset.")
     ],
     output: OutDir,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="Dataset format: utkface, fairface, folders, manifest, posts (default: detect)."
+        ),
+    ] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--pattern", help="folders: labels from the path, e.g. '{attribute}/{race}_{gender}/*.jpg'."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Decode+preprocess processes (default: one per CPU; 0: none)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Items per inference batch.")] = 64,
+    providers: Annotated[
+        str | None,
+        typer.Option("--providers", help="onnxruntime execution providers, comma-separated (e.g. CUDA,CPU)."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="onnxruntime intra-op threads (default: one per CPU).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run in the same output folder.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Replay only the first N items.")] = None,
+    shuffle: Annotated[
+        bool, typer.Option("--shuffle", help="Shuffle items (with --seed) before --limit.")
+    ] = False,
+    seed: Seed = 0,
+    fast_decode: Annotated[
+        bool,
+        typer.Option(
+            "--fast-decode",
+            help="Reduced-size JPEG decode (DCT scaling) for large photos: faster, not bit-exact.",
+        ),
+    ] = False,
+    faces: Annotated[
+        Path | None,
+        typer.Option("--faces", help="A face-detector bundle: crop each image to its best face first."),
+    ] = None,
+    one_face: Annotated[
+        bool, typer.Option("--one-face", help="With --faces: keep only items with exactly one face.")
+    ] = False,
+    face_margin: Annotated[
+        float,
+        typer.Option("--face-margin", help="With --faces: grow the face box by this fraction per side."),
+    ] = 0.2,
+    part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    json_out: JsonFlag = False,
 ) -> None:
     """Run a dataset through one or more bundles at high throughput; write predictions as Parquet.
 
     Example: replaybench replay bundles/age bundles/gender UTKFace/ --format utkface -o preds/
     """
-    raise _not_yet("replay", "replay")
+    if len(paths) < 2:
+        raise UsageError(
+            "give one or more bundles, then the dataset: replaybench replay BUNDLE... DATASET -o PREDS"
+        )
+    if one_face and faces is None:
+        raise UsageError("--one-face needs --faces DETECTOR_BUNDLE")
+    if fmt is not None and fmt != "folders" and pattern is not None:
+        raise UsageError("--pattern only applies to --format folders")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.replay.runner import ReplayOptions
+    from replaybench.replay.runner import replay as run_replay
+
+    options = ReplayOptions(
+        format=fmt,
+        pattern=pattern,
+        workers=workers,
+        batch_size=batch_size,
+        providers=tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else (),
+        threads=threads,
+        resume=resume,
+        limit=limit,
+        shuffle=shuffle,
+        seed=seed,
+        fast_decode=fast_decode,
+        faces=faces,
+        one_face=one_face,
+        face_margin=face_margin,
+        part_rows=part_rows,
+    )
+    progress = NullProgress() if json_out else RichProgress()
+    result = run_replay(paths[:-1], paths[-1], output, options, progress)
+    if json_out:
+        emit_json(result)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("bundle", "batching", "notes", title=f"replay -> {result.output}")
+    for b in result.bundles:
+        table.add_row(b.name, b.batch_mode, "; ".join(b.notes))
+    console = Console()
+    console.print(table)
+    console.print(
+        f"{result.items_processed} items ({result.items_skipped_done} already done): {result.items_ok} ok, "
+        f"{result.items_error} error, {result.items_filtered} skipped; {result.rows_written} rows in "
+        f"{result.parts_written} parts; {result.items_per_second:,.1f} items/s with {result.workers} workers"
+    )
 
 
 # -------------------------------------------------------------------------------------------- evaluate
@@ -183,12 +505,147 @@ def replay(
 def evaluate(
     predictions: Annotated[Path, typer.Argument(help="Predictions folder written by 'replaybench replay'.")],
     output: OutDir,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", help="age|gender|classification|concepts (default: every task the columns allow)."
+        ),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Group columns, comma-separated (default: race,gender,age_group found)."),
+    ] = None,
+    ci: Annotated[float, typer.Option("--ci", help="Confidence level of the bootstrap intervals.")] = 0.95,
+    seed: Seed = 0,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    compare: Annotated[
+        Path | None, typer.Option("--compare", help="A second predictions folder to measure agreement with.")
+    ] = None,
+    spurious: Annotated[
+        Path | None,
+        typer.Option(
+            "--spurious", help="File of concepts (one a line) that should be unrelated to demographics."
+        ),
+    ] = None,
+    min_group_size: Annotated[
+        int, typer.Option("--min-group-size", help="Smaller groups are flagged and never ranked.")
+    ] = 30,
+    min_denominator: Annotated[
+        int, typer.Option("--min-denominator", help="Rates over fewer items are flagged and never ranked.")
+    ] = 10,
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="True-label column for the classification task.")
+    ] = "label",
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Concept score that counts as a detection (default 0.5)."),
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Count only the first K concepts of a list.")
+    ] = None,
+    json_out: JsonFlag = False,
 ) -> None:
     """Measure demographic disparities and concept associations; write a report folder.
 
     Example: replaybench evaluate preds/ --by race,gender -o report/
     """
-    raise _not_yet("evaluate", "evaluate")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.errors import InputNotFoundError
+    from replaybench.evaluate.evaluation import evaluate_predictions
+
+    if not predictions.exists():
+        raise InputNotFoundError(f"predictions not found: {predictions}")
+    if compare is not None and not compare.exists():
+        raise InputNotFoundError(f"predictions to compare not found: {compare}")
+    groups = [g.strip() for g in by.split(",") if g.strip()] if by else None
+    summary = evaluate_predictions(
+        predictions,
+        output,
+        task=task,
+        by=groups,
+        ci=ci,
+        seed=seed,
+        n_boot=n_boot,
+        compare=compare,
+        spurious=spurious,
+        min_group_size=min_group_size,
+        min_denominator=min_denominator,
+        label_column=label_column,
+        concept_threshold=threshold,
+        top_k=top_k,
+        progress=NullProgress() if json_out else RichProgress(),
+    )
+    if json_out:
+        emit_json(summary)
+        return
+    _render_evaluation(summary)
+
+
+def _render_evaluation(summary: Any) -> None:
+    from rich.console import Console
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    def f(v: float | None, d: int = 3) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    def row(table: Any, *cells: str) -> None:
+        table.add_row(*(Text(c) for c in cells))  # Text: metric names like recall[female] are not markup
+
+    console = Console()
+    for t in summary.tasks:
+        table = Table(f"{summary.ci:.0%} CI", "n", "of", "worst group", "its value", "max-min")
+        table.columns.insert(0, Column("overall"))
+        table.columns.insert(0, Column("metric", no_wrap=True, min_width=22))
+        table.title = Text(f"{t.bundle}: {t.task}")
+        # worst group over the first group column (race by default), where at least two groups rank
+        order = {g: i for i, g in enumerate(t.group_columns)}
+        worst: dict[str, Any] = {}
+        for d in sorted(t.disparities, key=lambda d: ("+" in d.grouping, order.get(d.grouping, 99))):
+            if d.n_groups >= 2:
+                worst.setdefault(d.metric, d)
+        for m in t.headline:
+            d = worst.get(m.name)
+            row(
+                table,
+                m.name,
+                f(m.value),
+                f"[{f(m.ci_low)}, {f(m.ci_high)}]",
+                str(m.n),
+                "" if m.n_eff is None or m.n_eff == m.n else str(m.n_eff),
+                f"{d.worst_group} ({d.grouping})" if d and d.worst_group else "-",
+                f(d.worst_value) if d and d.worst_group else "-",
+                f(d.difference) if d else "-",
+            )
+        console.print(table)
+    for c in summary.concepts:
+        table = Table("concept", "group", "rate", "elsewhere", "odds ratio", "q", "spurious")
+        table.title = Text(
+            f"{c.bundle}: {c.n_significant} of {c.n_tests} concept x group associations significant"
+        )
+        for a in [*c.spurious, *c.strongest][:15]:
+            row(
+                table,
+                a.concept,
+                f"{a.group} ({a.grouping})",
+                f(a.rate),
+                f(a.rate_rest),
+                f(a.odds_ratio, 2),
+                f"{a.q_value:.2g}" if a.q_value is not None else "-",
+                "yes" if a.spurious else "",
+            )
+        console.print(table)
+    if summary.comparison:
+        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "worst group")
+        table.title = Text(f"agreement with {summary.comparison.other}")
+        for a in summary.comparison.fields:
+            row(
+                table, a.field, str(a.n), f(a.agreement), f(a.kappa), f(a.mean_abs_diff), a.worst_group or "-"
+            )
+        console.print(table)
+    for w in summary.warnings:
+        console.print(Text(f"warning: {w}", style="yellow"))
+    console.print(Text(f"report: {summary.report}/index.html (metrics.parquet, summary.json beside it)"))
 
 
 # --------------------------------------------------------------------------------------------- distill

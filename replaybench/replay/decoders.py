@@ -1,0 +1,147 @@
+"""Model outputs -> prediction columns, as a bundle's ``postprocess.decoders`` say.
+
+Column naming (the predictions contract):
+
+- every output: ``raw__<output>`` (list[float], the output row flattened);
+- ``scale``: ``<field>`` = output[index] * factor + offset (e.g. ``age_pred = out[0] * 116``);
+- ``softmax_argmax``: ``<field>`` = the label of the largest probability, plus ``p_<label>`` per class
+  (softmax applied when ``apply_softmax`` is true, or, when it is None, when the row is not already a
+  probability vector);
+- ``sigmoid``: ``p_<label>`` per label (sigmoid applied unless the values are already in [0, 1]) and
+  ``<field>`` = the labels with p >= threshold (default 0.5);
+- ``expectation``: ``<field>`` = sum_i p_i * bin_value_i (age as an expectation over age bins);
+- ``topk``: ``<field>`` = list of {label, score}, the k best (score >= threshold when set);
+- ``raw``: nothing beyond the ``raw__`` column.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from replaybench.bundle import Decoder
+from replaybench.errors import CorruptInputError
+
+
+def column_slug(label: str) -> str:
+    """A label as a column-name suffix: lower case, runs of other characters -> ``_``."""
+    return re.sub(r"[^0-9a-z]+", "_", str(label).lower()).strip("_") or "x"
+
+
+def raw_column(output: str) -> str:
+    return f"raw__{output}"
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _is_prob(x: np.ndarray) -> bool:
+    return bool(np.all(x >= -1e-6) and np.all(x <= 1 + 1e-6) and np.allclose(x.sum(axis=1), 1.0, atol=1e-3))
+
+
+def _probabilities(x: np.ndarray, apply: bool | None) -> np.ndarray:
+    if apply is True or (apply is None and not _is_prob(x)):
+        return _softmax(x)
+    return x
+
+
+def _sigmoid(x: np.ndarray, apply: bool | None) -> np.ndarray:
+    if apply is True or (apply is None and not (np.all(x >= 0) and np.all(x <= 1))):
+        return 1.0 / (1.0 + np.exp(-x))
+    return x
+
+
+def _labels_for(dec: Decoder, n: int, bundle_labels: Sequence[str] | None) -> list[str]:
+    labels = dec.labels or (list(bundle_labels) if bundle_labels else None)
+    if labels is None:
+        return [str(i) for i in range(n)]
+    if len(labels) != n:
+        raise CorruptInputError(
+            f"decoder {dec.field!r}: {len(labels)} labels for output {dec.output!r} with {n} values"
+        )
+    return list(labels)
+
+
+def decoded_columns(
+    decoders: Sequence[Decoder], output_sizes: Mapping[str, int], labels: Sequence[str] | None
+) -> dict[str, str]:
+    """Column name -> kind of value ("float", "str", "str_list", "topk", "float_list"), for the schema."""
+    cols: dict[str, str] = {raw_column(name): "float_list" for name in output_sizes}
+    for dec in decoders:
+        n = output_sizes.get(dec.output)
+        if n is None:
+            raise CorruptInputError(
+                f"decoder {dec.field!r} reads output {dec.output!r}, which the model lacks"
+            )
+        if dec.kind in ("scale", "expectation"):
+            cols[dec.field] = "float"
+        elif dec.kind in ("softmax_argmax", "sigmoid"):
+            cols[dec.field] = "str" if dec.kind == "softmax_argmax" else "str_list"
+            for lab in _labels_for(dec, n, labels):
+                cols[f"p_{column_slug(lab)}"] = "float"
+        elif dec.kind == "topk":
+            cols[dec.field] = "topk"
+    return cols
+
+
+def decode_outputs(
+    outputs: Mapping[str, np.ndarray], decoders: Sequence[Decoder], labels: Sequence[str] | None
+) -> list[dict[str, Any]]:
+    """Decode a batch: ``outputs`` maps output name -> array with a leading batch axis. One dict per row."""
+    flat = {name: np.asarray(a).reshape(a.shape[0], -1) for name, a in outputs.items()}
+    n = next(iter(flat.values())).shape[0] if flat else 0
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name, a in flat.items():
+        col = raw_column(name)
+        for i, r in enumerate(a.astype(np.float32).tolist()):
+            rows[i][col] = r
+    for dec in decoders:
+        x = flat[dec.output].astype(np.float64)
+        if dec.kind == "scale":
+            v = x[:, dec.index or 0] * dec.factor + dec.offset
+            for i in range(n):
+                rows[i][dec.field] = float(v[i])
+        elif dec.kind == "softmax_argmax":
+            labs = _labels_for(dec, x.shape[1], labels)
+            p = _probabilities(x, dec.apply_softmax)
+            best = p.argmax(axis=1)
+            for i in range(n):
+                rows[i][dec.field] = labs[best[i]]
+                for j, lab in enumerate(labs):
+                    rows[i][f"p_{column_slug(lab)}"] = float(p[i, j])
+        elif dec.kind == "sigmoid":
+            labs = _labels_for(dec, x.shape[1], labels)
+            p = _sigmoid(x, dec.apply_softmax)
+            thr = 0.5 if dec.threshold is None else dec.threshold
+            for i in range(n):
+                rows[i][dec.field] = [lab for j, lab in enumerate(labs) if p[i, j] >= thr]
+                for j, lab in enumerate(labs):
+                    rows[i][f"p_{column_slug(lab)}"] = float(p[i, j])
+        elif dec.kind == "expectation":
+            p = _probabilities(x, dec.apply_softmax)
+            bins = np.asarray(
+                dec.bin_values if dec.bin_values is not None else np.arange(x.shape[1]), np.float64
+            )
+            if bins.shape[0] != x.shape[1]:
+                raise CorruptInputError(
+                    f"decoder {dec.field!r}: {bins.shape[0]} bin values for {x.shape[1]} outputs"
+                )
+            v = p @ bins * dec.factor + dec.offset
+            for i in range(n):
+                rows[i][dec.field] = float(v[i])
+        elif dec.kind == "topk":
+            labs = _labels_for(dec, x.shape[1], labels)
+            p = _sigmoid(x, dec.apply_softmax)
+            order = np.argsort(-p, axis=1, kind="stable")[:, : dec.k]
+            for i in range(n):
+                rows[i][dec.field] = [
+                    {"label": labs[j], "score": float(p[i, j])}
+                    for j in order[i]
+                    if dec.threshold is None or p[i, j] >= dec.threshold
+                ]
+    return rows

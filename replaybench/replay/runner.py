@@ -1,0 +1,414 @@
+"""The pipelined replay runner: decode + preprocess in worker processes, batched inference, streamed parts.
+
+::
+
+    items ──chunks──► worker processes (decode, faces, preprocess once per distinct PreprocessSpec)
+                          │  numpy batches, at most 2 x workers chunks in flight (bounded memory)
+                          ▼
+                      main process: one batched onnxruntime call per bundle per chunk,
+                      postprocess decoders, rows ──► Parquet parts (atomic) ──► PREDS/
+
+Bundles with identical preprocessing share one tensor; every bundle shares the decode. Chunks are
+consumed in order, so parts hold whole items and ``--resume`` can skip exactly the items already written.
+Worker processes are started with ``forkserver`` (``spawn`` where unavailable): forking a parent that
+already runs onnxruntime threads is unsafe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from replaybench._console import NullProgress, Progress
+from replaybench.bundle import LoadedBundle, PreprocessSpec, load_bundle
+from replaybench.errors import UsageError
+from replaybench.replay.items import DatasetItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """Everything ``replaybench replay`` can be told (defaults are the CLI's)."""
+
+    format: str | None = None
+    pattern: str | None = None
+    workers: int | None = None  # None: one per CPU; 0: decode in the main process
+    batch_size: int = 64
+    providers: tuple[str, ...] = ()
+    threads: int | None = None  # onnxruntime intra-op threads; None: one per CPU
+    resume: bool = False
+    limit: int | None = None
+    shuffle: bool = False
+    seed: int = 0
+    fast_decode: bool = False
+    faces: Path | None = None
+    one_face: bool = False
+    face_margin: float = 0.2
+    part_rows: int = 8192
+
+
+class BundleRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    folder: str
+    batch_mode: str
+    preprocess_group: int
+    notes: list[str] = Field(default_factory=list)
+
+
+class ReplayResult(BaseModel):
+    """What a replay did (the CLI renders it; ``--json`` prints it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    output: str
+    format: str
+    items_total: int
+    items_skipped_done: int
+    items_processed: int
+    items_ok: int
+    items_error: int
+    items_filtered: int  # no face / not exactly one face (status "skipped")
+    rows_written: int
+    parts_written: int
+    bundles: list[BundleRun]
+    preprocess_groups: int
+    workers: int
+    seconds: float
+    items_per_second: float
+
+
+# ----------------------------------------------------------------------------------------- workers
+
+_W: dict[str, Any] = {}
+
+
+def _init_worker(
+    specs: list[PreprocessSpec], faces: Path | None, margin: float, one_face: bool, fast: bool
+) -> None:
+    """Per-process state: the distinct preprocess specs and, with --faces, a detector session."""
+    from replaybench.replay.decode import draft_size
+
+    _W["specs"] = specs
+    _W["margin"] = margin
+    _W["one_face"] = one_face
+    _W["detector"] = None
+    if faces is not None:
+        from replaybench.replay.faces import FaceDetector
+
+        _W["detector"] = FaceDetector(faces)
+    # Reduced-size decode only when asked, and never with faces (the crop needs the full resolution).
+    targets = [(s.resize.width, s.resize.height) for s in specs]
+    _W["fast_size"] = draft_size(targets) if fast and faces is None else None
+
+
+def _process_chunk(chunk: list[tuple[int, str | None]]) -> dict[str, Any]:
+    """Decode, detect, preprocess one chunk. Returns per-item status and per-spec stacked tensors."""
+    from replaybench.replay.decode import DecodeFailure, decode_image
+    from replaybench.replay.faces import crop_face
+    from replaybench.replay.preprocess import apply_preprocess
+
+    specs: list[PreprocessSpec] = _W["specs"]
+    detector = _W["detector"]
+    status: list[str] = []
+    errors: list[str | None] = []
+    faces: list[tuple[int, list[float] | None, float | None] | None] = []
+    tensors: list[list[np.ndarray]] = [[] for _ in specs]
+    for _, path in chunk:
+        face_info = None
+        try:
+            if path is None:
+                raise DecodeFailure("missing: the item has no image")
+            img = decode_image(Path(path), fast_size=_W["fast_size"])
+            if detector is not None:
+                found = detector.detect(img)
+                best = found[0] if found else None
+                face_info = (len(found), list(best.box) if best else None, best.score if best else None)
+                if _W["one_face"] and len(found) != 1:
+                    status.append("skipped")
+                    errors.append(f"--one-face: {len(found)} faces found")
+                    faces.append(face_info)
+                    continue
+                if best is None:
+                    status.append("skipped")
+                    errors.append("no face found")
+                    faces.append(face_info)
+                    continue
+                img = crop_face(img, best.box, _W["margin"])
+            per_spec = [apply_preprocess(img, s) for s in specs]
+        except DecodeFailure as e:
+            status.append("error")
+            errors.append(e.reason)
+            faces.append(face_info)
+            continue
+        except Exception as e:  # a bug or an odd image must not take the run down: an error row
+            status.append("error")
+            errors.append(f"preprocess failed: {type(e).__name__}: {e}")
+            faces.append(face_info)
+            continue
+        for k, t in enumerate(per_spec):
+            tensors[k].append(t)
+        status.append("ok")
+        errors.append(None)
+        faces.append(face_info)
+    stacked = [np.stack(ts) if ts else None for ts in tensors]
+    return {"status": status, "error": errors, "faces": faces, "tensors": stacked}
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def _fingerprint(fmt: str, items: Sequence[DatasetItem]) -> str:
+    h = hashlib.sha256(fmt.encode())
+    for it in items:
+        h.update(f"{it.item_id}\t{it.path}\n".encode())
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _chunks(items: Sequence[DatasetItem], size: int) -> Iterator[list[DatasetItem]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def _mp_context() -> Any:
+    import multiprocessing as mp
+
+    methods = mp.get_all_start_methods()
+    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _group_specs(bundles: Sequence[LoadedBundle]) -> tuple[list[PreprocessSpec], list[int]]:
+    """Distinct preprocess specs (compared on what changes the tensor) and each bundle's group index."""
+    specs: list[PreprocessSpec] = []
+    keys: list[str] = []
+    groups = []
+    for lb in bundles:
+        spec = lb.bundle.preprocess
+        if spec is None:
+            raise UsageError(
+                f"bundle {lb.folder} has no preprocess block; replay needs to know how to build its input",
+                hint="add one with 'replaybench convert ... --preprocess' or edit bundle.json",
+            )
+        key = spec.model_dump_json(exclude={"provenance", "residual", "alternatives", "notes"})
+        if key not in keys:
+            keys.append(key)
+            specs.append(spec)
+        groups.append(keys.index(key))
+    return specs, groups
+
+
+def replay(
+    bundle_paths: Sequence[Path],
+    dataset: Path,
+    output: Path,
+    options: ReplayOptions | None = None,
+    progress: Progress | None = None,
+) -> ReplayResult:
+    """Replay ``dataset`` through every bundle; write predictions Parquet parts into ``output``.
+
+    Example::
+
+        replay([Path("bundles/gender")], Path("utkface_300"), Path("preds"), ReplayOptions(format="utkface"))
+    """
+    from replaybench.replay.datasets import ReadOptions, read_dataset
+    from replaybench.replay.decoders import decode_outputs, decoded_columns
+    from replaybench.replay.sessions import open_model
+    from replaybench.replay.sink import (
+        FACE_COLUMNS,
+        FIXED_COLUMNS,
+        PartWriter,
+        build_schema,
+        check_or_write_manifest,
+        done_item_ids,
+        label_types,
+    )
+
+    opts = options or ReplayOptions()
+    progress = progress or NullProgress()
+    if not bundle_paths:
+        raise UsageError("give at least one bundle before the dataset")
+    if opts.one_face and opts.faces is None:
+        raise UsageError("--one-face needs --faces DETECTOR_BUNDLE")
+    if opts.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    t0 = time.perf_counter()
+    bundles = [load_bundle(Path(p)) for p in bundle_paths]
+    names = [lb.bundle.name for lb in bundles]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two bundles share a name ({', '.join(names)}); rows are keyed by bundle name")
+    specs, groups = _group_specs(bundles)
+    fmt, items = read_dataset(dataset, opts.format, ReadOptions(pattern=opts.pattern))
+
+    selected = list(items)
+    if opts.shuffle:
+        random.Random(opts.seed).shuffle(selected)
+    if opts.limit is not None:
+        selected = selected[: opts.limit]
+    manifest = {
+        "version": 1,
+        "dataset": {
+            "path": str(Path(dataset).resolve()),
+            "format": fmt,
+            "fingerprint": _fingerprint(fmt, items),
+            "items": len(items),
+        },
+        "bundles": [{"name": lb.bundle.name, "model_sha256": _file_sha256(lb.model_path)} for lb in bundles],
+        "settings": {
+            "limit": opts.limit,
+            "shuffle": opts.shuffle,
+            "seed": opts.seed if opts.shuffle else None,
+            "fast_decode": opts.fast_decode,
+            "faces": str(opts.faces) if opts.faces else None,
+            "one_face": opts.one_face,
+            "face_margin": opts.face_margin if opts.faces else None,
+        },
+    }
+    check_or_write_manifest(output, manifest, opts.resume)
+    done = done_item_ids(output) if opts.resume else set()
+    todo = [it for it in selected if it.item_id not in done]
+
+    sessions = [
+        open_model(lb.model_path, providers=list(opts.providers), threads=opts.threads) for lb in bundles
+    ]
+    for lb, ms, g in zip(bundles, sessions, groups, strict=True):
+        want = np.dtype(specs[g].dtype)
+        if np.dtype(ms.input_dtype) != want:
+            raise UsageError(
+                f"bundle {lb.bundle.name}: preprocess makes {want} but the model takes {np.dtype(ms.input_dtype)}"
+            )
+    decoded: dict[str, str] = {}
+    for lb, ms in zip(bundles, sessions, strict=True):
+        for col, kind in decoded_columns(lb.bundle.postprocess.decoders, ms.output_sizes, lb.labels).items():
+            if decoded.setdefault(col, kind) != kind:
+                raise UsageError(f"bundles disagree on the type of column {col!r}")
+    ltypes = label_types([it.labels for it in items])
+    reserved = (
+        set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption"}
+    )
+    label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
+    extra: dict[str, str] = {}
+    if any(it.post_id is not None or it.caption is not None for it in items):
+        extra.update({"post_id": "str", "caption": "str"})
+    if opts.faces is not None:
+        extra.update(FACE_COLUMNS)
+    schema = build_schema({label_cols[k]: t for k, t in ltypes.items()}, extra, decoded)
+    writer = PartWriter(output, schema, max(opts.part_rows, len(bundles)))
+
+    n_workers = (os.cpu_count() or 1) if opts.workers is None else max(0, opts.workers)
+    init_args = (specs, opts.faces, opts.face_margin, opts.one_face, opts.fast_decode)
+    counts = {"ok": 0, "error": 0, "skipped": 0}
+    rows_written = 0
+
+    def consume(chunk: list[DatasetItem], res: dict[str, Any]) -> None:
+        nonlocal rows_written
+        ok_index = {i: k for k, i in enumerate(j for j, s in enumerate(res["status"]) if s == "ok")}
+        per_bundle: list[list[dict[str, Any]] | None] = []
+        for lb, ms, g in zip(bundles, sessions, groups, strict=True):
+            batch = res["tensors"][g]
+            if batch is None:
+                per_bundle.append(None)
+                continue
+            outs: dict[str, list[np.ndarray]] = {}
+            for s in range(0, len(batch), opts.batch_size):
+                for k, v in ms.run(batch[s : s + opts.batch_size]).items():
+                    outs.setdefault(k, []).append(v)
+            merged = {k: np.concatenate(v) for k, v in outs.items()}
+            per_bundle.append(decode_outputs(merged, lb.bundle.postprocess.decoders, lb.labels))
+        rows = []
+        for i, it in enumerate(chunk):
+            status = res["status"][i]
+            counts[status] += 1
+            base: dict[str, Any] = {
+                "item_id": it.item_id,
+                "source_path": str(Path(it.path).absolute()) if it.path else None,
+            }
+            for key, value in it.labels.items():
+                base[label_cols[key]] = value
+            if "post_id" in extra:
+                base["post_id"] = it.post_id
+                base["caption"] = it.caption
+            face = res["faces"][i]
+            if opts.faces is not None and face is not None:
+                base.update(face_count=face[0], face_box=face[1], face_score=face[2])
+            k_ok = ok_index.get(i, -1)
+            for lb, decoded_rows in zip(bundles, per_bundle, strict=True):
+                row = dict(base, bundle=lb.bundle.name, status=status, error=res["error"][i])
+                if status == "ok" and decoded_rows is not None:
+                    row.update(decoded_rows[k_ok])
+                rows.append(row)
+        writer.add(rows)
+        rows_written += len(rows)
+        progress.advance(len(chunk))
+
+    def payload(chunk: list[DatasetItem]) -> list[tuple[int, str | None]]:
+        return [(i, str(it.path) if it.path is not None else None) for i, it in enumerate(chunk)]
+
+    progress.start(len(todo), f"replay {len(todo)} items x {len(bundles)} bundle(s)")
+    t_run = time.perf_counter()
+    try:
+        chunks = _chunks(todo, opts.batch_size)
+        if n_workers == 0:
+            _init_worker(*init_args)
+            for chunk in chunks:
+                consume(chunk, _process_chunk(payload(chunk)))
+        else:
+            with _mp_context().Pool(n_workers, initializer=_init_worker, initargs=init_args) as pool:
+                pending: deque[tuple[list[DatasetItem], Any]] = deque()
+                max_inflight = 2 * n_workers + 1
+                for chunk in chunks:
+                    pending.append((chunk, pool.apply_async(_process_chunk, (payload(chunk),))))
+                    while len(pending) >= max_inflight:
+                        c, r = pending.popleft()
+                        consume(c, r.get())
+                while pending:
+                    c, r = pending.popleft()
+                    consume(c, r.get())
+        writer.flush()
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - t_run
+    return ReplayResult(
+        output=str(output),
+        format=fmt,
+        items_total=len(selected),
+        items_skipped_done=len(selected) - len(todo),
+        items_processed=len(todo),
+        items_ok=counts["ok"],
+        items_error=counts["error"],
+        items_filtered=counts["skipped"],
+        rows_written=rows_written,
+        parts_written=len(writer.written),
+        bundles=[
+            BundleRun(
+                name=lb.bundle.name,
+                folder=str(lb.folder),
+                batch_mode=ms.batch_mode,
+                preprocess_group=g,
+                notes=ms.notes,
+            )
+            for lb, ms, g in zip(bundles, sessions, groups, strict=True)
+        ],
+        preprocess_groups=len(specs),
+        workers=n_workers,
+        seconds=round(time.perf_counter() - t0, 3),
+        items_per_second=round(len(todo) / elapsed, 2) if elapsed > 0 else 0.0,
+    )

@@ -1,0 +1,200 @@
+"""The runner end to end on tiny real ONNX bundles: correctness per item, batching, errors, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import polars as pl
+import pytest
+from PIL import Image
+
+from replaybench.bundle import load_bundle
+from replaybench.errors import UsageError
+from replaybench.replay.decode import decode_image
+from replaybench.replay.preprocess import apply_preprocess
+from replaybench.replay.runner import ReplayOptions, replay
+from replaybench.replay.sessions import open_model
+from tests.replay.helpers import tiny_bundle, tiny_model, utk_images
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    ds = tmp_path / "ds"
+    utk_images(ds, 40)
+    (ds / "7_1_2_20170101000000001.jpg.chip.jpg").write_bytes(b"")  # zero-byte
+    (ds / "8_0_1_20170101000000002.jpg.chip.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")  # corrupt
+    return ds
+
+
+def _direct(bundle: Path, path: Path) -> dict[str, np.ndarray]:
+    """What a plain onnxruntime call on one preprocessed image gives (the reference)."""
+    lb = load_bundle(bundle)
+    assert lb.bundle.preprocess is not None
+    x = apply_preprocess(decode_image(path), lb.bundle.preprocess)[None]
+    sess = ort.InferenceSession(str(lb.model_path), providers=["CPUExecutionProvider"])
+    return dict(zip(["probs", "age"], sess.run(["probs", "age"], {"image": x}), strict=True))
+
+
+def test_predictions_equal_direct_onnxruntime_per_item(tmp_path, dataset):
+    b = tiny_bundle(tmp_path / "b")
+    res = replay([b], dataset, tmp_path / "p", ReplayOptions(workers=2, batch_size=8, part_rows=16))
+    assert (res.items_ok, res.items_error, res.rows_written) == (40, 2, 42)
+    assert res.parts_written == 3
+    df = pl.read_parquet(tmp_path / "p" / "*.parquet")
+    assert df.height == 42 and df["item_id"].n_unique() == 42
+    errors = dict(zip(*df.filter(pl.col("status") == "error").select("item_id", "error"), strict=True))
+    assert errors["7_1_2_20170101000000001.jpg.chip.jpg"].startswith("empty")
+    assert errors["8_0_1_20170101000000002.jpg.chip.jpg"].split(":")[0] in (
+        "truncated",
+        "corrupt",
+        "not an image",
+    )
+    ok = df.filter(pl.col("status") == "ok")
+    for row in ok.iter_rows(named=True):
+        ref = _direct(b, Path(row["source_path"]))
+        np.testing.assert_allclose(row["raw__probs"], ref["probs"][0], rtol=1e-5, atol=1e-6)
+        assert row["p_female"] == pytest.approx(float(ref["probs"][0, 1]), rel=1e-5)
+        assert row["gender_pred"] == ("female" if ref["probs"][0, 1] > ref["probs"][0, 0] else "male")
+        assert row["age_pred"] == pytest.approx(float(ref["age"][0, 0]) * 116, rel=1e-5)
+    # labels from the file names are carried into every row, error rows included
+    r = df.filter(pl.col("item_id") == "7_1_2_20170101000000001.jpg.chip.jpg").row(0, named=True)
+    assert (r["age"], r["gender"], r["race"], r["race_id"]) == (7, "female", "Asian", 2)
+
+
+def test_fixed_batch_one_models_batched_or_looped(tmp_path, dataset):
+    dynamic = tiny_bundle(tmp_path / "dyn", name="dyn")
+    fixed = tiny_bundle(tmp_path / "fixed", name="fixed", batch=1)
+    baked = tiny_bundle(tmp_path / "baked", name="baked", batch=1, bake_batch=True)
+    assert open_model(fixed / "model.onnx").batch_mode == "made_dynamic"
+    assert open_model(baked / "model.onnx").batch_mode == "loop"
+    res = replay([dynamic, fixed, baked], dataset, tmp_path / "p", ReplayOptions(workers=0, batch_size=16))
+    assert res.preprocess_groups == 1  # one decode + one preprocess for three bundles
+    assert [b.batch_mode for b in res.bundles] == ["dynamic", "made_dynamic", "loop"]
+    df = pl.read_parquet(tmp_path / "p" / "*.parquet").filter(pl.col("status") == "ok").sort("item_id")
+    by = {name: df.filter(pl.col("bundle") == name) for name in ("dyn", "fixed", "baked")}
+    assert by["dyn"].height == 40
+    for name in ("fixed", "baked"):
+        np.testing.assert_allclose(
+            np.array(by[name]["raw__probs"].to_list()), np.array(by["dyn"]["raw__probs"].to_list()), rtol=1e-5
+        )
+
+
+def test_multi_bundle_groups_by_preprocess(tmp_path, dataset):
+    a = tiny_bundle(tmp_path / "a", name="a", size=16)
+    b = tiny_bundle(tmp_path / "b", name="b", size=24)
+    c = tiny_bundle(tmp_path / "c", name="c", size=16, method="area")
+    res = replay([a, b, c], dataset, tmp_path / "p", ReplayOptions(workers=0, limit=10))
+    assert res.preprocess_groups == 3
+    assert [x.preprocess_group for x in res.bundles] == [0, 1, 2]
+    df = pl.read_parquet(tmp_path / "p" / "*.parquet").filter(pl.col("status") == "ok")
+    row = df.filter(pl.col("bundle") == "b").row(0, named=True)
+    ref = _direct(b, Path(row["source_path"]))
+    np.testing.assert_allclose(row["raw__probs"], ref["probs"][0], rtol=1e-5, atol=1e-6)
+
+
+def test_limit_shuffle_and_refusals(tmp_path, dataset):
+    b = tiny_bundle(tmp_path / "b")
+    res = replay([b], dataset, tmp_path / "p", ReplayOptions(workers=0, limit=5, shuffle=True, seed=3))
+    assert res.items_total == 5
+    ids1 = pl.read_parquet(tmp_path / "p" / "*.parquet")["item_id"].to_list()
+    replay([b], dataset, tmp_path / "q", ReplayOptions(workers=0, limit=5, shuffle=True, seed=3))
+    assert pl.read_parquet(tmp_path / "q" / "*.parquet")["item_id"].to_list() == ids1
+    with pytest.raises(UsageError, match="already holds"):
+        replay([b], dataset, tmp_path / "p", ReplayOptions(workers=0, limit=5, shuffle=True, seed=3))
+    with pytest.raises(UsageError, match="different run"):
+        replay([b], dataset, tmp_path / "p", ReplayOptions(workers=0, limit=6, resume=True))
+    res = replay(
+        [b], dataset, tmp_path / "p", ReplayOptions(workers=0, limit=5, shuffle=True, seed=3, resume=True)
+    )
+    assert (res.items_skipped_done, res.items_processed) == (5, 0)
+
+
+def test_input_dataset_never_modified(tmp_path, dataset):
+    before = sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in dataset.iterdir())
+    replay([tiny_bundle(tmp_path / "b")], dataset, tmp_path / "p", ReplayOptions(workers=0))
+    assert sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in dataset.iterdir()) == before
+
+
+def test_resume_after_sigkill_has_no_duplicates_or_losses(tmp_path):
+    ds = tmp_path / "ds"
+    utk_images(ds, 300, size=200)
+    b = tiny_bundle(tmp_path / "b", size=64, method="area")
+    out = tmp_path / "p"
+    cmd = [sys.executable, "-m", "replaybench", "replay", str(b), str(ds), "-o", str(out)]
+    opts = ["--workers", "0", "--batch-size", "4", "--part-rows", "8", "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd + opts, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 3:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    written = pl.read_parquet(out / "*.parquet")["item_id"].to_list()
+    assert 0 < len(written) < 300
+    done = subprocess.run(cmd + [*opts, "--resume"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    df = pl.read_parquet(out / "*.parquet")
+    assert df.height == 300
+    assert df["item_id"].n_unique() == 300
+    assert set(df["item_id"]) == {p.name for p in ds.iterdir()}
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_cli_replay_json(tmp_path, dataset):
+    from typer.testing import CliRunner
+
+    from replaybench.cli import app
+
+    b = tiny_bundle(tmp_path / "b")
+    r = CliRunner().invoke(
+        app,
+        [
+            "replay",
+            str(b),
+            str(dataset),
+            "-o",
+            str(tmp_path / "p"),
+            "--workers",
+            "0",
+            "--limit",
+            "7",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    import json
+
+    doc = json.loads(r.stdout)
+    assert doc["items_processed"] == 7 and doc["format"] == "utkface"
+
+
+def test_broken_model_bundle_refused(tmp_path, dataset):
+    from replaybench.errors import CorruptInputError
+
+    b = tiny_bundle(tmp_path / "b")
+    (b / "model.onnx").write_bytes(tiny_model()[:50])
+    with pytest.raises(CorruptInputError):
+        replay([b], dataset, tmp_path / "p", ReplayOptions(workers=0))
+
+
+def test_grayscale_png_and_missing_manifest_rows(tmp_path):
+    Image.fromarray(np.full((20, 20), 128, np.uint8)).save(tmp_path / "g.png")
+    (tmp_path / "manifest.csv").write_text("path,group\ng.png,a\nmissing.jpg,b\n")
+    res = replay(
+        [tiny_bundle(tmp_path / "b")], tmp_path / "manifest.csv", tmp_path / "p", ReplayOptions(workers=0)
+    )
+    df = pl.read_parquet(tmp_path / "p" / "*.parquet").sort("item_id")
+    assert df["status"].to_list() == ["ok", "error"]
+    assert df["error"][1].startswith("missing")
+    assert df["group"].to_list() == ["a", "b"]
+    assert res.items_error == 1
