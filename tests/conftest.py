@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+
 def _find_realdata() -> Path:
     """``$REPLAYBENCH_REALDATA``, else the nearest ``shared/realdata`` beside the repository or above it."""
     if "REPLAYBENCH_REALDATA" in os.environ:
@@ -19,8 +20,6 @@ def _find_realdata() -> Path:
 
 
 REALDATA = _find_realdata()
-    os.environ.get("REPLAYBENCH_REALDATA", Path(__file__).resolve().parents[1].parent / "shared" / "realdata")
-)
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,15 @@ def _typed(value: int | str | None, kind: str) -> float | int | bool | str | Non
     return value
 
 
+def quiet_androguard() -> None:
+    """androguard logs every parsed item at DEBUG through loguru (its dependency): silence it."""
+    try:
+        from loguru import logger
+    except ImportError:  # pragma: no cover - androguard without loguru logs nothing
+        return
+    logger.disable("androguard")
+
+
 def dex_strings(data: bytes, dex_name: str = "classes.dex") -> list[str]:
     """The DEX string table (string_ids -> MUTF-8 data), read directly: milliseconds, not seconds.
 
@@ -128,9 +137,7 @@ def analyze_dex(data: bytes, dex_name: str) -> tuple[list[CodeReference], set[st
     file_names = {s for s in strings if FILE_LIKE.match(s)}
     if not has_ml_markers(strings):
         return [], file_names
-    from loguru import logger
-
-    logger.disable("androguard")  # androguard logs every parsed item at DEBUG through loguru
+    quiet_androguard()  # androguard logs every parsed item at DEBUG through loguru
     from androguard.core.dex import DEX
 
     try:

@@ -320,7 +320,7 @@ class _Scan:
                 handle.close()
 
     def native(self, entry: Entry, head: bytes, stream: Any) -> None:
-        from replaybench.extract.native import analyze_elf
+        from replaybench.extract.native import Haystack, analyze_elf
 
         full = self.read_full(entry, head, stream)
         parts = PurePosixPath(entry.path).parts
@@ -333,8 +333,14 @@ class _Scan:
             self.libs.append(lib)
             return
         try:
-            data = full.data if isinstance(full.data, bytes | bytearray) else bytes(full.data)
-            info = analyze_elf(data, PurePosixPath(entry.path).name)
+            data = (
+                full.data if isinstance(full.data, bytes | bytearray | memoryview) else memoryview(full.data)
+            )
+            hay = None
+            where = entry.disk_range or ((entry.disk_path, 0) if entry.disk_path else None)
+            if where is not None and where[0] in self.maps and isinstance(full.data, memoryview):
+                hay = Haystack(self.maps[where[0]], where[1])  # search the mapped file in place
+            info = analyze_elf(data, PurePosixPath(entry.path).name, haystack=hay)
         except Exception as e:  # lief on hostile input: report, keep scanning
             lib.error = f"could not analyse: {e}"
             self.libs.append(lib)
@@ -449,9 +455,9 @@ def _is_split(raw: bytes) -> bool:
 
 
 def _manifest_fields(raw: bytes) -> tuple[str | None, str | None, int | None, str | None]:
-    from loguru import logger
+    from replaybench.extract.code import quiet_androguard
 
-    logger.disable("androguard")
+    quiet_androguard()
     from androguard.core.axml import AXMLPrinter
 
     xml = AXMLPrinter(raw).get_xml_obj()

@@ -59,6 +59,9 @@ def _quant(t: Table) -> dict[str, Any] | None:
     q = t.table(4)
     if q is None:
         return None
+    q.touch()
+    q.scalars(0, "f")  # min/max (old TOCO models): walked for the extent
+    q.scalars(1, "f")
     scale = q.scalars(2, "f")
     zp = q.scalars(3, "q")
     if not scale:
@@ -186,7 +189,10 @@ def parse_tflite(data: bytes | bytearray | memoryview) -> dict[str, Any]:
         n_tensors += len(tensors)
         parsed = [_tensor(t) for t in tensors]
         for t in tensors:  # touch the rest of each tensor so the extent covers it
-            t.scalar(5, "B")
+            t.touch()
+            sparsity = t.table(6)
+            if sparsity is not None:
+                sparsity.touch()
             t.scalars(7, "i")
         for p in parsed:
             dtypes[p["dtype"]] = dtypes.get(p["dtype"], 0) + 1
@@ -208,6 +214,9 @@ def parse_tflite(data: bytes | bytearray | memoryview) -> dict[str, Any]:
             op.bytes_span(5)  # custom options: walked for the extent only
             op.scalars(6, "B")
             op.scalars(7, "i")
+            opts2 = op.table(10)
+            if opts2 is not None:
+                opts2.touch()
         sg.string(4)
     model.string(3)
     buffers = model.tables(4)

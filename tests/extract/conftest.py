@@ -37,6 +37,16 @@ def xor_encrypt(data: bytes, seed: int = 7) -> bytes:
     return (np.frombuffer(data, np.uint8) ^ key).tobytes()
 
 
+def aes_encrypt(data: bytes) -> bytes:
+    """AES-128-CBC with a fixed key and IV through the openssl CLI (deterministic, real AES)."""
+    import subprocess
+
+    key, iv = "00112233445566778899aabbccddeeff", "0f0e0d0c0b0a09080706050403020100"
+    return subprocess.run(
+        ["openssl", "enc", "-aes-128-cbc", "-K", key, "-iv", iv], input=data, capture_output=True, check=True
+    ).stdout
+
+
 @pytest.fixture(scope="session")
 def tflite_bytes() -> bytes:
     return tflite_models()["float"].read_bytes()
@@ -66,7 +76,8 @@ def apps(tmp_path_factory: pytest.TempPathFactory, tflite_bytes: bytes) -> dict[
         ),
         "encrypted": build_apk(
             d / "encrypted.apk",
-            assets={"data/m.enc": enc, "face.tflite": xor_encrypt(tflite_bytes * 40, seed=9)},
+            assets={"data/m.enc": enc, "face.tflite": xor_encrypt(tflite_bytes * 40, seed=9),
+                    "models/detector.bin": aes_encrypt(tflite_bytes * 40)},
             code_strings=["data/m.enc"],
         ),
         "plain": build_apk(d / "plain.apk", assets={"readme.txt": b"hello" * 100}),

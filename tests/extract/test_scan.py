@@ -108,6 +108,9 @@ def test_encrypted_blobs_are_flagged(apps) -> None:
     assert any("referenced in app code" in e for e in enc.evidence)
     fake = by_entry["assets/face.tflite"]
     assert fake.format == "unknown_high_entropy" and any("likely encrypted" in e for e in fake.evidence)
+    aes = by_entry["assets/models/detector.bin"]
+    assert aes.encrypted and any("model folder" in e for e in aes.evidence)
+    assert aes.size % 16 == 0 and aes.size > 40 * len(tflite_models()["float"].read_bytes())
     [rej] = inv.rejected_candidates
     assert rej.location.entry == "assets/face.tflite" and rej.claimed_format == "tflite"
 
@@ -253,3 +256,43 @@ def test_dex_string_table_matches_androguard(apps) -> None:
     assert dex_strings(dex) == [str(s) for s in DEX(dex).get_strings()]
     with pytest.raises(ValueError, match="not a DEX"):
         dex_strings(b"PK\x03\x04" + bytes(200))
+
+
+def test_torch_lite_and_ncnn_param_embedded_in_so(tmp_path: Path) -> None:
+    from tests.fixtures.apk import build_apk
+    from tests.fixtures.models import torch_models
+
+    ptl = torch_models()[1].read_bytes()
+    param = (
+        b"7767517\n3 3\nInput data 0 1 data 0=32 1=32 2=3\nReLU relu 1 1 data r\nSoftmax prob 1 1 r prob\n"
+    )
+    lib_ptl = build_so(tmp_path / "a.so", arch="aarch64", blob=ptl, symbols=["_ZN5torch3jit12load_mobileEv"])
+    lib_ncnn = build_so(
+        tmp_path / "b.so", arch="x86_64", blob=param, symbols=["_ZN4ncnn3Net10load_paramEPKc"]
+    )
+    apk = build_apk(
+        tmp_path / "e.apk", native_libs={"arm64-v8a/libpt.so": lib_ptl, "x86_64/libnc.so": lib_ncnn}
+    )
+    inv = scan_app([apk], code=False)
+    by_format = {b.format: b for b in inv.model_blobs}
+    assert set(by_format) == {"pytorch_lite", "ncnn_param"}
+    assert by_format["pytorch_lite"].sha256 == _sha(ptl) and by_format["ncnn_param"].sha256 == _sha(param)
+    assert inv.runtimes == ["ncnn", "pytorch_mobile"]
+    manifest = extract_blobs(inv, tmp_path / "out")
+    got = {i.blob.format: (tmp_path / "out" / i.file).read_bytes() for i in manifest.blobs}
+    assert got == {"pytorch_lite": ptl, "ncnn_param": param}
+
+
+def test_extract_seam_select_and_after(apps, tmp_path: Path) -> None:
+    """The hooks trace matching and conversion plug into: select which blobs, act on each written one."""
+    inv = scan_app([apps["apkm"]], code=False)
+    seen: list[tuple[str, bool]] = []
+    manifest = extract_blobs(
+        inv,
+        tmp_path / "o",
+        select=lambda b: b.format == "onnx",
+        after=[lambda item, out: seen.append((item.blob.format, (out / item.file).is_file()))],
+    )
+    assert [i.blob.format for i in manifest.blobs] == ["onnx"] and seen == [("onnx", True)]
+    on_disk = ExtractManifest.model_validate_json((tmp_path / "o" / "manifest.json").read_text())
+    assert on_disk == manifest
