@@ -731,6 +731,9 @@ def distill_train(
     posts: Annotated[Path, typer.Argument(help="A posts dataset.")],
     labels: Annotated[Path, typer.Argument(help="Teacher labels.")],
     output: OutDir,
+    image_encoder: Annotated[
+        str, typer.Option("--image-encoder", help="Image encoder (resnet18).")
+    ] = "resnet18",
     image_encoder_weights: Annotated[
         Path | None,
         typer.Option("--image-encoder-weights", help="torchvision resnet18 checkpoint (.pth, state dict)."),
@@ -765,6 +768,8 @@ def distill_train(
     from replaybench._console import RichProgress, emit_json
     from replaybench.distill.train import train_student
 
+    if image_encoder != "resnet18":
+        raise UsageError(f"--image-encoder {image_encoder!r}: only resnet18 is available")
     if text_arch not in ("tiny", "distilbert-base", "minilm-l6"):
         raise UsageError("--text-arch must be tiny, distilbert-base or minilm-l6")
     result = train_student(

@@ -117,6 +117,8 @@ class StudentRunner:
         so.log_severity_level = 3
         so.intra_op_num_threads = threads or os.cpu_count() or 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No spin-waiting: on a few cores the decode workers need the cycles an idle ORT thread would burn.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.image = ort.InferenceSession(str(files[0]), so, providers=["CPUExecutionProvider"])
         self.text = ort.InferenceSession(str(files[1]), so, providers=["CPUExecutionProvider"])
         tok = bundle_dir / b.text.tokenizer / "tokenizer.json"

@@ -69,3 +69,12 @@ def test_agreement_metrics_by_hand():
     assert m["within_1"] == 0.5 and m["within_2"] == 1.0
     assert m["confusion"] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]] or m["confusion"][0][1] == 1
     assert [bucket_of(x) for x in (3.49, 3.5, 6.49, 6.5, 10)] == ["0-3", "4-6", "4-6", "7-10", "7-10"]
+
+
+def test_cli_train_flag_checks(tmp_path):
+    from replaybench.cli import main
+
+    args = ["distill", "train", str(tmp_path), str(tmp_path / "l.csv"), "-o", str(tmp_path / "s")]
+    assert main([*args, "--image-encoder", "vit"]) == 2
+    assert main([*args, "--text-arch", "gpt"]) == 2
+    assert main([*args, "--random-init"]) == 3  # the labels file does not exist
