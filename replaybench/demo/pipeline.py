@@ -170,4 +170,38 @@ def _read_disparity(summary: object, result: DemoResult) -> None:
 
 
 def _distill(out: Path, posts: int, progress: Progress) -> tuple[str, Path]:
-    raise ReplaybenchError("distill step not wired yet")
+    """Teacher labels -> student -> bundle -> scores, on generated posts.
+
+    No VLM teacher runs offline, so the demo imports stand-in teacher labels (what a teacher would say of
+    each generated caption's theme); ``distill label --endpoint`` is how real labels are made. The
+    student is random-init (no pretrained weights ship with replaybench) with the tiny text config.
+    """
+    import json
+
+    from replaybench.demo.synthetic import teacher_labels, write_posts
+    from replaybench.distill.export import export_student
+    from replaybench.distill.label import import_labels
+    from replaybench.distill.score import score_posts
+    from replaybench.distill.train import train_student
+
+    folder = out / "distill"
+    post_dir = write_posts(folder / "posts", posts)
+    raw = folder / "teacher.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in teacher_labels(post_dir)), encoding="utf-8")
+    labels = folder / "labels.parquet"
+    import_labels(raw, labels, model="demo-teacher")
+    trained = train_student(
+        post_dir, labels, folder / "student", random_init=True, epochs=60, patience=15, progress=progress
+    )
+    export_student(folder / "student", folder / "student-bundle", progress=progress)
+    scored = score_posts(
+        folder / "student-bundle", post_dir, folder / "scores", int8=True, workers=1, progress=progress
+    )
+    buckets = scored.summary["buckets"]
+    shares = ", ".join(f"{b}: {v['count']}" for b, v in buckets.items())
+    val = trained.validation
+    return (
+        f"student val MAE {val.get('mae', float('nan')):.2f} (mean baseline {trained.baseline_val_mae:.2f}); "
+        f"{scored.summary['ok']} posts scored int8 [{shares}]",
+        folder / "scores",
+    )

@@ -96,7 +96,25 @@ def write_posts(out: Path, n: int, seed: int = 11) -> Path:
         gender = kind if kind != "neutral" else str(rng.choice(GENDERS))
         img = render_face(rng, str(rng.choice(list(TONES))), gender, size=320)
         post_id = f"post{i:04d}"
-        doc = {"id": post_id, "edge_media_to_caption": {"edges": [{"node": {"text": caption}}]}}
+        doc = {
+            "id": post_id,
+            "edge_media_to_caption": {"edges": [{"node": {"text": caption}}]},
+            "theme": kind,
+        }
         (out / f"{post_id}.json").write_text(json.dumps(doc), encoding="utf-8")
         Image.fromarray(img).save(out / f"{post_id}.jpg", quality=90)
     return out
+
+
+THEME_SCORE = {"male": 2.0, "neutral": 5.0, "female": 8.0}
+
+
+def teacher_labels(posts: Path, seed: int = 13) -> list[dict[str, object]]:
+    """Stand-in teacher labels for ``write_posts`` output: the theme's score plus noise, 0-10."""
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, object]] = []
+    for doc_path in sorted(posts.glob("*.json")):
+        doc = json.loads(doc_path.read_text(encoding="utf-8"))
+        score = float(np.clip(THEME_SCORE[doc["theme"]] + rng.normal(0, 0.7), 0, 10))
+        rows.append({"post_id": doc["id"], "score": round(score, 2)})
+    return rows
