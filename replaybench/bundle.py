@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -133,7 +133,7 @@ DecoderKind = Literal[
 
 
 class Decoder(Strict):
-    output: str  # ONNX output name
+    output: str = ""  # ONNX output name; "" = the model's only output (bound when the bundle is written)
     field: str  # predictions column name (age_pred, gender_pred, concepts, ...)
     kind: DecoderKind
     index: int | None = None  # element of the output to read (scale)
@@ -223,6 +223,9 @@ class VariantReport(Strict):
     notes: list[str] = Field(default_factory=list)
 
 
+_SpecT = TypeVar("_SpecT", "PreprocessSpec", "PostprocessSpec")
+
+
 class Bundle(Strict):
     schema_version: int = BUNDLE_SCHEMA_VERSION
     name: str
@@ -286,3 +289,29 @@ def load_bundle(folder: Path) -> LoadedBundle:
     if not (folder / MODEL_ONNX).is_file():
         raise CorruptInputError(f"bundle {folder} has no {MODEL_ONNX}")
     return LoadedBundle(folder=folder, bundle=bundle)
+
+
+def read_spec(path: Path, kind: type[_SpecT]) -> _SpecT:
+    """A ``PreprocessSpec`` or ``PostprocessSpec`` from its own JSON file or from a bundle's bundle.json
+    (its ``preprocess`` / ``postprocess`` block), so one bundle's recovered settings can seed another.
+
+    Raises InputNotFoundError for a missing file and UsageError for one that holds no such spec.
+    """
+    import json
+
+    from pydantic import ValidationError
+
+    from replaybench.errors import UsageError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / BUNDLE_JSON
+    if not path.is_file():
+        raise InputNotFoundError(f"spec file not found: {path}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and "schema_version" in doc and "io" in doc:  # a bundle.json
+            doc = doc.get("preprocess" if kind is PreprocessSpec else "postprocess")
+        return kind.model_validate(doc)
+    except (ValueError, ValidationError) as e:
+        raise UsageError(f"{path} holds no valid {kind.__name__}: {e}") from e

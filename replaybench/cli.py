@@ -170,7 +170,17 @@ def convert(
     output: OutDir,
     preprocess: Annotated[
         Path | None,
-        typer.Option("--preprocess", help="A PreprocessSpec JSON file (recorded as provenance 'user')."),
+        typer.Option(
+            "--preprocess",
+            help="A PreprocessSpec JSON file, or a bundle (folder or bundle.json) whose preprocess block to reuse.",
+        ),
+    ] = None,
+    postprocess: Annotated[
+        Path | None,
+        typer.Option(
+            "--postprocess",
+            help="A PostprocessSpec JSON file (task, labels, decoders), or a bundle to take it from.",
+        ),
     ] = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset to target.")] = None,
     allow_mismatch: Annotated[
@@ -194,21 +204,14 @@ def convert(
     Quantised models keep their own integer input/output dtypes (the bundle takes what the app feeds the
     model); --float-io wraps them in Quantize/DequantizeLinear instead. Exit 8 when parity fails.
 
-    Example: replaybench convert model.tflite -o bundles/age
+    Example: replaybench convert model.tflite --postprocess examples/postprocess-gender.json -o bundles/gender
     """
     from replaybench._console import emit_json
-    from replaybench.bundle import PreprocessSpec
-    from replaybench.errors import InputNotFoundError
+    from replaybench.bundle import PostprocessSpec, PreprocessSpec, read_spec
     from replaybench.extract.convert import convert_model
 
-    spec = None
-    if preprocess is not None:
-        if not preprocess.is_file():
-            raise InputNotFoundError(f"preprocess spec not found: {preprocess}")
-        try:
-            spec = PreprocessSpec.model_validate_json(preprocess.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise UsageError(f"{preprocess} is not a valid PreprocessSpec: {e}") from e
+    spec = read_spec(preprocess, PreprocessSpec) if preprocess is not None else None
+    post = read_spec(postprocess, PostprocessSpec) if postprocess is not None else None
     shape = None
     if input_shape:
         try:
@@ -219,6 +222,7 @@ def convert(
         model,
         output,
         preprocess=spec,
+        postprocess=post,
         opset=opset,
         allow_mismatch=allow_mismatch,
         input_shape=shape,

@@ -28,7 +28,7 @@ from replaybench.bundle import (
     SourceInfo,
     TensorSpec,
 )
-from replaybench.errors import ConversionError, ParityError, ReplaybenchError, UnsafeInputError
+from replaybench.errors import ConversionError, ParityError, ReplaybenchError, UnsafeInputError, UsageError
 from replaybench.extract.convert.registry import (
     SOURCE_EXTENSIONS,
     Converted,
@@ -230,7 +230,7 @@ def convert_model(
     )
 
     labels = labels or converted.metadata.get("labels")
-    post = postprocess or PostprocessSpec()
+    post = _bind_decoders(postprocess or PostprocessSpec(), [o.name for o in onnx_model.graph.output])
     if labels and post.labels is None:
         post = post.model_copy(update={"labels": list(labels)})
     opset_used = next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -279,6 +279,21 @@ def convert_model(
             hint="inspect it with: replaybench inspect " + str(out) + "  (or accept with --allow-mismatch)",
         )
     return bundle
+
+
+def _bind_decoders(post: PostprocessSpec, outputs: list[str]) -> PostprocessSpec:
+    """Point decoders with no (or an unknown) output name at the model's only output, or say which exist."""
+    decoders = []
+    for dec in post.decoders:
+        if dec.output not in outputs:
+            if len(outputs) != 1:
+                raise UsageError(
+                    f"decoder {dec.field!r} reads output {dec.output!r}; the model's outputs are: "
+                    + ", ".join(outputs)
+                )
+            dec = dec.model_copy(update={"output": outputs[0]})
+        decoders.append(dec)
+    return post.model_copy(update={"decoders": decoders})
 
 
 def check_parity_for(
