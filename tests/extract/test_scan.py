@@ -218,9 +218,10 @@ def test_cli_scan_json_and_extract(apps, tmp_path: Path, capsys) -> None:
     inv = Inventory.model_validate_json(capsys.readouterr().out)
     assert inv.schema_version == "1.0" and inv.model_blobs[0].format == "tflite"
     assert main(["extract", str(apps["embedded"]), "-o", str(tmp_path / "ex")]) == 0
-    manifest = ExtractManifest.model_validate(json.loads((tmp_path / "ex" / "manifest.json").read_text()))
+    blobs = tmp_path / "ex" / "blobs"
+    manifest = ExtractManifest.model_validate(json.loads((blobs / "manifest.json").read_text()))
     assert sorted(i.blob.format for i in manifest.blobs) == ["tflite", "tflite"]
-    assert "manifest.json" in capsys.readouterr().out
+    assert "extract.json" in capsys.readouterr().out
     assert main(["scan", str(apps["plain"])]) == 0
     assert "no on-device model found" in capsys.readouterr().out
 
