@@ -52,13 +52,15 @@ def _bilinear(img: np.ndarray, width: int, height: int, half_pixel: bool) -> np.
     h, w = img.shape[:2]
     y0, y1, wy = _bilinear_axis(h, height, half_pixel)
     x0, x1, wx = _bilinear_axis(w, width, half_pixel)
-    f = img.astype(np.float32, copy=False)
-    top, bottom = f[y0], f[y1]
+    # Gather the four neighbours in the input dtype first and convert only output-sized arrays: for a
+    # 1080px photo resized to 224 this touches 4 x 224 x 224 pixels instead of converting 1080 x 1080.
+    top, bottom = img[y0], img[y1]
+    f32 = np.float32
     wx3 = wx[None, :, None]
-    top = top[:, x0] * (1.0 - wx3) + top[:, x1] * wx3
-    bottom = bottom[:, x0] * (1.0 - wx3) + bottom[:, x1] * wx3
+    t = top[:, x0].astype(f32) * (1.0 - wx3) + top[:, x1].astype(f32) * wx3
+    b = bottom[:, x0].astype(f32) * (1.0 - wx3) + bottom[:, x1].astype(f32) * wx3
     wy3 = wy[:, None, None]
-    return top * (1.0 - wy3) + bottom * wy3
+    return t * (1.0 - wy3) + b * wy3
 
 
 def resize(img: np.ndarray, width: int, height: int, method: ResizeMethod) -> np.ndarray:
