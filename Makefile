@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(VENV)/bin/replaybench demo -o demo-out
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check replaybench tests benchmarks
-	$(VENV)/bin/ruff format --check replaybench tests benchmarks
+	$(VENV)/bin/ruff check replaybench tests benchmarks scripts
+	$(VENV)/bin/ruff format --check replaybench tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy replaybench

@@ -173,6 +173,9 @@ class ParityReport(Strict):
     outputs: list[OutputParity] = Field(default_factory=list)
     passed: bool
     allow_mismatch: bool = False
+    # onnxruntime graph optimisation level parity was measured with ("all", "disabled"); replay should run
+    # the bundle the same way (quantised models: "disabled", see replaybench.extract.convert.parity).
+    onnxruntime_optimization: str | None = None
     note: str | None = None
 
 
@@ -186,6 +189,40 @@ class ConversionInfo(Strict):
     notes: list[str] = Field(default_factory=list)
 
 
+class TextPreprocessSpec(Strict):
+    """How a caption becomes the text inputs (student bundles): a Hugging Face fast tokenizer in the bundle."""
+
+    tokenizer: str = "tokenizer"  # folder inside the bundle holding tokenizer.json
+    max_length: int = 128  # truncation length, special tokens included
+    padding: Literal["dynamic", "max_length"] = "dynamic"  # dynamic: pad to the longest in the batch
+    pad_id: int = 0
+    input_ids: str = "input_ids"
+    attention_mask: str = "attention_mask"
+    provenance: Provenance = Provenance.DEFAULT
+
+
+class GraphPart(Strict):
+    """One ONNX graph of a multi-graph bundle (the student: image encoder, text encoder + head)."""
+
+    role: str  # image_encoder, text_head, ...
+    file: str  # fp32 graph inside the bundle
+    inputs: list[str]
+    outputs: list[str]
+    file_int8: str | None = None  # quantised variant
+    quantization: str | None = None  # how file_int8 was made (static QDQ per-channel, dynamic per-channel)
+
+
+class VariantReport(Strict):
+    """How far a quantised variant's outputs are from the fp32 graph's, on real inputs."""
+
+    name: str  # int8
+    output: str
+    inputs_tried: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    notes: list[str] = Field(default_factory=list)
+
+
 class Bundle(Strict):
     schema_version: int = BUNDLE_SCHEMA_VERSION
     name: str
@@ -195,6 +232,9 @@ class Bundle(Strict):
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
     parity: ParityReport | None = None
     conversion: ConversionInfo | None = None
+    text: TextPreprocessSpec | None = None  # set for models with a caption input (the student)
+    parts: list[GraphPart] = Field(default_factory=list)  # split graphs, when the bundle has them
+    variants: list[VariantReport] = Field(default_factory=list)  # quantised variants vs fp32
 
     def write(self, folder: Path) -> Path:
         """Write ``bundle.json`` into ``folder`` (created if needed) and return its path."""

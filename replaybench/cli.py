@@ -85,12 +85,24 @@ def _not_yet(command: str, issue: str) -> NotAvailableYetError:
 def scan(
     apps: Annotated[list[Path], typer.Argument(help="APK, split-APK folder, XAPK/APKS/APKM, or model file.")],
     json_out: JsonFlag = False,
+    no_code: Annotated[
+        bool, typer.Option("--no-code", help="Skip DEX code analysis (much faster on big apps).")
+    ] = False,
 ) -> None:
     """What is inside an app: ML runtimes, model blobs, and the evidence for each.
 
     Example: replaybench scan app.apk --json > inventory.json
     """
-    raise _not_yet("scan", "scan and extract")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.extract.scan import scan_app
+
+    inventory = scan_app(apps, code=not no_code, progress=NullProgress() if json_out else RichProgress())
+    if json_out:
+        emit_json(inventory)
+        return
+    from replaybench.extract.render import print_inventory
+
+    print_inventory(inventory)
 
 
 @app.command()
@@ -101,25 +113,167 @@ def extract(
         Path | None, typer.Option("--trace", help="A trace recorded by 'replaybench trace'.")
     ] = None,
     json_out: JsonFlag = False,
+    no_code: Annotated[bool, typer.Option("--no-code", help="Skip DEX code analysis.")] = False,
 ) -> None:
     """Pull model blobs (and trace dumps), infer preprocessing, convert, write bundles.
 
     Example: replaybench extract app.apk --trace trace.jsonl -o extracted/
     """
-    raise _not_yet("extract", "scan and extract")
+    if trace is not None:
+        raise _not_yet("extract --trace", "trace-guided extraction")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.extract.blobs import extract_blobs
+
+    manifest = extract_blobs(
+        [app_path], output, code=not no_code, progress=NullProgress() if json_out else RichProgress()
+    )
+    if json_out:
+        emit_json(manifest)
+        return
+    from replaybench.extract.render import print_manifest
+
+    print_manifest(manifest, output)
 
 
 @app.command()
 def convert(
     model: Annotated[Path, typer.Argument(help="A model file: .tflite, .onnx, .pt/.ptl, SavedModel, .pb.")],
     output: OutDir,
+    preprocess: Annotated[
+        Path | None,
+        typer.Option("--preprocess", help="A PreprocessSpec JSON file (recorded as provenance 'user')."),
+    ] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset to target.")] = None,
+    allow_mismatch: Annotated[
+        bool, typer.Option("--allow-mismatch", help="Write the bundle even when parity fails (exit 0).")
+    ] = False,
+    input_shape: Annotated[
+        str | None,
+        typer.Option("--input-shape", help="Input shape for TorchScript models, e.g. 1,3,224,224."),
+    ] = None,
+    keep_quantized_io: Annotated[
+        bool,
+        typer.Option(
+            "--keep-quantized-io/--float-io",
+            help="Quantised models: keep their integer I/O (default, as the app feeds them) or take/return floats.",
+        ),
+    ] = True,
     json_out: JsonFlag = False,
 ) -> None:
     """Convert one model file to a validated ONNX bundle (parity-checked against its runtime).
 
+    Quantised models keep their own integer input/output dtypes (the bundle takes what the app feeds the
+    model); --float-io wraps them in Quantize/DequantizeLinear instead. Exit 8 when parity fails.
+
     Example: replaybench convert model.tflite -o bundles/age
     """
-    raise _not_yet("convert", "convert to ONNX")
+    from replaybench._console import emit_json
+    from replaybench.bundle import PreprocessSpec
+    from replaybench.errors import InputNotFoundError
+    from replaybench.extract.convert import convert_model
+
+    spec = None
+    if preprocess is not None:
+        if not preprocess.is_file():
+            raise InputNotFoundError(f"preprocess spec not found: {preprocess}")
+        try:
+            spec = PreprocessSpec.model_validate_json(preprocess.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise UsageError(f"{preprocess} is not a valid PreprocessSpec: {e}") from e
+    shape = None
+    if input_shape:
+        try:
+            shape = [int(d) for d in input_shape.split(",")]
+        except ValueError as e:
+            raise UsageError(f"--input-shape must be comma-separated integers, got {input_shape!r}") from e
+    bundle = convert_model(
+        model,
+        output,
+        preprocess=spec,
+        opset=opset,
+        allow_mismatch=allow_mismatch,
+        input_shape=shape,
+        keep_quantized_io=keep_quantized_io,
+    )
+    if json_out:
+        emit_json(bundle)
+        return
+    _render_bundle(bundle, title=f"bundle written to {output}")
+
+
+def _render_bundle(bundle: Any, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    src = bundle.source
+    console.print(f"[bold]{title}[/]  {bundle.name}  format={src.format}  sha256={src.sha256[:16]}")
+    io = Table("", "name", "shape", "dtype", "layout", "quantisation", title="inputs / outputs")
+    for side, tensors in (("in", bundle.io.inputs), ("out", bundle.io.outputs)):
+        for t in tensors:
+            q = t.quantization
+            io.add_row(
+                side,
+                t.name,
+                str(t.shape),
+                t.dtype,
+                t.layout or "",
+                f"{q.scale:g} @ {q.zero_point}" if q else "",
+            )
+    console.print(io)
+    p = bundle.preprocess
+    if p is not None:
+        pre = Table("field", "value", "provenance", title="preprocessing")
+        rows = {
+            "resize": f"{p.resize.width}x{p.resize.height} {p.resize.method}",
+            "color_order": p.color_order,
+            "layout": p.layout,
+            "dtype": p.dtype,
+            "scale": ", ".join(f"{v:.6g}" for v in p.scale),
+            "offset": ", ".join(f"{v:.6g}" for v in p.offset),
+        }
+        if p.quantization:
+            rows["quantization"] = f"{p.quantization.scale:g} @ {p.quantization.zero_point}"
+        for k, v in rows.items():
+            pre.add_row(k, v, str(p.provenance.get(k, "")))
+        console.print(pre)
+        for n in p.notes:
+            console.print(f"  note: {n}")
+    if bundle.parity is not None:
+        par = bundle.parity
+        t = Table(
+            "output",
+            "shape",
+            "dtype",
+            "max abs",
+            "max rel",
+            "q-steps",
+            "tolerance",
+            "ok",
+            title=f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs): "
+            + ("[green]passed[/]" if par.passed else "[red]FAILED[/]"),
+        )
+        for o in par.outputs:
+            t.add_row(
+                o.name,
+                "ok" if o.shape_match else "MISMATCH",
+                "ok" if o.dtype_match else "MISMATCH",
+                f"{o.max_abs_diff:.3g}",
+                f"{o.max_rel_diff:.3g}",
+                "" if o.max_quant_steps is None else f"{o.max_quant_steps:g}",
+                f"{o.tolerance:.3g}",
+                "yes" if o.passed else "NO",
+            )
+        console.print(t)
+    c = bundle.conversion
+    if c is not None:
+        console.print(f"converter: {c.converter} {c.converter_version or ''}  opset {c.opset}  {c.seconds}s")
+        if c.cut_at:
+            console.print(
+                f"[yellow]graph cut before {', '.join(c.cut_at)}; outputs: {', '.join(c.cut_tensors)}[/]"
+            )
+        for n in c.notes:
+            console.print(f"  note: {n}")
 
 
 @app.command()
@@ -128,23 +282,86 @@ def agent(
 ) -> None:
     """Print (or write) the Frida agent, for use with the frida CLI or 'replaybench trace'.
 
+    With the frida CLI: frida -U -f com.example.app -l agent.js (its events go to the console).
+
     Example: replaybench agent -o agent.js
     """
-    raise _not_yet("agent", "Frida agent and trace")
+    from replaybench.extract.capture import agent_source
+
+    js = agent_source()
+    if output is None:
+        sys.stdout.write(js)
+    else:
+        output.write_text(js, encoding="utf-8")
+        sys.stderr.write(f"wrote {output}\n")
 
 
 @app.command()
 def trace(
     output: OutDir,
+    program_args: Annotated[
+        list[str] | None, typer.Argument(metavar="[-- ARGS]", help="Arguments for a spawned local program.")
+    ] = None,
     usb: Annotated[bool, typer.Option("--usb", help="Use the USB device.")] = False,
+    remote: Annotated[str | None, typer.Option("--remote", help="Use frida-server at HOST[:PORT].")] = None,
     pid: Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")] = None,
     spawn: Annotated[str | None, typer.Option("--spawn", help="Spawn this package or program.")] = None,
+    seconds: Annotated[
+        float, typer.Option("--seconds", help="Record this long (0: until Ctrl-C or the process ends).")
+    ] = 30.0,
+    max_dumps: Annotated[
+        int | None, typer.Option("--max-dumps", help="Stop after writing this many dumps.")
+    ] = None,
+    watch: Annotated[
+        list[str] | None,
+        typer.Option("--watch", help="Also log calls to this export (NAME or MODULE!NAME); repeatable."),
+    ] = None,
+    max_events_per_second: Annotated[
+        int, typer.Option("--max-events-per-second", help="Rate cap on tensor/file/watch events.")
+    ] = 200,
+    max_dump_mb: Annotated[int, typer.Option("--max-dump-mb", help="Cap on one model dump (MiB).")] = 64,
+    json_out: JsonFlag = False,
 ) -> None:
     """Record a brief trace of an app's model loads and tensors with the Frida agent.
 
+    Writes OUTPUT/trace.jsonl and OUTPUT/dumps/<sha256>. Needs the frida extra.
+
     Example: replaybench trace --usb --spawn com.example.app --seconds 30 -o trace/
     """
-    raise _not_yet("trace", "Frida agent and trace")
+    from replaybench.extract.capture import AgentConfig, CaptureTarget, capture
+
+    target = CaptureTarget(
+        usb=usb, remote=remote, pid=pid, name=name, spawn=spawn, spawn_args=list(program_args or [])
+    )
+    target.check()
+    config = AgentConfig(
+        max_dump_bytes=max_dump_mb * 1024 * 1024,
+        max_events_per_second=max_events_per_second,
+        watch=list(watch or []),
+    )
+    if not json_out:
+        sys.stderr.write("tracing... (Ctrl-C to stop)\n")
+    result = capture(target, output, seconds=seconds or None, max_dumps=max_dumps, config=config)
+    if json_out:
+        from replaybench._console import emit_json
+
+        emit_json(result)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"trace of pid {result.pid}: {result.trace}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("models loaded", str(result.models_loaded))
+    table.add_row("invokes seen", str(result.invokes))
+    table.add_row("dumps written", str(result.dumps_written))
+    table.add_row("events", str(result.events))
+    table.add_row("seconds", f"{result.seconds:.1f} ({result.ended_by})")
+    Console().print(table)
+    for err in result.agent_errors[:10]:
+        sys.stderr.write(f"agent: {err}\n")
 
 
 @app.command()
@@ -156,7 +373,14 @@ def inspect(
 
     Example: replaybench inspect bundles/age --json
     """
-    raise _not_yet("inspect", "convert to ONNX")
+    from replaybench._console import emit_json
+    from replaybench.extract.convert import inspect_target
+
+    bundle = inspect_target(target)
+    if json_out:
+        emit_json(bundle)
+        return
+    _render_bundle(bundle, title="bundle" if bundle.parity is not None else "model (not converted)")
 
 
 # ---------------------------------------------------------------------------------------------- replay
@@ -281,12 +505,147 @@ def replay(
 def evaluate(
     predictions: Annotated[Path, typer.Argument(help="Predictions folder written by 'replaybench replay'.")],
     output: OutDir,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", help="age|gender|classification|concepts (default: every task the columns allow)."
+        ),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Group columns, comma-separated (default: race,gender,age_group found)."),
+    ] = None,
+    ci: Annotated[float, typer.Option("--ci", help="Confidence level of the bootstrap intervals.")] = 0.95,
+    seed: Seed = 0,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap resamples.")] = 1000,
+    compare: Annotated[
+        Path | None, typer.Option("--compare", help="A second predictions folder to measure agreement with.")
+    ] = None,
+    spurious: Annotated[
+        Path | None,
+        typer.Option(
+            "--spurious", help="File of concepts (one a line) that should be unrelated to demographics."
+        ),
+    ] = None,
+    min_group_size: Annotated[
+        int, typer.Option("--min-group-size", help="Smaller groups are flagged and never ranked.")
+    ] = 30,
+    min_denominator: Annotated[
+        int, typer.Option("--min-denominator", help="Rates over fewer items are flagged and never ranked.")
+    ] = 10,
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="True-label column for the classification task.")
+    ] = "label",
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Concept score that counts as a detection (default 0.5)."),
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Count only the first K concepts of a list.")
+    ] = None,
+    json_out: JsonFlag = False,
 ) -> None:
     """Measure demographic disparities and concept associations; write a report folder.
 
     Example: replaybench evaluate preds/ --by race,gender -o report/
     """
-    raise _not_yet("evaluate", "evaluate")
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.errors import InputNotFoundError
+    from replaybench.evaluate.evaluation import evaluate_predictions
+
+    if not predictions.exists():
+        raise InputNotFoundError(f"predictions not found: {predictions}")
+    if compare is not None and not compare.exists():
+        raise InputNotFoundError(f"predictions to compare not found: {compare}")
+    groups = [g.strip() for g in by.split(",") if g.strip()] if by else None
+    summary = evaluate_predictions(
+        predictions,
+        output,
+        task=task,
+        by=groups,
+        ci=ci,
+        seed=seed,
+        n_boot=n_boot,
+        compare=compare,
+        spurious=spurious,
+        min_group_size=min_group_size,
+        min_denominator=min_denominator,
+        label_column=label_column,
+        concept_threshold=threshold,
+        top_k=top_k,
+        progress=NullProgress() if json_out else RichProgress(),
+    )
+    if json_out:
+        emit_json(summary)
+        return
+    _render_evaluation(summary)
+
+
+def _render_evaluation(summary: Any) -> None:
+    from rich.console import Console
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    def f(v: float | None, d: int = 3) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    def row(table: Any, *cells: str) -> None:
+        table.add_row(*(Text(c) for c in cells))  # Text: metric names like recall[female] are not markup
+
+    console = Console()
+    for t in summary.tasks:
+        table = Table(f"{summary.ci:.0%} CI", "n", "of", "worst group", "its value", "max-min")
+        table.columns.insert(0, Column("overall"))
+        table.columns.insert(0, Column("metric", no_wrap=True, min_width=22))
+        table.title = Text(f"{t.bundle}: {t.task}")
+        # worst group over the first group column (race by default), where at least two groups rank
+        order = {g: i for i, g in enumerate(t.group_columns)}
+        worst: dict[str, Any] = {}
+        for d in sorted(t.disparities, key=lambda d: ("+" in d.grouping, order.get(d.grouping, 99))):
+            if d.n_groups >= 2:
+                worst.setdefault(d.metric, d)
+        for m in t.headline:
+            d = worst.get(m.name)
+            row(
+                table,
+                m.name,
+                f(m.value),
+                f"[{f(m.ci_low)}, {f(m.ci_high)}]",
+                str(m.n),
+                "" if m.n_eff is None or m.n_eff == m.n else str(m.n_eff),
+                f"{d.worst_group} ({d.grouping})" if d and d.worst_group else "-",
+                f(d.worst_value) if d and d.worst_group else "-",
+                f(d.difference) if d else "-",
+            )
+        console.print(table)
+    for c in summary.concepts:
+        table = Table("concept", "group", "rate", "elsewhere", "odds ratio", "q", "spurious")
+        table.title = Text(
+            f"{c.bundle}: {c.n_significant} of {c.n_tests} concept x group associations significant"
+        )
+        for a in [*c.spurious, *c.strongest][:15]:
+            row(
+                table,
+                a.concept,
+                f"{a.group} ({a.grouping})",
+                f(a.rate),
+                f(a.rate_rest),
+                f(a.odds_ratio, 2),
+                f"{a.q_value:.2g}" if a.q_value is not None else "-",
+                "yes" if a.spurious else "",
+            )
+        console.print(table)
+    if summary.comparison:
+        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "worst group")
+        table.title = Text(f"agreement with {summary.comparison.other}")
+        for a in summary.comparison.fields:
+            row(
+                table, a.field, str(a.n), f(a.agreement), f(a.kappa), f(a.mean_abs_diff), a.worst_group or "-"
+            )
+        console.print(table)
+    for w in summary.warnings:
+        console.print(Text(f"warning: {w}", style="yellow"))
+    console.print(Text(f"report: {summary.report}/index.html (metrics.parquet, summary.json beside it)"))
 
 
 # --------------------------------------------------------------------------------------------- distill
@@ -295,13 +654,55 @@ def evaluate(
 @distill_app.command("label")
 def distill_label(
     posts: Annotated[Path, typer.Argument(help="A posts dataset.")],
-    output: OutDir,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Labels file (.parquet, .csv or .jsonl).")],
+    endpoint: Annotated[
+        str | None,
+        typer.Option("--endpoint", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1."),
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Teacher model name on that endpoint.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight.")] = 4,
+    prompt_version: Annotated[
+        str, typer.Option("--prompt-version", help="Versioned prompt (cache key).")
+    ] = "v1",
+    retries: Annotated[int, typer.Option("--retries", help="Retries per request (exponential backoff).")] = 4,
+    api_key_env: Annotated[
+        str | None, typer.Option("--api-key-env", help="Environment variable holding a bearer token.")
+    ] = None,
+    import_file: Annotated[
+        Path | None,
+        typer.Option("--import", help="Import labels (CSV/JSONL/Parquet: post_id, score) instead."),
+    ] = None,
+    json_out: JsonFlag = False,
 ) -> None:
     """Score posts with a VLM teacher behind an OpenAI-compatible endpoint (cached, resumable).
 
     Example: replaybench distill label posts/ --endpoint http://localhost:8000/v1 --model qwen -o labels.parquet
     """
-    raise _not_yet("distill label", "distill")
+    import os
+
+    from replaybench._console import RichProgress, emit_json
+
+    if import_file is not None:
+        if endpoint or model:
+            raise UsageError("--import takes labels from a file; do not combine it with --endpoint/--model")
+        from replaybench.distill.label import import_labels
+
+        result = import_labels(import_file, output)
+    else:
+        if not endpoint or not model:
+            raise UsageError("give --endpoint and --model (or --import FILE)")
+        from replaybench.distill.label import label_posts
+
+        result = label_posts(
+            posts, output, endpoint=endpoint, model=model, prompt_version=prompt_version,
+            concurrency=concurrency, retries=retries,
+            api_key=os.environ.get(api_key_env) if api_key_env else None,
+            progress=None if json_out else RichProgress(),
+        )  # fmt: skip
+    if json_out:
+        emit_json(result)
+        return
+    _render_doc("teacher labels", result.model_dump())
 
 
 @distill_app.command("train")
@@ -309,24 +710,91 @@ def distill_train(
     posts: Annotated[Path, typer.Argument(help="A posts dataset.")],
     labels: Annotated[Path, typer.Argument(help="Teacher labels.")],
     output: OutDir,
+    image_encoder_weights: Annotated[
+        Path | None,
+        typer.Option("--image-encoder-weights", help="torchvision resnet18 checkpoint (.pth, state dict)."),
+    ] = None,
+    text_encoder: Annotated[
+        str | None,
+        typer.Option(
+            "--text-encoder", help="Local Hugging Face model folder or a name in the local HF cache."
+        ),
+    ] = None,
+    random_init: Annotated[
+        bool, typer.Option("--random-init", help="Random encoders where no weights are given (tests only).")
+    ] = False,
+    text_arch: Annotated[
+        str, typer.Option("--text-arch", help="Random-init text shape: tiny, distilbert-base, minilm-l6.")
+    ] = "tiny",
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = 200,
+    patience: Annotated[int, typer.Option("--patience", help="Early stopping patience (epochs).")] = 20,
+    seed: Seed = 0,
+    split: Annotated[
+        Path | None, typer.Option("--split", help="JSON {train:[ids], val:[ids]} or CSV post_id,split.")
+    ] = None,
+    finetune_last_blocks: Annotated[
+        int, typer.Option("--finetune-last-blocks", help="Also train the last N encoder blocks (0-4).")
+    ] = 0,
+    json_out: JsonFlag = False,
 ) -> None:
     """Train the image+text student on teacher labels.
 
     Example: replaybench distill train posts/ labels.parquet -o student/
     """
-    raise _not_yet("distill train", "distill")
+    from replaybench._console import RichProgress, emit_json
+    from replaybench.distill.train import train_student
+
+    if text_arch not in ("tiny", "distilbert-base", "minilm-l6"):
+        raise UsageError("--text-arch must be tiny, distilbert-base or minilm-l6")
+    result = train_student(
+        posts, labels, output, image_weights=image_encoder_weights, text_encoder=text_encoder,
+        random_init=random_init, text_arch=text_arch,  # type: ignore[arg-type]
+        epochs=epochs, patience=patience, seed=seed, split=split, finetune_last_blocks=finetune_last_blocks,
+        progress=None if json_out else RichProgress(),
+    )  # fmt: skip
+    if json_out:
+        emit_json(result)
+        return
+    v = result.validation
+    _render_doc(
+        "student training",
+        {
+            "output": result.output,
+            "posts used": f"{result.posts_used} ({result.train_posts} train, {result.val_posts} val)",
+            "skipped posts": len(result.skipped),
+            "epochs": f"{result.epochs_run} (best {result.best_epoch})",
+            "val MAE": f"{v['mae']:.3f} (predict-the-mean {result.baseline_val_mae:.3f})",
+            "within 1 / 2": f"{v['within_1']:.1%} / {v['within_2']:.1%}",
+            "pearson / spearman": f"{v['pearson']} / {v['spearman']}",
+        },
+    )
 
 
 @distill_app.command("export")
 def distill_export(
     student: Annotated[Path, typer.Argument(help="A trained student folder.")],
     output: OutDir,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="Posts to calibrate int8 on (default: kept samples).")
+    ] = None,
+    no_int8: Annotated[bool, typer.Option("--no-int8", help="Skip the int8 variant.")] = False,
+    json_out: JsonFlag = False,
 ) -> None:
     """Export the student (encoders + head) to an ONNX bundle, fp32 and int8, parity-checked.
 
     Example: replaybench distill export student/ -o student-bundle/
     """
-    raise _not_yet("distill export", "distill")
+    from replaybench._console import RichProgress, emit_json
+    from replaybench.distill.export import export_student
+
+    result = export_student(
+        student, output, calibration_posts=calibration, int8=not no_int8,
+        progress=None if json_out else RichProgress(),
+    )  # fmt: skip
+    if json_out:
+        emit_json(result)
+        return
+    _render_doc("student export", result.model_dump())
 
 
 @distill_app.command("score")
@@ -334,12 +802,46 @@ def distill_score(
     bundle: Annotated[Path, typer.Argument(help="A student bundle.")],
     posts: Annotated[Path, typer.Argument(help="A posts dataset.")],
     output: OutDir,
+    int8: Annotated[bool, typer.Option("--int8", help="Run the int8 graphs.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run in the same folder.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images / captions per model call.")] = 32,
+    part_size: Annotated[int, typer.Option("--part-size", help="Rows per Parquet part.")] = 512,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Decode processes (default: cores).")
+    ] = None,
+    json_out: JsonFlag = False,
 ) -> None:
     """Score posts in bulk with the student bundle; Parquet with score and bucket per post.
 
     Example: replaybench distill score student-bundle/ posts/ -o scores/
     """
-    raise _not_yet("distill score", "distill")
+    from replaybench._console import RichProgress, emit_json
+    from replaybench.distill.score import score_posts
+
+    result = score_posts(
+        bundle, posts, output, int8=int8, resume=resume, batch_size=batch_size, chunk_size=part_size,
+        workers=workers, progress=None if json_out else RichProgress(),
+    )  # fmt: skip
+    if json_out:
+        emit_json(result)
+        return
+    doc = result.model_dump(exclude={"summary"})
+    for bucket, v in result.summary["buckets"].items():
+        doc[f"bucket {bucket}"] = f"{v['count']} ({v['share']:.1%})"
+    doc["errors (all parts)"] = result.summary["errors"]
+    _render_doc("student scores", doc)
+
+
+def _render_doc(title: str, doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("field", "value", title=title)
+    for k, v in doc.items():
+        table.add_row(str(k), f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console().print(table)
 
 
 # ------------------------------------------------------------------------------------------ demo, doctor

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import pytest
 
-REALDATA = Path(
-    os.environ.get("REPLAYBENCH_REALDATA", Path(__file__).resolve().parents[1].parent / "shared" / "realdata")
-)
+
+def _find_realdata() -> Path:
+    """``$REPLAYBENCH_REALDATA``, else the nearest ``shared/realdata`` beside the repository or above it."""
+    if "REPLAYBENCH_REALDATA" in os.environ:
+        return Path(os.environ["REPLAYBENCH_REALDATA"])
+    root = Path(__file__).resolve().parents[1]
+    for parent in root.parents:
+        if (parent / "shared" / "realdata").is_dir():
+            return parent / "shared" / "realdata"
+    return root.parent / "shared" / "realdata"
+
+
+REALDATA = _find_realdata()
 
 
 @pytest.fixture(scope="session")

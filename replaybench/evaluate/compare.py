@@ -1,0 +1,118 @@
+"""Agreement between two prediction runs over the same items (trace vs replay, fp32 vs int8, teacher vs
+student): label agreement and Cohen's kappa for categorical fields, mean absolute difference for numbers,
+overall and per group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from replaybench.errors import EvaluationError
+from replaybench.evaluate import messages as msg
+from replaybench.evaluate.predictions import CONCEPT_PREFIX
+
+#: Fields compared when both runs have them (decoded outputs, not raw tensors).
+_SKIP = {"item_id", "source_path", "bundle", "status", "error"}
+OVERALL = "overall"
+
+
+def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """Cohen's kappa of two label arrays (1.0 when both are constant and equal)."""
+    if len(a) == 0:
+        return float("nan")
+    labels = sorted({*a.tolist(), *b.tolist()}, key=str)
+    idx = {v: i for i, v in enumerate(labels)}
+    k = len(labels)
+    cm = np.zeros((k, k))
+    np.add.at(cm, (np.array([idx[v] for v in a]), np.array([idx[v] for v in b])), 1)
+    n = cm.sum()
+    po = np.trace(cm) / n
+    pe = float((cm.sum(0) * cm.sum(1)).sum()) / n**2
+    return 1.0 if pe == 1 else float((po - pe) / (1 - pe))
+
+
+def _fields(a: pl.DataFrame, b: pl.DataFrame, labels: set[str]) -> list[str]:
+    shared = [c for c in a.columns if c in b.columns and c not in _SKIP and c not in labels]
+    return [
+        c
+        for c in shared
+        if not c.startswith("raw__")
+        and (c.endswith("_pred") or c.startswith("p_") or c.startswith(CONCEPT_PREFIX))
+        and (a[c].dtype.is_numeric() or a[c].dtype == pl.String)
+    ]
+
+
+def compare_predictions(
+    a: pl.DataFrame, b: pl.DataFrame, by: Sequence[str], *, label_columns: Sequence[str] = ()
+) -> pl.DataFrame:
+    """One row per (field, grouping, group): n, kind ('label' or 'numeric'), agreement, kappa, mean_abs_diff.
+
+    Rows are joined on ``item_id``, and on ``bundle`` too when the two runs name the same bundles (the
+    same bundles replayed twice); otherwise each run is expected to hold one bundle per field.
+    """
+    same_bundles = set(a["bundle"].unique().to_list()) == set(b["bundle"].unique().to_list())
+    keys = ["item_id", "bundle"] if same_bundles else ["item_id"]
+    fields = _fields(a, b, set(label_columns))
+    if not fields:
+        raise EvaluationError(msg.COMPARE_NO_FIELDS)
+    rows = []
+    for field in fields:
+        left = a.filter(pl.col(field).is_not_null()).select(*keys, field, *[g for g in by if g in a.columns])
+        right = b.filter(pl.col(field).is_not_null()).select(*keys, pl.col(field).alias("_b"))
+        joined = left.join(right, on=keys, how="inner")
+        if joined.height == 0:
+            continue
+        numeric = joined[field].dtype.is_numeric()
+        x, y = joined[field].to_numpy(), joined["_b"].to_numpy()
+        groups: list[tuple[str, str, np.ndarray]] = [(OVERALL, OVERALL, np.ones(joined.height, dtype=bool))]
+        for g in by:
+            if g in joined.columns:
+                col = np.array(joined[g].cast(pl.String).to_list(), dtype=object)
+                groups += [(g, v, col == v) for v in sorted({v for v in col if v is not None})]
+        for grouping, group, m in groups:
+            xs, ys = x[m], y[m]
+            if numeric:
+                xs, ys = xs.astype(np.float64), ys.astype(np.float64)
+                diff = np.abs(xs - ys)
+                rows.append(
+                    _row(
+                        field,
+                        grouping,
+                        group,
+                        int(m.sum()),
+                        "numeric",
+                        mad=float(np.nanmean(diff)),
+                        max_diff=float(np.nanmax(diff)),
+                    )
+                )
+            else:
+                rows.append(
+                    _row(
+                        field,
+                        grouping,
+                        group,
+                        int(m.sum()),
+                        "label",
+                        agreement=float(np.mean(xs == ys)),
+                        kappa=cohen_kappa(xs, ys),
+                    )
+                )
+    if not rows:
+        raise EvaluationError(msg.COMPARE_NO_OVERLAP)
+    return pl.DataFrame(rows)
+
+
+def _row(field: str, grouping: str, group: str, n: int, kind: str, **vals: float) -> dict[str, object]:
+    return {
+        "field": field,
+        "grouping": grouping,
+        "group": group,
+        "n": n,
+        "kind": kind,
+        "agreement": vals.get("agreement"),
+        "kappa": vals.get("kappa"),
+        "mean_abs_diff": vals.get("mad"),
+        "max_abs_diff": vals.get("max_diff"),
+    }

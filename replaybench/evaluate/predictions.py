@@ -1,0 +1,220 @@
+"""Reading the predictions contract: Parquet parts, one row per (item, bundle), and what can be evaluated.
+
+Error rows (``status == 'error'``) are separated out and counted per bundle: they never enter a metric.
+Tasks are detected from the decoded columns that are non-null for a bundle's rows, so one predictions
+folder holding an age bundle and a gender bundle yields both evaluations.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from replaybench.errors import CorruptInputError, EvaluationError, InputNotFoundError
+from replaybench.evaluate import messages as msg
+
+Task = Literal["age", "gender", "classification", "concepts"]
+TASKS: tuple[str, ...] = ("age", "gender", "classification", "concepts")
+REQUIRED_COLUMNS = ("item_id", "bundle", "status")
+CONCEPT_PREFIX = "concept__"
+#: Group columns used when the caller names none, in this order, where present with labels.
+DEFAULT_GROUPS = ("race", "gender", "age_group")
+#: Coarse age groups for grouping (not for scoring): minors, young adults, adults, older adults.
+AGE_GROUPS: tuple[tuple[int, int, str], ...] = (
+    (0, 12, "0-12"),
+    (13, 17, "13-17"),
+    (18, 29, "18-29"),
+    (30, 49, "30-49"),
+    (50, 69, "50-69"),
+    (70, 200, "70+"),
+)
+_BIN = re.compile(r"^\s*\(?\s*(\d+)\s*(?:-|,|to)\s*(\d+)\s*\)?\s*$")
+_PLUS = re.compile(r"^\s*(\d+)\s*\+\s*$")
+_OPEN_TOP = 200
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Loaded predictions: ``ok`` rows to evaluate, and the count of error rows per bundle."""
+
+    path: Path
+    ok: pl.DataFrame
+    n_rows: int
+    errors_by_bundle: dict[str, int]
+
+    @property
+    def n_error(self) -> int:
+        return sum(self.errors_by_bundle.values())
+
+    @property
+    def bundles(self) -> list[str]:
+        return sorted(self.ok["bundle"].unique().to_list())
+
+
+def load_predictions(path: Path) -> Predictions:
+    """Read a predictions folder (``part-*.parquet``) or a single ``.parquet`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(msg.PREDICTIONS_NOT_FOUND.format(path=path))
+    files = [path] if path.is_file() else sorted(path.glob("part-*.parquet"))
+    if not files:
+        raise EvaluationError(msg.NO_PARQUET_PARTS.format(path=path))
+    try:
+        df = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    except Exception as e:  # polars raises several types for truncated or non-Parquet files
+        raise CorruptInputError(
+            msg.UNREADABLE_PARQUET.format(path=path, reason=str(e).splitlines()[0])
+        ) from e
+    for col in REQUIRED_COLUMNS:
+        if col not in df.columns:
+            raise EvaluationError(msg.MISSING_REQUIRED_COLUMN.format(column=col))
+    df = df.with_columns(pl.col("bundle").cast(pl.String), pl.col("item_id").cast(pl.String))
+    is_err = pl.col("status").cast(pl.String) != "ok"
+    err = df.filter(is_err).group_by("bundle").len()
+    errors = {
+        str(b): int(n) for b, n in sorted(zip(err["bundle"].to_list(), err["len"].to_list(), strict=True))
+    }
+    ok = df.filter(~is_err)
+    if ok.height == 0:
+        raise EvaluationError(msg.NO_OK_ROWS.format(n_error=df.height))
+    return Predictions(path=path, ok=_with_age_group(ok), n_rows=df.height, errors_by_bundle=errors)
+
+
+def parse_age(value: object, column: str = "age") -> tuple[float, float]:
+    """An age label as an interval [low, high]: ``34`` -> (34, 34), ``'20-29'`` -> (20, 29), ``'70+'``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return (math.nan, math.nan)
+    if isinstance(value, int | float | np.number):
+        return (float(value), float(value))
+    s = str(value)
+    if m := _BIN.match(s):
+        return (float(m[1]), float(m[2]))
+    if m := _PLUS.match(s):
+        return (float(m[1]), float(_OPEN_TOP))
+    try:
+        v = float(s)
+    except ValueError as e:
+        raise EvaluationError(msg.UNPARSEABLE_AGE.format(value=value, column=column)) from e
+    return (v, v)
+
+
+def age_intervals(series: pl.Series) -> np.ndarray:
+    """``(n, 2)`` array of [low, high] for an age label column (numbers or bin strings)."""
+    if series.dtype.is_numeric():
+        a = series.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        return np.column_stack([a, a])
+    mapping = {v: parse_age(v, series.name) for v in series.unique().to_list()}
+    return np.array([mapping[v] for v in series.to_list()], dtype=np.float64).reshape(-1, 2)
+
+
+def predicted_ages(series: pl.Series) -> np.ndarray:
+    """Predicted ages as numbers; a predicted bin (an age-group classifier) counts as its midpoint."""
+    if series.dtype.is_numeric():
+        return series.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    iv = age_intervals(series)
+    # an open top bin ('70+') has no midpoint; its lower edge is the most defensible single age
+    return np.where(iv[:, 1] >= _OPEN_TOP, iv[:, 0], iv.mean(axis=1))
+
+
+def _with_age_group(df: pl.DataFrame) -> pl.DataFrame:
+    if "age" not in df.columns or "age_group" in df.columns:
+        return df
+    try:
+        iv = age_intervals(df["age"])
+    except EvaluationError:
+        return df  # unparseable ages are reported by the age task itself
+    groups = []
+    for lo, hi in iv:
+        label = None
+        for glo, ghi, name in AGE_GROUPS:
+            if glo <= lo and hi <= ghi:
+                label = name
+                break
+        groups.append(label)  # a label straddling two groups (FairFace '10-19') gets none: not guessed
+    return df.with_columns(pl.Series("age_group", groups, dtype=pl.String))
+
+
+def concept_columns(df: pl.DataFrame) -> list[str]:
+    """The ``concept__<name>`` score columns with at least one value."""
+    return [c for c in df.columns if c.startswith(CONCEPT_PREFIX) and df[c].null_count() < df.height]
+
+
+def _has(df: pl.DataFrame, col: str) -> bool:
+    """Whether ``col`` holds at least one value (NaN is no value: a failed decode is not a prediction)."""
+    if col not in df.columns:
+        return False
+    s = df[col]
+    if s.dtype.is_float():
+        return bool(s.is_not_nan().fill_null(False).any())
+    return s.null_count() < df.height
+
+
+def detect_tasks(df: pl.DataFrame) -> list[str]:
+    """Tasks evaluable from one bundle's rows, judged by which decoded columns hold values."""
+    tasks = []
+    if _has(df, "age_pred"):
+        tasks.append("age")
+    if _has(df, "gender_pred"):
+        tasks.append("gender")
+    if _has(df, "label_pred"):
+        tasks.append("classification")
+    if _has(df, "concepts") or concept_columns(df):
+        tasks.append("concepts")
+    return tasks
+
+
+def check_task(df: pl.DataFrame, task: str, label_column: str | None = None) -> None:
+    """Raise ``EvaluationError`` when ``df`` lacks what ``task`` needs."""
+    if task not in TASKS:
+        raise EvaluationError(msg.UNKNOWN_TASK.format(task=task, allowed=list(TASKS)))
+    needs = {
+        "age": [("age", "label"), ("age_pred", "prediction")],
+        "gender": [("gender", "label"), ("gender_pred", "prediction")],
+        "classification": [(label_column or "label", "label"), ("label_pred", "prediction")],
+        "concepts": [],
+    }[task]
+    for col, kind in needs:
+        if not _has(df, col):
+            tmpl = msg.MISSING_LABEL_COLUMN if kind == "label" else msg.MISSING_PREDICTION_COLUMN
+            raise EvaluationError(tmpl.format(task=task, column=col))
+    if task == "concepts" and not (_has(df, "concepts") or concept_columns(df)):
+        raise EvaluationError(msg.NO_CONCEPTS)
+
+
+#: Column names of the tidy metrics table, which group columns sit beside.
+RESERVED = frozenset(
+    {
+        "bundle",
+        "task",
+        "metric",
+        "grouping",
+        "group",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+        "n_eff",
+        "n_missing",
+        "flags",
+    }
+)
+LABELLED_GROUP_CANDIDATES = ("race", "gender", "age_group", "ethnicity", "skin_tone", "attribute")
+
+
+def resolve_groups(df: pl.DataFrame, by: list[str] | None) -> list[str]:
+    """The group columns: those asked for (each must exist), else the default ones found."""
+    if by:
+        for col in by:
+            if col in RESERVED:
+                raise EvaluationError(msg.RESERVED_GROUP_NAME.format(column=col))
+            if col not in df.columns:
+                available = [c for c in LABELLED_GROUP_CANDIDATES if c in df.columns]
+                raise EvaluationError(msg.GROUP_COLUMN_ABSENT.format(column=col, available=available))
+        return list(by)
+    return [c for c in DEFAULT_GROUPS if _has(df, c)]

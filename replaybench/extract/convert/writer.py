@@ -1,0 +1,356 @@
+"""The bundle writer: one model file -> a validated bundle folder (model.onnx, source.<ext>, labels.txt,
+bundle.json). ``convert_many`` converts many models in one process (TensorFlow is imported once)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from replaybench._console import NullProgress, Progress
+from replaybench.bundle import (
+    LABELS_TXT,
+    MODEL_ONNX,
+    Bundle,
+    ConversionInfo,
+    IOSpec,
+    PostprocessSpec,
+    PreprocessSpec,
+    Provenance,
+    QuantParams,
+    ResizeSpec,
+    SourceInfo,
+    TensorSpec,
+)
+from replaybench.errors import ConversionError, ParityError, ReplaybenchError, UnsafeInputError
+from replaybench.extract.convert.registry import (
+    SOURCE_EXTENSIONS,
+    Converted,
+    ConvertOptions,
+    SourceTensor,
+    get_converter,
+)
+from replaybench.extract.convert.sniff import sniff_format
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                h.update(p.relative_to(path).as_posix().encode())
+                h.update(p.read_bytes())
+        return h.hexdigest()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _layout(shape: Sequence[int | str | None]) -> str | None:
+    if len(shape) == 4:
+        if shape[-1] in (1, 3, 4):
+            return "NHWC"
+        if shape[1] in (1, 3, 4):
+            return "NCHW"
+        return "other"
+    if len(shape) == 2:
+        return "NC"
+    if len(shape) == 3:
+        return "NTC"
+    return "other"
+
+
+def default_preprocess(inp: SourceTensor, metadata: dict[str, Any] | None = None) -> PreprocessSpec | None:
+    """The documented default preprocessing for an image input, or None for non-image inputs.
+
+    Float inputs: pixel / 255 (Provenance.DEFAULT) unless TFLite metadata gives mean/std (METADATA).
+    Quantised inputs: raw pixels are the quantised values (scale/offset chosen so q == pixel for uint8,
+    q == pixel - 128 for int8) and the input's QuantParams are recorded.
+    """
+    layout = _layout(inp.shape)
+    if layout not in ("NHWC", "NCHW"):
+        return None
+    h, w = (inp.shape[1], inp.shape[2]) if layout == "NHWC" else (inp.shape[2], inp.shape[3])
+    c = inp.shape[3] if layout == "NHWC" else inp.shape[1]
+    if not isinstance(h, int) or not isinstance(w, int) or h <= 0 or w <= 0:
+        return None
+    dtype = inp.dtype if inp.dtype in ("float32", "float16", "uint8", "int8") else "float32"
+    prov = {f: Provenance.DEFAULT for f in ("resize", "color_order", "layout", "dtype", "scale", "offset")}
+    notes = []
+    scale, offset = [1.0 / 255.0], [0.0]
+    q = inp.quantization
+    if q is not None:
+        # the pixel -> quantised value mapping, also for a float-I/O bundle of a quantised model
+        shift = -128 if (inp.quantized_dtype or dtype) == "int8" else 0
+        scale, offset = [q.scale], [(shift - q.zero_point) * q.scale]
+        prov["quantization"] = Provenance.METADATA
+        notes.append(
+            "quantised input: raw pixels are fed as the quantised values"
+            if dtype in ("uint8", "int8")
+            else "float I/O of a quantised model: pixels mapped to the real values the quantised input encodes"
+        )
+    elif metadata and metadata.get("mean") and metadata.get("std"):
+        mean, std = metadata["mean"], metadata["std"]
+        scale = [1.0 / s for s in std]
+        offset = [-m / s + 0.0 for m, s in zip(mean, std, strict=False)]  # + 0.0: no -0.0
+        prov["scale"] = prov["offset"] = Provenance.METADATA
+        notes.append("normalisation from TFLite metadata NormalizationOptions")
+    else:
+        notes.append("float input without metadata: pixel / 255 assumed; check with a trace")
+    return PreprocessSpec(
+        resize=ResizeSpec(width=w, height=h),
+        color_order="GRAY" if c == 1 else "RGB",
+        layout=layout,  # type: ignore[arg-type]
+        dtype=dtype,  # type: ignore[arg-type]
+        scale=scale,
+        offset=offset,
+        quantization=q if dtype in ("uint8", "int8") else None,
+        provenance=prov,
+        notes=notes,
+    )
+
+
+def _float_range(spec: PreprocessSpec | None) -> tuple[float, float]:
+    if spec is None:
+        return (0.0, 1.0)
+    ends = [v for s, o in zip(spec.scale, spec.offset, strict=False) for v in (o, 255.0 * s + o)]
+    return (min(ends), max(ends))
+
+
+def _io_spec(converted: Converted, onnx_model: Any) -> IOSpec:
+    from replaybench.extract.convert.onnx_source import tensor_specs
+
+    init = {i.name for i in onnx_model.graph.initializer}
+    ins = tensor_specs([i for i in onnx_model.graph.input if i.name not in init])
+    outs = tensor_specs(onnx_model.graph.output)
+
+    def merge(onnx_t: list[SourceTensor], src: list[SourceTensor]) -> list[TensorSpec]:
+        res = []
+        for k, t in enumerate(onnx_t):
+            # a float-I/O bundle of a quantised model has no quantised tensors at its boundary
+            q: QuantParams | None = (
+                src[k].quantization if k < len(src) and t.dtype in ("uint8", "int8") else None
+            )
+            res.append(
+                TensorSpec(name=t.name, shape=t.shape, dtype=t.dtype, layout=_layout(t.shape), quantization=q)
+            )  # type: ignore[arg-type]
+        return res
+
+    return IOSpec(inputs=merge(ins, converted.inputs), outputs=merge(outs, converted.outputs))
+
+
+def _input_shapes(
+    preprocess: PreprocessSpec | None, input_shape: Sequence[int] | None
+) -> list[list[int]] | None:
+    if input_shape:
+        return [list(input_shape)]
+    if preprocess is not None:
+        r = preprocess.resize
+        c = 1 if preprocess.color_order == "GRAY" else 3
+        return [[1, r.height, r.width, c] if preprocess.layout == "NHWC" else [1, c, r.height, r.width]]
+    return None
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UnsafeInputError(f"output {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def convert_model(
+    model: Path,
+    out: Path,
+    *,
+    preprocess: PreprocessSpec | None = None,
+    postprocess: PostprocessSpec | None = None,
+    labels: list[str] | None = None,
+    opset: int | None = None,
+    allow_mismatch: bool = False,
+    source: SourceInfo | None = None,
+    trace_inputs: Sequence[np.ndarray | Sequence[np.ndarray]] | None = None,
+    keep_quantized_io: bool = True,
+    input_shape: Sequence[int] | None = None,
+    n_random: int = 3,
+    tolerance: float | None = None,
+) -> Bundle:
+    """Convert ``model`` to ONNX, check parity against its own runtime, and write the bundle in ``out``.
+
+    ``trace_inputs``: captured input tensors, each a bare array (single-input model) or one array per
+    input; they are tried in parity next to ``n_random`` random inputs. ``preprocess`` given here is recorded with Provenance.USER for fields the spec does not already
+    attribute. Raises ConversionError, ParityError (after writing bundle.json, unless allow_mismatch),
+    CorruptInputError, UnsafeInputError, UnsupportedFormatError.
+
+    Example::
+
+        bundle = convert_model(Path("age.tflite"), Path("bundles/age"))
+        assert bundle.parity.passed
+    """
+    import onnx
+
+    model = Path(model)
+    out = Path(out)
+    fmt = source.format if source is not None else sniff_format(model)
+    converter = get_converter(fmt)
+    if preprocess is not None:
+        provenance = {
+            f: preprocess.provenance.get(f, Provenance.USER)
+            for f in ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
+        }
+        preprocess = preprocess.model_copy(update={"provenance": provenance})
+    opts = ConvertOptions(
+        opset=opset, keep_quantized_io=keep_quantized_io, input_shapes=_input_shapes(preprocess, input_shape)
+    )
+    t0 = time.perf_counter()
+    converted = converter(model, opts)
+    if not keep_quantized_io and any(
+        t.quantization is not None for t in converted.inputs + converted.outputs
+    ):
+        from replaybench.extract.convert.quant_io import dequantize_io
+
+        converted = dequantize_io(converted)
+    onnx_model = converted.onnx_model
+    try:
+        onnx.checker.check_model(onnx_model)
+        onnx_model = onnx.shape_inference.infer_shapes(onnx_model)
+    except Exception as e:
+        raise ConversionError(f"the converted ONNX model of {model.name} fails the checker: {e}") from e
+    seconds = time.perf_counter() - t0
+    if preprocess is None and converted.inputs:
+        preprocess = default_preprocess(converted.inputs[0], converted.metadata)
+    onnx_bytes = onnx_model.SerializeToString()
+    parity = check_parity_for(
+        converted, onnx_bytes, preprocess, n_random, trace_inputs, tolerance, allow_mismatch
+    )
+
+    labels = labels or converted.metadata.get("labels")
+    post = postprocess or PostprocessSpec()
+    if labels and post.labels is None:
+        post = post.model_copy(update={"labels": list(labels)})
+    opset_used = next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), None)
+    src_name = "source" + SOURCE_EXTENSIONS.get(fmt, "")
+    if fmt == "savedmodel":
+        src_name = "source.savedmodel"
+    src_info = (source or SourceInfo(format=fmt, sha256="")).model_copy(
+        update={"sha256": _sha256(model), "file": src_name, "format": fmt}
+    )
+    if src_info.entry is None and source is None:
+        src_info = src_info.model_copy(update={"entry": model.name})
+    bundle = Bundle(
+        name=model.stem if model.is_file() else model.name,
+        source=src_info,
+        io=_io_spec(converted, onnx_model),
+        preprocess=preprocess,
+        postprocess=post,
+        parity=parity,
+        conversion=ConversionInfo(
+            converter=converted.converter,
+            converter_version=converted.converter_version,
+            opset=opset_used,
+            seconds=round(seconds, 3),
+            cut_at=converted.cut_at,
+            cut_tensors=converted.cut_tensors,
+            notes=converted.notes,
+        ),
+    )
+    _prepare_out(out)
+    (out / MODEL_ONNX).write_bytes(onnx_bytes)
+    dest = out / src_name
+    if model.is_dir():
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(model, dest, symlinks=True)  # symlinks stay links: never follow them out of the app
+    else:
+        shutil.copyfile(model, dest)
+    if labels:
+        (out / LABELS_TXT).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    bundle.write(out)
+    if not parity.passed and not allow_mismatch:
+        worst = max(parity.outputs, key=lambda o: o.max_abs_diff, default=None)
+        detail = f"; worst output {worst.name}: max abs diff {worst.max_abs_diff:.3g}" if worst else ""
+        raise ParityError(
+            f"{model.name}: the ONNX model disagrees with {parity.reference_runtime}{detail} "
+            f"(report in {out / 'bundle.json'})",
+            hint="inspect it with: replaybench inspect " + str(out) + "  (or accept with --allow-mismatch)",
+        )
+    return bundle
+
+
+def check_parity_for(
+    converted: Converted,
+    onnx_bytes: bytes,
+    preprocess: PreprocessSpec | None,
+    n_random: int,
+    trace_inputs: Sequence[np.ndarray | Sequence[np.ndarray]] | None,
+    tolerance: float | None,
+    allow_mismatch: bool,
+):  # type: ignore[no-untyped-def]
+    from replaybench.extract.convert.parity import check_parity
+
+    return check_parity(
+        converted,
+        onnx_bytes,
+        n_random=n_random,
+        trace_inputs=trace_inputs,
+        float_range=_float_range(preprocess)
+        if preprocess is None or preprocess.quantization is None
+        else (0.0, 1.0),
+        tolerance=tolerance,
+        allow_mismatch=allow_mismatch,
+    )
+
+
+@dataclass
+class ConversionJob:
+    """One model for ``convert_many``, with its own ``convert_model`` keyword arguments
+    (preprocess, source, labels, trace_inputs, ...)."""
+
+    model: Path
+    out: Path
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ConversionOutcome:
+    """One model of a ``convert_many`` batch: its bundle, or the error that stopped it."""
+
+    model: Path
+    out: Path
+    bundle: Bundle | None
+    error: ReplaybenchError | None
+    seconds: float
+
+
+def convert_many(
+    jobs: Sequence[ConversionJob | tuple[Path, Path]],
+    *,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> list[ConversionOutcome]:
+    """Convert many models in this process (TensorFlow is imported once); one failure does not stop
+    the others: each outcome holds its bundle or its typed error. ``kwargs`` apply to every job, a
+    job's own ``options`` override them."""
+    progress = progress or NullProgress()
+    progress.start(len(jobs), "converting")
+    results = []
+    try:
+        for job in jobs:
+            if not isinstance(job, ConversionJob):
+                job = ConversionJob(Path(job[0]), Path(job[1]))
+            model, out = job.model, job.out
+            t = time.perf_counter()
+            try:
+                b: Bundle | None = convert_model(model, out, **{**kwargs, **job.options})
+                err: ReplaybenchError | None = None
+            except ReplaybenchError as e:
+                b, err = None, e
+            results.append(ConversionOutcome(model, out, b, err, time.perf_counter() - t))
+            progress.advance()
+    finally:
+        progress.close()
+    return results

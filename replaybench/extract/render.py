@@ -1,0 +1,81 @@
+"""Rich tables for people: the Inventory of ``scan`` and the manifest of ``extract`` (stdout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from replaybench.extract.inventory import ExtractManifest, Inventory
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def print_inventory(inv: Inventory) -> None:
+    """Print the app, its model blobs, native libraries and code evidence as tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    app = inv.app
+    con.print(
+        f"[bold]{app.package or '(no package)'}[/] {app.version_name or ''} "
+        f"(versionCode {app.version_code}) - {len(app.containers)} container(s)"
+    )
+    if inv.model_blobs:
+        t = Table("format", "location", "size", "entropy", "evidence", title="model blobs")
+        for b in inv.model_blobs:
+            fmt = f"[red]{b.format}[/]" if b.encrypted else b.format
+            t.add_row(
+                fmt, b.location.describe(), _size(b.size), f"{b.entropy:.2f}", "; ".join(b.evidence[:3])
+            )
+        con.print(t)
+    else:
+        con.print("[green]no on-device model found[/]")
+    ml_libs = [lib for lib in inv.native_libraries if lib.runtimes or lib.likely_inference_engine]
+    if ml_libs:
+        t = Table("library", "abi", "runtimes", "engine score", "evidence", title="ML native libraries")
+        for lib in ml_libs:
+            runtimes = ", ".join(r.runtime for r in lib.runtimes) or "[yellow]unknown engine[/]"
+            ev = "; ".join([e for r in lib.runtimes for e in r.evidence][:3] or lib.engine_evidence[:2])
+            t.add_row(lib.location.entry, lib.abi or "", runtimes, f"{lib.engine_score:.2f}", ev)
+        con.print(t)
+    elif inv.native_libraries:
+        con.print(f"{len(inv.native_libraries)} native librar(y/ies), no ML runtime found")
+    if inv.code_references:
+        t = Table("kind", "api / value", "where", title="code evidence")
+        for r in inv.code_references[:40]:
+            what = r.api if r.kind == "api" else f"{r.value} {r.args if r.args else ''}".strip()
+            t.add_row(r.kind, what, f"{r.class_name}->{r.method}")
+        con.print(t)
+        if len(inv.code_references) > 40:
+            con.print(f"... and {len(inv.code_references) - 40} more (see --json)")
+    elif not inv.code_scanned:
+        con.print("code analysis skipped (--no-code)")
+    for rej in inv.rejected_candidates:
+        con.print(f"[yellow]not a model:[/] {rej.location.describe()}: {rej.reason}")
+    for w in inv.warnings:
+        con.print(f"[yellow]warning:[/] {w}")
+
+
+def print_manifest(manifest: ExtractManifest, out_dir: Path) -> None:
+    """Print what ``extract`` wrote and where."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    if not manifest.blobs:
+        con.print("[green]no on-device model found[/]; nothing extracted")
+    else:
+        t = Table("file", "format", "size", "sha256", "from", title=f"extracted to {out_dir}")
+        for item in manifest.blobs:
+            b = item.blob
+            t.add_row(item.file, b.format, _size(b.size), b.sha256[:16], b.location.describe())
+        con.print(t)
+    con.print(f"manifest: {out_dir / 'manifest.json'}")
+    for w in manifest.warnings:
+        con.print(f"[yellow]warning:[/] {w}")

@@ -1,0 +1,151 @@
+"""Export (ONNX fp32 + int8, parity vs torch, bundle.json) and bulk scoring (errors, resume, kill -9)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from replaybench.bundle import load_bundle
+from replaybench.distill.score import TextBatcher, score_posts
+from replaybench.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bundle_document_and_files(trained):
+    loaded = load_bundle(trained / "bundle")
+    b = loaded.bundle
+    assert b.parity is not None and b.parity.passed and b.parity.outputs[0].max_abs_diff < 1e-3
+    assert b.preprocess is not None and b.preprocess.dtype == "uint8" and b.preprocess.layout == "NCHW"
+    assert b.text is not None and b.text.max_length == 128
+    assert {p.role: (p.file, p.file_int8) for p in b.parts} == {
+        "image_encoder": ("image.onnx", "image.int8.onnx"),
+        "text_head": ("text_head.onnx", "text_head.int8.onnx"),
+    }
+    (variant,) = b.variants
+    assert variant.name == "int8" and np.isfinite(variant.max_abs_diff)
+    assert variant.mean_abs_diff < 1.0  # int8 stays close to fp32 on the calibration posts
+    assert (trained / "bundle" / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_onnx_matches_torch_and_int8_is_quantised(trained):
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from replaybench.distill.student import load_student
+
+    student, tok, _ = load_student(trained / "student")
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 3, 224, 224), dtype=np.uint8)
+    enc = tok(["red dress", "", "gym car dog " * 20], padding=True, return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    with torch.no_grad():
+        expected = student(torch.from_numpy(imgs), torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    sess = ort.InferenceSession(str(trained / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"image": imgs, "input_ids": ids, "attention_mask": mask})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    ops = {n.op_type for n in onnx.load(str(trained / "bundle" / "image.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops  # static QDQ
+    ops = {n.op_type for n in onnx.load(str(trained / "bundle" / "text_head.int8.onnx")).graph.node}
+    assert "MatMulInteger" in ops  # dynamic int8
+
+
+def test_text_batches_sorted_and_dynamically_padded(trained):
+    tb = TextBatcher(trained / "bundle" / "tokenizer" / "tokenizer.json", max_length=128, pad_id=0)
+    ids = tb.encode(["dog " * 300, "", "car beach", "sunset"])
+    assert [len(x) for x in ids][0] == 128 and len(ids[1]) == 2
+    batches = list(tb.batches(ids, batch_size=2))
+    assert [b[1].shape for b in batches] == [(2, 3), (2, 128)]
+    assert sorted(int(p) for b in batches for p in b[0]) == [0, 1, 2, 3]
+    pos, input_ids, mask = batches[0]
+    assert mask.sum(1).tolist() == [len(ids[int(p)]) for p in pos]
+
+
+def _broken_posts(trained: Path, folder: Path) -> Path:
+    shutil.copytree(trained / "posts", folder)
+    (folder / "p000.jpg").unlink()  # missing
+    (folder / "p001.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # corrupt
+    doc = json.loads((folder / "p002.json").read_text())
+    doc["edge_media_to_caption"]["edges"][0]["node"]["text"] = ""  # empty caption: fine
+    (folder / "p002.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_score_error_rows_and_summary(trained, tmp_path):
+    posts = _broken_posts(trained, tmp_path / "posts")
+    r = score_posts(trained / "bundle", posts, tmp_path / "scores", chunk_size=16, workers=1)
+    df = pl.concat([pl.read_parquet(p) for p in sorted((tmp_path / "scores").glob("part-*.parquet"))])
+    assert df.height == 60 and df["item_id"].n_unique() == 60
+    errors = {d["item_id"]: d["error"] for d in df.filter(pl.col("status") == "error").to_dicts()}
+    assert set(errors) == {"p000", "p001"}
+    assert "missing" in errors["p000"] and "unreadable" in errors["p001"]
+    ok = df.filter(pl.col("status") == "ok")
+    assert ok.filter(pl.col("item_id") == "p002")["score"][0] is not None
+    assert ok["score"].min() >= 0 and ok["score"].max() <= 10
+    assert r.summary["errors"] == 2 and sum(v["count"] for v in r.summary["buckets"].values()) == 58
+    # Scores agree with the teacher as well as training said they would (the model is real, not a stub).
+    labels = pl.read_csv(trained / "labels.csv", schema_overrides={"post_id": pl.String})
+    joined = ok.join(labels, left_on="post_id", right_on="post_id")
+    assert float((joined["score"] - joined["score_right"]).abs().mean()) < 1.0
+    with pytest.raises(UsageError, match="already holds") as e:
+        score_posts(trained / "bundle", posts, tmp_path / "scores")
+    assert "--resume" in (e.value.hint or "")
+
+
+def _coco_subset(realdata: Path, folder: Path, n: int) -> Path:
+    """The first ``n`` real COCO posts as a posts table (absolute image paths; nothing copied)."""
+    coco = realdata / "coco_mini_captions_159"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for line in (coco / "posts_index.jsonl").read_text(encoding="utf-8").splitlines()[:n]:
+        doc = json.loads(line)
+        lines.append(json.dumps({"post_id": str(doc["coco_id"]), "image": str(coco / doc["image"]),
+                                 "caption": doc["captions"][0]}))  # fmt: skip
+    (folder / "posts.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_score_int8_close_to_fp32_on_real_coco(trained, realdata, tmp_path):
+    coco = _coco_subset(realdata, tmp_path / "coco", 48)
+    a = score_posts(trained / "bundle", coco, tmp_path / "fp32", workers=2)
+    b = score_posts(trained / "bundle", coco, tmp_path / "int8", int8=True, workers=2)
+    assert a.summary["ok"] == b.summary["ok"] == 48
+    fa = pl.read_parquet(tmp_path / "fp32" / "part-*.parquet").sort("item_id")
+    fb = pl.read_parquet(tmp_path / "int8" / "part-*.parquet").sort("item_id")
+    diff = np.abs(fa["score"].to_numpy() - fb["score"].to_numpy())
+    assert diff.mean() < 1.0
+    summary = json.loads((tmp_path / "int8" / "summary.json").read_text())
+    assert summary["items"] == 48 and set(summary["buckets"]) == {"0-3", "4-6", "7-10"}
+
+
+def test_resume_after_kill_9(trained, realdata, tmp_path):
+    coco = _coco_subset(realdata, tmp_path / "coco", 40)
+    out = tmp_path / "scores"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "replaybench", "distill", "score", str(trained / "bundle"), str(coco),
+           "-o", str(out), "--part-size", "4", "--batch-size", "4", "--workers", "1", "--json"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(list(out.glob("part-*.parquet")))
+    assert 2 <= written < 10, "the run should have been killed part-way"
+    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["already_done"] >= 8 and doc["already_done"] + doc["scored_now"] == 40
+    df = pl.read_parquet(out / "part-*.parquet")
+    assert df.height == 40 and df["item_id"].n_unique() == 40
+    assert not list(out.glob("*.tmp"))
