@@ -400,7 +400,13 @@ def replay(
     todo = [it for it in selected if it.item_id not in done]
 
     sessions = [
-        open_model(lb.model_path, providers=list(opts.providers), threads=opts.threads) for lb in bundles
+        open_model(
+            lb.model_path,
+            providers=list(opts.providers),
+            threads=opts.threads,
+            optimization=lb.bundle.parity.onnxruntime_optimization if lb.bundle.parity else None,
+        )
+        for lb in bundles
     ]
     for lb, ms, g in zip(bundles, sessions, groups, strict=True):
         want = np.dtype(specs[g].dtype)
