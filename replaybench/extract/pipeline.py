@@ -23,12 +23,7 @@ log = logging.getLogger(__name__)
 
 EXTRACT_SCHEMA_VERSION = "1"
 CONVERTIBLE = {"tflite", "onnx", "torchscript", "pytorch_lite", "tf_graphdef"}
-RUNTIME_OF = {
-    "tflite": "tflite",
-    "onnx": "onnxruntime",
-    "torchscript": "pytorch_mobile",
-    "pytorch_lite": "pytorch_mobile",
-}
+RUNTIME_OF = {"tflite": "tflite", "onnx": "onnxruntime", "torchscript": "pytorch_mobile", "pytorch_lite": "pytorch_mobile"}
 
 
 class ExtractedModel(BaseModel):
@@ -122,9 +117,7 @@ def extract_app(
     out_dir = Path(out_dir)
     inv = scan_app(paths, code=code, progress=progress)
     manifest = extract_blobs(inv, out_dir / "blobs")
-    result = ExtractResult(
-        app=inv.app, output=str(out_dir), runtimes=inv.runtimes, warnings=list(inv.warnings)
-    )
+    result = ExtractResult(app=inv.app, output=str(out_dir), runtimes=inv.runtimes, warnings=list(inv.warnings))
     # (blob file, origin, blob location text, format, sha256, runtime, SourceInfo extras)
     candidates: list[tuple[Path, ExtractedModel, SourceInfo]] = []
     for eb in manifest.blobs:
@@ -192,9 +185,7 @@ def _use_trace(
     result.trace = match.model_dump(mode="json")
     result.warnings += match.warnings
     if match.version.same_app is False:
-        result.warnings.append(
-            "the trace is from another app or version: " + "; ".join(match.version.reasons)
-        )
+        result.warnings.append("the trace is from another app or version: " + "; ".join(match.version.reasons))
     ran = {b.sha256 for b in match.blobs_ran}
     for _, model, _ in candidates:
         model.ran_in_trace = model.sha256 in ran
@@ -214,9 +205,7 @@ def _use_trace(
             fmt = sniff_format(probe)
         except ReplaybenchError:
             fmt = "unknown"
-        ext = {"tflite": ".tflite", "onnx": ".onnx", "torchscript": ".pt", "pytorch_lite": ".ptl"}.get(
-            fmt, ".bin"
-        )
+        ext = {"tflite": ".tflite", "onnx": ".onnx", "torchscript": ".pt", "pytorch_lite": ".ptl"}.get(fmt, ".bin")
         dest = probe.with_suffix(ext)
         probe.rename(dest)
         origin = m.blob
@@ -249,9 +238,7 @@ def _use_trace(
         pairs = preprocessing_pairs(tr, sha)
         if pairs:
             pairs_by_sha[sha] = pairs
-        inputs_by_sha[sha] = [
-            [t.array for t in sorted(c.inputs, key=lambda t: t.index)] for c in calls if c.inputs
-        ]
+        inputs_by_sha[sha] = [[t.array for t in sorted(c.inputs, key=lambda t: t.index)] for c in calls if c.inputs]
 
 
 def _convert(
