@@ -423,6 +423,7 @@ def replay(
             providers=list(opts.providers),
             threads=opts.threads,
             optimization=lb.bundle.parity.onnxruntime_optimization if lb.bundle.parity else None,
+            spinning=opts.workers == 0,  # decode workers share the cores: idle ORT threads must sleep
         )
         for lb in bundles
     ]
