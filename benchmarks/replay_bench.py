@@ -167,25 +167,26 @@ def model_only(bundle: Path, n: int, batch: int) -> float:
 
 
 def decode_only(bundle: Path, paths: list[Path], workers: int, batch: int, fast: bool = False) -> float:
-    """The runner's worker code in the runner's pool, results shipped back and dropped."""
-    from collections import deque
-
+    """The runner's own worker pool and shared-memory slots, with a consumer that drops the tensors."""
     from replaybench.bundle import load_bundle
     from replaybench.replay import runner
+    from replaybench.replay.items import DatasetItem
 
     spec = load_bundle(bundle).bundle.preprocess
-    chunks = [[(i, str(p)) for i, p in enumerate(paths[s : s + batch])] for s in range(0, len(paths), batch)]
-    with runner._mp_context().Pool(workers, runner._init_worker, ([spec], None, 0.0, False, fast)) as pool:
-        pool.apply(runner._process_chunk, (chunks[0],))  # workers started and warm
-        t = time.perf_counter()
-        pending: deque = deque()
-        for c in chunks:
-            pending.append(pool.apply_async(runner._process_chunk, (c,)))
-            while len(pending) >= 2 * workers + 1:
-                pending.popleft().get()
-        while pending:
-            pending.popleft().get()
-        return len(paths) / (time.perf_counter() - t)
+    assert spec is not None
+    items = [DatasetItem(item_id=str(i), path=p) for i, p in enumerate(paths)]
+
+    def payload(chunk: list[DatasetItem]) -> list[tuple[int, str | None]]:
+        return [(i, str(it.path)) for i, it in enumerate(chunk)]
+
+    started: list[float] = []
+
+    def consume(chunk: list[DatasetItem], res: dict) -> None:
+        if not started:  # time from the first result: worker start-up is not decode throughput
+            started.append(time.perf_counter())
+
+    runner._run_pool(items, [spec], ([spec], None, 0.0, False, fast), workers, batch, payload, consume)
+    return (len(items) - batch) / (time.perf_counter() - started[0])
 
 
 def end_to_end(bundle: Path, paths: list[Path], workers: int, batch: int, fast: bool = False) -> float:
