@@ -13,7 +13,7 @@ Reduced-size JPEG decoding (``fast=True``) uses libjpeg's DCT scaling through ``
 produces a 1/2, 1/4 or 1/8 scale image directly, several times faster for large photos. The result is an
 area-averaged image, not the full-size one, so a model whose resize kernel does not antialias
 (``bilinear_tf``, ``nearest``) sees different pixels; it is therefore off by default. ``draft_size`` keeps
-the decoded image at least twice the target size, so the later resize still downsamples.
+the decoded image at least as large as the target, so the later resize still downsamples.
 ``benchmarks/replay_bench.py`` measures the speed-up and the mean/max difference in pixel steps.
 """
 
@@ -54,10 +54,13 @@ def _register_heif() -> bool:
 
 
 def draft_size(targets: list[tuple[int, int]]) -> tuple[int, int] | None:
-    """The size to ask ``Image.draft`` for: twice the largest target (width, height), or None."""
+    """The size to ask ``Image.draft`` for: the largest target (width, height), or None.
+
+    libjpeg picks the strongest DCT scaling (1/2, 1/4, 1/8) that keeps the image at least this large, so
+    the resize that follows still downsamples (or is the identity)."""
     if not targets:
         return None
-    return (2 * max(w for w, _ in targets), 2 * max(h for _, h in targets))
+    return (max(w for w, _ in targets), max(h for _, h in targets))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -105,7 +108,9 @@ def decode_image(path: Path, *, fast_size: tuple[int, int] | None = None) -> np.
                 if fast_size is not None and img.format == "JPEG":
                     img.draft("RGB", fast_size)
                 img.load()
-                upright: Image.Image = ImageOps.exif_transpose(img) or img
+                # exif_transpose copies the image even when there is nothing to do: check the tag first.
+                orientation = img.getexif().get(0x0112, 1)
+                upright: Image.Image = (ImageOps.exif_transpose(img) or img) if orientation != 1 else img
                 arr = np.asarray(to_rgb(upright), dtype=np.uint8)
     except DecodeFailure:
         raise

@@ -40,14 +40,32 @@ def _ort() -> Any:
     return ort
 
 
-def session_options(threads: int | None) -> Any:
-    """Session options tuned for throughput: all graph optimisations, sequential execution, N threads."""
+_OPT_LEVELS = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def session_options(threads: int | None, optimization: str | None = None, spinning: bool = True) -> Any:
+    """Session options tuned for throughput: sequential execution, N threads, and the graph optimisation
+    level the bundle's parity was measured with (``parity.onnxruntime_optimization``; default all)."""
     ort = _ort()
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = _OPT_LEVELS.get(optimization or "all")
+    if level is None:
+        raise UsageError(
+            f"unknown onnxruntime optimisation level {optimization!r}; known: {', '.join(_OPT_LEVELS)}"
+        )
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads if threads else (os.cpu_count() or 1)
     so.inter_op_num_threads = 1
+    if not spinning:
+        # Idle intra-op threads busy-wait for the next call by default: with decode workers on the same
+        # cores that steals their CPU time.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3  # old exporters list initializers as inputs: ORT warns once per tensor
     return so
 
@@ -141,11 +159,20 @@ def _verify_batching(session: Any, input_name: str, shape: list[int], dtype: Any
 
 
 def open_model(
-    model_path: Path, *, providers: list[str] | None = None, threads: int | None = None
+    model_path: Path,
+    *,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    optimization: str | None = None,
+    spinning: bool = True,
 ) -> ModelSession:
-    """Open a bundle's ``model.onnx`` for batched replay (see the module docstring)."""
+    """Open a bundle's ``model.onnx`` for batched replay (see the module docstring).
+
+    ``optimization``: the onnxruntime graph optimisation level (``disabled`` for quantised models whose
+    parity held only without fusions, as recorded by convert in ``parity.onnxruntime_optimization``).
+    """
     ort = _ort()
-    so = session_options(threads)
+    so = session_options(threads, optimization, spinning)
     prov = resolve_providers(providers)
     try:
         sess = ort.InferenceSession(str(model_path), sess_options=so, providers=prov)
@@ -174,7 +201,7 @@ def open_model(
     rewritten = _make_batch_dynamic(model_path) if shape[0] == 1 else None
     if rewritten is not None:
         try:
-            quiet = session_options(threads)
+            quiet = session_options(threads, optimization, spinning)
             quiet.log_severity_level = 4  # the verification run may fail by design; say it in notes instead
             dyn = ort.InferenceSession(rewritten, sess_options=quiet, providers=prov)
             if _verify_batching(dyn, inp.name, concrete, dtype, outputs):

@@ -90,11 +90,12 @@ def test_heic(tmp_path):
     assert out.shape == ARR.shape and np.abs(out.astype(int) - smooth).mean() < 8
 
 
-def test_fast_decode_reduces_large_jpegs_but_not_below_twice_target(tmp_path):
+def test_fast_decode_reduces_large_jpegs_but_not_below_the_target(tmp_path):
     big = np.asarray(Image.fromarray(ARR).resize((1000, 800)))
     Image.fromarray(big).save(tmp_path / "big.jpg", quality=90)
     size = draft_size([(112, 80), (64, 96)])
-    assert size == (224, 192)
+    assert size == (112, 96)
     out = decode_image(tmp_path / "big.jpg", fast_size=size)
-    assert out.shape == (200, 250, 3)  # 1/4 scale: the smallest DCT scale still >= 224x192
+    assert out.shape == (100, 125, 3)  # 1/8 scale: the strongest DCT scaling still >= 112x96
+    assert decode_image(tmp_path / "big.jpg", fast_size=(300, 300)).shape == (400, 500, 3)  # 1/2
     assert decode_image(tmp_path / "big.jpg").shape == (800, 1000, 3)

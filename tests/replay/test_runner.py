@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -172,8 +173,6 @@ def test_cli_replay_json(tmp_path, dataset):
         ],
     )
     assert r.exit_code == 0, r.output
-    import json
-
     doc = json.loads(r.stdout)
     assert doc["items_processed"] == 7 and doc["format"] == "utkface"
 
@@ -198,3 +197,34 @@ def test_grayscale_png_and_missing_manifest_rows(tmp_path):
     assert df["error"][1].startswith("missing")
     assert df["group"].to_list() == ["a", "b"]
     assert res.items_error == 1
+
+
+def test_providers_and_optimisation_level(tmp_path):
+    from replaybench.replay.sessions import resolve_providers
+
+    b = tiny_bundle(tmp_path / "b")
+    assert resolve_providers(["CPU"]) == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(UsageError, match="not available"):
+            resolve_providers(["CUDA"])
+    plain = open_model(b / "model.onnx")
+    unfused = open_model(b / "model.onnx", optimization="disabled")
+    x = np.random.default_rng(0).random((3, 16, 16, 3), dtype=np.float32)
+    np.testing.assert_allclose(unfused.run(x)["probs"], plain.run(x)["probs"], rtol=1e-5)
+    with pytest.raises(UsageError, match="optimisation level"):
+        open_model(b / "model.onnx", optimization="turbo")
+
+
+def test_posts_carry_caption_and_post_id(tmp_path):
+    pytest.importorskip("replaybench.replay.posts")
+    ds = tmp_path / "posts"
+    ds.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((20, 20, 3), 40 * k, np.uint8)).save(ds / f"p{k}.jpg")
+        doc = {"id": f"p{k}", "edge_media_to_caption": {"edges": [{"node": {"text": f"caption {k}"}}]}}
+        (ds / f"p{k}.json").write_text(json.dumps(doc))
+    res = replay([tiny_bundle(tmp_path / "b")], ds, tmp_path / "p", ReplayOptions(workers=0))
+    assert res.format == "posts" and res.items_ok == 3
+    df = pl.read_parquet(tmp_path / "p" / "*.parquet").sort("post_id")
+    assert df["caption"].to_list() == ["caption 0", "caption 1", "caption 2"]
+    assert df["post_id"].to_list() == ["p0", "p1", "p2"]
