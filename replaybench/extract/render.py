@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from replaybench.extract.inventory import ExtractManifest, Inventory
+from replaybench.extract.inventory import Inventory
 from replaybench.extract.pipeline import ExtractResult
 
 
@@ -63,31 +63,12 @@ def print_inventory(inv: Inventory) -> None:
         con.print(f"[yellow]warning:[/] {w}")
 
 
-def print_manifest(manifest: ExtractManifest, out_dir: Path) -> None:
-    """Print what ``extract`` wrote and where."""
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console()
-    if not manifest.blobs:
-        con.print("[green]no on-device model found[/]; nothing extracted")
-    else:
-        t = Table("file", "format", "size", "sha256", "from", title=f"extracted to {out_dir}")
-        for item in manifest.blobs:
-            b = item.blob
-            t.add_row(item.file, b.format, _size(b.size), b.sha256[:16], b.location.describe())
-        con.print(t)
-    con.print(f"manifest: {out_dir / 'manifest.json'}")
-    for w in manifest.warnings:
-        con.print(f"[yellow]warning:[/] {w}")
-
-
 def print_extract_result(result: ExtractResult) -> None:
     """Print every model ``extract`` found, whether the trace saw it run, and its bundle."""
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = Console(soft_wrap=True)  # paths stay whole: researchers copy them
     if not result.models:
         con.print("[green]no on-device model found[/]; nothing extracted")
     else:
