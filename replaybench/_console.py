@@ -95,3 +95,11 @@ def emit_json(doc: Any) -> None:
     else:
         sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def stdout_console() -> Any:
+    """The console results are printed on. Piped or redirected output (no terminal) gets a wide page
+    instead of rich's 80 columns, so tables written to a file keep whole values and paths."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)

@@ -235,10 +235,11 @@ def convert(
 
 
 def _render_bundle(bundle: Any, title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from replaybench._console import stdout_console
+
+    console = stdout_console()
     src = bundle.source
     console.print(f"[bold]{title}[/]  {bundle.name}  format={src.format}  sha256={src.sha256[:16]}")
     io = Table("", "name", "shape", "dtype", "layout", "quantisation", title="inputs / outputs")
@@ -381,8 +382,9 @@ def trace(
 
         emit_json(result)
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from replaybench._console import stdout_console
 
     table = Table(title=f"trace of pid {result.pid}: {result.trace}")
     table.add_column("what")
@@ -392,7 +394,7 @@ def trace(
     table.add_row("dumps written", str(result.dumps_written))
     table.add_row("events", str(result.events))
     table.add_row("seconds", f"{result.seconds:.1f} ({result.ended_by})")
-    Console().print(table)
+    stdout_console().print(table)
     for err in result.agent_errors[:10]:
         sys.stderr.write(f"agent: {err}\n")
 
@@ -516,13 +518,14 @@ def replay(
     if json_out:
         emit_json(result)
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from replaybench._console import stdout_console
 
     table = Table("bundle", "batching", "notes", title=f"replay -> {result.output}")
     for b in result.bundles:
         table.add_row(b.name, b.batch_mode, "; ".join(b.notes))
-    console = Console()
+    console = stdout_console()
     console.print(table)
     console.print(
         f"{result.items_processed} items ({result.items_skipped_done} already done): {result.items_ok} ok, "
@@ -615,9 +618,10 @@ def evaluate(
 
 
 def _render_evaluation(summary: Any) -> None:
-    from rich.console import Console
     from rich.table import Column, Table
     from rich.text import Text
+
+    from replaybench._console import stdout_console
 
     def f(v: float | None, d: int = 3) -> str:
         return "-" if v is None else f"{v:.{d}f}"
@@ -625,7 +629,7 @@ def _render_evaluation(summary: Any) -> None:
     def row(table: Any, *cells: str) -> None:
         table.add_row(*(Text(c) for c in cells))  # Text: metric names like recall[female] are not markup
 
-    console = Console()
+    console = stdout_console()
     for t in summary.tasks:
         table = Table(f"{summary.ci:.0%} CI", "n", "of", "worst group", "its value", "max-min")
         table.columns.insert(0, Column("overall"))
@@ -873,13 +877,14 @@ def distill_score(
 
 
 def _render_doc(title: str, doc: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from replaybench._console import stdout_console
 
     table = Table("field", "value", title=title)
     for k, v in doc.items():
         table.add_row(str(k), f"{v:.4g}" if isinstance(v, float) else str(v))
-    Console().print(table)
+    stdout_console().print(table)
 
 
 # ------------------------------------------------------------------------------------------ demo, doctor
@@ -909,9 +914,9 @@ def demo(
     if json_out:
         emit_json(result)
         return
-    from rich.console import Console
+    from replaybench._console import stdout_console
 
-    con = Console(soft_wrap=True)
+    con = stdout_console()
     for st in result.steps:
         con.print(f"[bold]{st.name}[/] ({st.seconds:.1f} s): {st.detail}\n    -> {st.artefact}")
     verdict = "FOUND" if result.disparity_found else "not found"
@@ -935,14 +940,15 @@ def doctor(json_out: JsonFlag = False) -> None:
     if json_out:
         emit_json(report)
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from replaybench._console import stdout_console
 
     table = Table("part", "status", "detail / how to install", title="replaybench doctor")
     for item in report.checks:
         status = "[green]ok[/]" if item.ok else ("[yellow]missing[/]" if item.optional else "[red]missing[/]")
         table.add_row(item.name, status, item.detail if item.ok else (item.install or item.detail))
-    Console().print(table)
+    stdout_console().print(table)
 
 
 # ----------------------------------------------------------------------------------------- entry points

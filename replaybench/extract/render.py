@@ -18,10 +18,11 @@ def _size(n: int) -> str:
 
 def print_inventory(inv: Inventory) -> None:
     """Print the app, its model blobs, native libraries and code evidence as tables."""
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    from replaybench._console import stdout_console
+
+    con = stdout_console()
     app = inv.app
     con.print(
         f"[bold]{app.package or '(no package)'}[/] {app.version_name or ''} "
@@ -65,10 +66,11 @@ def print_inventory(inv: Inventory) -> None:
 
 def print_extract_result(result: ExtractResult) -> None:
     """Print every model ``extract`` found, whether the trace saw it run, and its bundle."""
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console(soft_wrap=True)  # paths stay whole: researchers copy them
+    from replaybench._console import stdout_console
+
+    con = stdout_console()
     if not result.models:
         con.print("[green]no on-device model found[/]; nothing extracted")
     else:
