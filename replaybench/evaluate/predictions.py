@@ -187,23 +187,11 @@ def check_task(df: pl.DataFrame, task: str, label_column: str | None = None) -> 
         raise EvaluationError(msg.NO_CONCEPTS)
 
 
-#: Column names of the tidy metrics table, which group columns sit beside.
-RESERVED = frozenset(
-    {
-        "bundle",
-        "task",
-        "metric",
-        "grouping",
-        "group",
-        "value",
-        "ci_low",
-        "ci_high",
-        "n",
-        "n_eff",
-        "n_missing",
-        "flags",
-    }
-)
+#: The tidy metrics table (metrics.parquet): these columns, with the group columns after "group".
+METRIC_KEYS = ("bundle", "task", "metric", "grouping", "group")
+METRIC_VALUES = ("value", "ci_low", "ci_high", "n", "n_eff", "n_missing", "flags")
+#: Column names a group column must not take.
+RESERVED = frozenset(METRIC_KEYS + METRIC_VALUES)
 LABELLED_GROUP_CANDIDATES = ("race", "gender", "age_group", "ethnicity", "skin_tone", "attribute")
 
 

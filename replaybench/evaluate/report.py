@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from replaybench.evaluate.metrics import FLAG_SMALL, FLAG_SMALL_DENOMINATOR, OVERALL
+from replaybench.evaluate.predictions import METRIC_KEYS, METRIC_VALUES
 from replaybench.evaluate.summary import EvaluationSummary
 
 if TYPE_CHECKING:
@@ -110,21 +111,7 @@ def _metrics_table(tasks: list[TaskResult], groups: list[str]) -> pl.DataFrame:
         parts.append(
             r.with_columns(
                 pl.lit(t.summary.bundle).alias("bundle"), pl.lit(t.summary.task).alias("task")
-            ).select(
-                "bundle",
-                "task",
-                "metric",
-                "grouping",
-                "group",
-                *groups,
-                "value",
-                "ci_low",
-                "ci_high",
-                "n",
-                "n_eff",
-                "n_missing",
-                "flags",
-            )
+            ).select(*METRIC_KEYS, *groups, *METRIC_VALUES)
         )
     if not parts:
         return pl.DataFrame(
