@@ -92,3 +92,21 @@ def test_help_starts_without_heavy_imports():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
+
+
+def test_doctor_says_how_to_install_what_is_missing(monkeypatch):
+    import importlib.util
+
+    from replaybench import doctor
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(doctor.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(
+        doctor.importlib.util, "find_spec", lambda m: None if m == "frida" else real_find_spec(m)
+    )
+    checks = {c.name: c for c in doctor.check_environment().checks}
+    frida = checks["frida (trace capture)"]
+    assert not frida.ok and frida.optional and frida.install == "pip install 'replaybench[frida]'"
+    smali = checks["smali (test APKs)"]
+    assert not smali.ok and smali.install == "apt-get install -y smali"
+    assert checks["tf2onnx"].ok
