@@ -63,6 +63,7 @@ class ReplayOptions:
     # Library-only (no CLI option): the bilinear resize kernel in the workers; "numpy" is the reference
     # the benchmark compares against.
     resize_backend: ResizeBackend = "onnxruntime"
+    simplejpeg: bool = True  # library-only: plain JPEGs through simplejpeg (same pixels as Pillow)
 
 
 class BundleRun(BaseModel):
@@ -124,6 +125,7 @@ def _init_worker(
     one_face: bool,
     fast: bool,
     resize_backend: ResizeBackend = "onnxruntime",
+    simplejpeg: bool = True,
     slots: SlotSpec | None = None,
 ) -> None:
     """Per-process state: the distinct preprocess specs, the shared-memory slots and, with --faces, a
@@ -135,6 +137,7 @@ def _init_worker(
     _W["slots"] = _attach_slots(slots) if slots else None
     _W["margin"] = margin
     _W["resize_backend"] = resize_backend
+    _W["simplejpeg"] = simplejpeg
     _W["one_face"] = one_face
     _W["detector"] = None
     if faces is not None:
@@ -164,7 +167,7 @@ def _process_chunk(chunk: list[tuple[int, str | None]], slot: int | None = None)
         try:
             if path is None:
                 raise DecodeFailure("missing: the item has no image")
-            img = decode_image(Path(path), fast_size=_W["fast_size"])
+            img = decode_image(Path(path), fast_size=_W["fast_size"], simplejpeg=_W["simplejpeg"])
             if detector is not None:
                 found = detector.detect(img)
                 best = found[0] if found else None
@@ -476,7 +479,15 @@ def replay(
     schema = build_schema({label_cols[k]: t for k, t in ltypes.items()}, extra, decoded)
     writer = PartWriter(output, schema, max(opts.part_rows, len(bundles)))
 
-    init_args = (specs, opts.faces, opts.face_margin, opts.one_face, opts.fast_decode, opts.resize_backend)
+    init_args = (
+        specs,
+        opts.faces,
+        opts.face_margin,
+        opts.one_face,
+        opts.fast_decode,
+        opts.resize_backend,
+        opts.simplejpeg,
+    )
     counts = {"ok": 0, "error": 0, "skipped": 0}
     rows_written = 0
 
