@@ -1,17 +1,22 @@
 """Replay throughput, measured side by side in one run (figures are ratios; the machine is shared).
 
-For a ~128x128 face model (MobileNetV2 alpha 0.35 on 200x200 UTKFace-like JPEGs) and a 224x224 model
-(MobileNetV2 alpha 1.0 on 1080x1080 Instagram-like JPEGs), both Keras -> TFLite -> tf2onnx like a real
-extracted model, it measures:
+For a ~128x128 face model (MobileNetV2 alpha 0.35 on 200x200 UTKFace-like JPEGs, float and a static int8
+QDQ quantisation of it, as apps ship) and a 224x224 model (MobileNetV2 alpha 1.0 on 1080x1080
+Instagram-like JPEGs), all Keras -> TFLite -> tf2onnx like a real extracted model, it measures:
 
-  (a) model only: preprocessed tensors already in memory, batched onnxruntime calls;
+  (a) model only: preprocessed tensors already in memory, batched onnxruntime calls; the better of the
+      runner's model stage (one-thread streams) and onnxruntime's own intra-op threads with spinning;
   (b) decode + preprocess only, with all worker processes (the runner's own worker code);
   (c) end to end: ``replaybench.replay.runner.replay`` writing Parquet parts;
-  (d) a naive baseline: one image at a time, PIL full decode, resize, one session call;
+  (d) a naive baseline: one image at a time, PIL full decode, resize, one session call (default
+      onnxruntime session settings);
 
-and prints (c) / (1 / (1/a + 1/b)) (on a CPU both stages share the cores, so that is the limit) and
-(c) / (d). Then peak RSS (main process + workers) of end-to-end runs as the dataset grows 10k -> 100k
-items (manifest entries repeated), and the speed and pixel difference of ``--fast-decode`` on 1080px photos.
+and prints c / limit with limit = 1 / (1/a + 1/b) (on a CPU both stages share the cores), c / d, and
+a / d and limit / d: c can exceed neither a nor the limit, so limit / d bounds what c / d can reach on
+this hardware. b0 / c0 are the runner as it was before the last speed change (Pillow JPEG decode, numpy
+resize, one session call with intra-op threads), in the same run (A/B). Then peak RSS (main process +
+workers) of end-to-end runs as the dataset grows 10k -> 100k items (manifest entries repeated), and the
+speed and pixel difference of ``--fast-decode`` on 1080px photos.
 
     python benchmarks/replay_bench.py            # 10k + 2k images, 100k-item memory run
     python benchmarks/replay_bench.py --small    # 1k + 200 images, 10k-item memory run (a quick look)
