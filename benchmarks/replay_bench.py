@@ -1,17 +1,22 @@
 """Replay throughput, measured side by side in one run (figures are ratios; the machine is shared).
 
-For a ~128x128 face model (MobileNetV2 alpha 0.35 on 200x200 UTKFace-like JPEGs) and a 224x224 model
-(MobileNetV2 alpha 1.0 on 1080x1080 Instagram-like JPEGs), both Keras -> TFLite -> tf2onnx like a real
-extracted model, it measures:
+For a ~128x128 face model (MobileNetV2 alpha 0.35 on 200x200 UTKFace-like JPEGs, float and a static int8
+QDQ quantisation of it, as apps ship) and a 224x224 model (MobileNetV2 alpha 1.0 on 1080x1080
+Instagram-like JPEGs), all Keras -> TFLite -> tf2onnx like a real extracted model, it measures:
 
-  (a) model only: preprocessed tensors already in memory, batched onnxruntime calls;
+  (a) model only: preprocessed tensors already in memory, batched onnxruntime calls; the better of the
+      runner's model stage (one-thread streams) and onnxruntime's own intra-op threads with spinning;
   (b) decode + preprocess only, with all worker processes (the runner's own worker code);
   (c) end to end: ``replaybench.replay.runner.replay`` writing Parquet parts;
-  (d) a naive baseline: one image at a time, PIL full decode, resize, one session call;
+  (d) a naive baseline: one image at a time, PIL full decode, resize, one session call (default
+      onnxruntime session settings);
 
-and prints (c) / (1 / (1/a + 1/b)) (on a CPU both stages share the cores, so that is the limit) and
-(c) / (d). Then peak RSS (main process + workers) of end-to-end runs as the dataset grows 10k -> 100k
-items (manifest entries repeated), and the speed and pixel difference of ``--fast-decode`` on 1080px photos.
+and prints c / limit with limit = 1 / (1/a + 1/b) (on a CPU both stages share the cores), c / d, and
+a / d and limit / d: c can exceed neither a nor the limit, so limit / d bounds what c / d can reach on
+this hardware. b0 / c0 are the runner as it was before the last speed change (Pillow JPEG decode, numpy
+resize, one session call with intra-op threads), in the same run (A/B). Then peak RSS (main process +
+workers) of end-to-end runs as the dataset grows 10k -> 100k items (manifest entries repeated), and the
+speed and pixel difference of ``--fast-decode`` on 1080px photos.
 
     python benchmarks/replay_bench.py            # 10k + 2k images, 100k-item memory run
     python benchmarks/replay_bench.py --small    # 1k + 200 images, 10k-item memory run (a quick look)
@@ -94,6 +99,43 @@ def build_model(out: Path, size: int, alpha: float) -> Path:
     return onnx_path
 
 
+def quantize_int8(float_onnx: Path, paths: list[Path], size: int) -> Path:
+    """Static int8 QDQ quantisation (per-channel weights, calibrated on the face images), as apps ship."""
+    out = float_onnx.with_name(float_onnx.stem + "_int8.onnx")
+    if out.exists():
+        return out
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from replaybench.replay.decode import decode_image
+    from replaybench.replay.preprocess import apply_preprocess
+
+    spec = PreprocessSpec(resize=ResizeSpec(width=size, height=size, method="bilinear_tf"))
+    import onnx
+
+    name = onnx.load(str(float_onnx)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{name: apply_preprocess(decode_image(p), spec)[None]} for p in paths[:64]])
+
+        def get_next(self) -> dict | None:
+            return next(self.it, None)
+
+    pre = float_onnx.with_name(float_onnx.stem + "_pre.onnx")
+    quant_pre_process(str(float_onnx), str(pre))
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    return out
+
+
 def make_bundle(folder: Path, onnx_path: Path, name: str, size: int) -> Path:
     import hashlib
 
@@ -148,12 +190,20 @@ def tiny_bundle(folder: Path) -> Path:
     return make_bundle(folder / "bundle_tiny", path, "tiny", 32)
 
 
-def model_only(bundle: Path, n: int, batch: int) -> float:
+def model_only(bundle: Path, n: int, batch: int, runner_config: bool) -> float:
+    """Batched inference on tensors in memory. ``runner_config``: the runner's model stage with decode
+    workers (one-thread streams, ``inference_threads``); otherwise onnxruntime's own intra-op threads with
+    spinning (the best plain setting when nothing else runs). (a) is the better of the two."""
     from replaybench.bundle import load_bundle
+    from replaybench.replay.runner import inference_threads
     from replaybench.replay.sessions import open_model
 
     lb = load_bundle(bundle)
-    ms = open_model(lb.model_path)
+    if runner_config:
+        threads, streams = inference_threads(None, os.cpu_count() or 1, batch)
+        ms = open_model(lb.model_path, threads=threads, spinning=False, streams=streams)
+    else:
+        ms = open_model(lb.model_path)
     spec = lb.bundle.preprocess
     assert spec is not None
     x = np.random.default_rng(0).random((batch, spec.resize.height, spec.resize.width, 3), dtype=np.float32)
@@ -163,10 +213,19 @@ def model_only(bundle: Path, n: int, batch: int) -> float:
     while done < n:
         ms.run(x)
         done += batch
-    return done / (time.perf_counter() - t)
+    rate = done / (time.perf_counter() - t)
+    ms.close()
+    return rate
 
 
-def decode_only(bundle: Path, paths: list[Path], workers: int, batch: int, fast: bool = False) -> float:
+def decode_only(
+    bundle: Path,
+    paths: list[Path],
+    workers: int,
+    batch: int,
+    fast: bool = False,
+    before: bool = False,
+) -> float:
     """The runner's own worker pool and shared-memory slots, with a consumer that drops the tensors."""
     from replaybench.bundle import load_bundle
     from replaybench.replay import runner
@@ -185,11 +244,23 @@ def decode_only(bundle: Path, paths: list[Path], workers: int, batch: int, fast:
         if not started:  # time from the first result: worker start-up is not decode throughput
             started.append(time.perf_counter())
 
-    runner._run_pool(items, [spec], ([spec], None, 0.0, False, fast), workers, batch, payload, consume)
+    runner._run_pool(
+        items,
+        [spec],
+        ([spec], None, 0.0, False, fast, *(("numpy", False) if before else ("onnxruntime", True))),
+        workers,
+        batch,
+        payload,
+        consume,
+    )
     return (len(items) - batch) / (time.perf_counter() - started[0])
 
 
-def end_to_end(bundle: Path, paths: list[Path], workers: int, batch: int, fast: bool = False) -> float:
+def end_to_end(
+    bundle: Path, paths: list[Path], workers: int, batch: int, fast: bool = False, before: bool = False
+) -> float:
+    """``before``: the runner as it was before this change (Pillow JPEG decode and numpy resize in the
+    workers, one session call with an intra-op thread per CPU) for an A/B in the same run."""
     from replaybench.replay.runner import ReplayOptions, replay
 
     dataset = paths[0].parent.parent / f"manifest_{paths[0].parent.name}_{len(paths)}.csv"
@@ -200,7 +271,17 @@ def end_to_end(bundle: Path, paths: list[Path], workers: int, batch: int, fast: 
             [bundle],
             dataset,
             Path(out) / "preds",
-            ReplayOptions(workers=workers, batch_size=batch, fast_decode=fast, format="manifest"),
+            ReplayOptions(
+                workers=workers,
+                batch_size=batch,
+                fast_decode=fast,
+                format="manifest",
+                **(
+                    {"threads": os.cpu_count() or 1, "resize_backend": "numpy", "simplejpeg": False}
+                    if before
+                    else {}
+                ),  # type: ignore[arg-type]
+            ),
         )
         assert res.items_error == 0, res
         return res.items_per_second
@@ -303,27 +384,46 @@ def main() -> int:
     print(
         f"models ready ({time.perf_counter() - t:.0f}s): MobileNetV2 128 alpha .35, 224 alpha 1.0 (tflite -> tf2onnx)"
     )
+    face_paths = sorted(p for p in faces.iterdir() if p.suffix == ".jpg")
+    m128q = quantize_int8(m128, face_paths, 128)
     b128 = make_bundle(work / "bundle128", m128, "mnv2_128", 128)
+    b128q = make_bundle(work / "bundle128_int8", m128q, "mnv2_128_int8", 128)
     b224 = make_bundle(work / "bundle224", m224, "mnv2_224", 224)
 
     print()
     print(
-        f"{'scenario':28s} {'a model':>9s} {'b decode':>9s} {'limit':>8s} {'c e2e':>8s} {'d naive':>8s} {'c/limit':>8s} {'c/d':>6s}"
+        "a = max(runner's model stage: one-thread streams, onnxruntime intra-op threads + spinning); "
+        "limit = 1/(1/a + 1/b); c0, b0 = the runner before this change (Pillow decode, numpy resize, intra-op threads)"
+    )
+    print(
+        f"{'scenario':28s} {'a model':>8s} {'b decode':>8s} {'limit':>7s} {'c e2e':>7s} {'d naive':>7s} "
+        f"{'c/limit':>7s} {'c/d':>5s} {'a/d':>5s} {'limit/d':>7s} | {'a1 strm':>7s} {'a2 intra':>8s} "
+        f"{'b0':>6s} {'c0':>6s} {'c/c0':>5s}"
     )
     for label, bundle, onnx_path, size, folder in (
         ("128 face model, 200px", b128, m128, 128, faces),
+        ("128 face int8 QDQ, 200px", b128q, m128q, 128, faces),
         ("224 model, 1080px photos", b224, m224, 224, posts),
     ):
         paths = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")
         paths = paths[: args.measure if size == 128 else max(1, args.measure // 5)]
         n_model = min(len(paths), 2048 if size == 128 else 512)
         naive_paths = paths[: min(len(paths), 300)]
-        # ABBA order (a b c d d c b a), averaged: a load that drifts during the run cancels out
-        runs: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": [], "cf": []}
+        # ABBA order (a b c d ... d c b a), averaged: a load that drifts during the run cancels out
+        runs: dict[str, list[float]] = {}
         stages = {
-            "a": lambda bundle=bundle, n=n_model: model_only(bundle, n, args.batch_size),
+            "a1": lambda bundle=bundle, n=n_model: model_only(bundle, n, args.batch_size, runner_config=True),
+            "a2": lambda bundle=bundle, n=n_model: model_only(
+                bundle, n, args.batch_size, runner_config=False
+            ),
             "b": lambda bundle=bundle, paths=paths: decode_only(bundle, paths, args.workers, args.batch_size),
+            "b0": lambda bundle=bundle, paths=paths: decode_only(
+                bundle, paths, args.workers, args.batch_size, before=True
+            ),
             "c": lambda bundle=bundle, paths=paths: end_to_end(bundle, paths, args.workers, args.batch_size),
+            "c0": lambda bundle=bundle, paths=paths: end_to_end(
+                bundle, paths, args.workers, args.batch_size, before=True
+            ),
             "d": lambda onnx_path=onnx_path, p=naive_paths, size=size: naive(onnx_path, p, size),
         }
         if size == 224:
@@ -332,14 +432,19 @@ def main() -> int:
             )
         order = list(stages)
         for key in order + order[::-1]:
-            runs[key].append(stages[key]())
-        a, b, c, d = (float(np.mean(runs[k])) for k in "abcd")
+            runs.setdefault(key, []).append(stages[key]())
+        m = {k: float(np.mean(v)) for k, v in runs.items()}
+        a, b, c, d = max(m["a1"], m["a2"]), m["b"], m["c"], m["d"]
         limit = 1 / (1 / a + 1 / b)
-        print(f"{label:28s} {a:9.0f} {b:9.0f} {limit:8.0f} {c:8.0f} {d:8.0f} {c / limit:8.2f} {c / d:6.1f}")
-        if runs["cf"]:
-            cf = float(np.mean(runs["cf"]))
+        print(
+            f"{label:28s} {a:8.0f} {b:8.0f} {limit:7.0f} {c:7.0f} {d:7.0f} {c / limit:7.2f} {c / d:5.1f} "
+            f"{a / d:5.1f} {limit / d:7.1f} | {m['a1']:7.0f} {m['a2']:8.0f} {m['b0']:6.0f} {m['c0']:6.0f} "
+            f"{c / m['c0']:5.2f}"
+        )
+        if "cf" in m:
+            cf = m["cf"]
             print(
-                f"{'-> same with --fast-decode':28s} {'':9s} {'':9s} {'':8s} {cf:8.0f} {d:8.0f} {'':8s} {cf / d:6.1f}"
+                f"{'-> same with --fast-decode':28s} {'':8s} {'':8s} {'':7s} {cf:7.0f} {d:7.0f} {'':7s} {cf / d:5.1f}"
             )
 
     print()

@@ -449,7 +449,12 @@ def replay(
         typer.Option("--providers", help="onnxruntime execution providers, comma-separated (e.g. CUDA,CPU)."),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="onnxruntime intra-op threads (default: one per CPU).")
+        int | None,
+        typer.Option(
+            "--threads",
+            help="onnxruntime intra-op threads, one session call per batch (default: with decode workers, "
+            "one-thread calls on batch slices, one per CPU; with --workers 0, one thread per CPU).",
+        ),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue a killed run in the same output folder.")

@@ -11,6 +11,7 @@ integers, the TF kernels do not.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any, Literal
 
 import numpy as np
 
@@ -74,12 +75,74 @@ def _bilinear(img: np.ndarray, width: int, height: int, half_pixel: bool) -> np.
     return top
 
 
-def resize(img: np.ndarray, width: int, height: int, method: ResizeMethod) -> np.ndarray:
+class _OrtBilinear:
+    """The same bilinear geometry run by onnxruntime's ``Resize`` kernel (one session per process).
+
+    numpy needs ~16 whole-array passes for one bilinear resize; the C++ kernel does one (measured on a
+    200px face -> 128x128: 0.85 ms in numpy, 0.26 ms here, identical values; 1080px -> 224: differences
+    below 0.03 pixel steps, from float32 instead of float64 source coordinates). ONNX ``half_pixel``
+    clamps negative source coordinates to the edge as TF does; ``asymmetric`` is TF's legacy geometry.
+    """
+
+    _sessions: dict[bool, Any] = {}
+
+    @classmethod
+    def run(cls, img: np.ndarray, width: int, height: int, half_pixel: bool) -> np.ndarray:
+        sess = cls._sessions.get(half_pixel)
+        if sess is None:
+            sess = cls._sessions[half_pixel] = cls._open(half_pixel)
+        sizes = np.array([height, width, img.shape[2]], dtype=np.int64)
+        out: np.ndarray = sess.run(None, {"image": np.ascontiguousarray(img), "sizes": sizes})[0]
+        return out
+
+    @staticmethod
+    def _open(half_pixel: bool) -> Any:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        mode = "half_pixel" if half_pixel else "asymmetric"
+        graph = helper.make_graph(
+            [
+                helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+                helper.make_node(
+                    "Resize",
+                    ["pixels", "", "", "sizes"],
+                    ["resized"],
+                    mode="linear",
+                    coordinate_transformation_mode=mode,
+                ),
+            ],
+            "bilinear",
+            [
+                helper.make_tensor_value_info("image", TensorProto.UINT8, ["H", "W", "C"]),
+                helper.make_tensor_value_info("sizes", TensorProto.INT64, [3]),
+            ],
+            [helper.make_tensor_value_info("resized", TensorProto.FLOAT, None)],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        so = ort.SessionOptions()
+        # One image per call inside a worker process: threads would only contend with the other workers.
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+ResizeBackend = Literal["numpy", "onnxruntime"]
+
+
+def resize(
+    img: np.ndarray, width: int, height: int, method: ResizeMethod, backend: ResizeBackend = "numpy"
+) -> np.ndarray:
     """Resize an (H, W, C) uint8 image to (height, width, C) float32 with the named kernel.
 
     ``bilinear_tf`` is ``tf.image.resize(..., "bilinear")`` (half-pixel centres, no antialiasing), which the
     TFLite support library's ``ResizeOp`` uses; ``bilinear_android`` is the same geometry rounded to 8 bits,
     as ``Bitmap.createScaledBitmap(.., filter=true)`` produces a new 8-bit Bitmap.
+
+    ``backend="onnxruntime"`` runs the bilinear kernels of uint8 images in onnxruntime's ``Resize`` (about
+    3x faster, within 0.03 pixel steps of the numpy reference); replay's workers use it.
     """
     if img.ndim != 3:
         raise ValueError(f"expected an (H, W, C) image, got shape {img.shape}")
@@ -89,12 +152,13 @@ def resize(img: np.ndarray, width: int, height: int, method: ResizeMethod) -> np
         return img[_nearest_axis(img.shape[0], height)][:, _nearest_axis(img.shape[1], width)].astype(
             np.float32
         )
-    if method == "bilinear_tf":
-        return _bilinear(img, width, height, half_pixel=True)
-    if method == "bilinear_android":
-        return np.rint(_bilinear(img, width, height, half_pixel=True))
-    if method == "bilinear_tf_legacy":
-        return _bilinear(img, width, height, half_pixel=False)
+    if method in ("bilinear_tf", "bilinear_android", "bilinear_tf_legacy"):
+        half_pixel = method != "bilinear_tf_legacy"
+        if backend == "onnxruntime" and img.dtype == np.uint8:
+            out = _OrtBilinear.run(img, width, height, half_pixel)
+        else:
+            out = _bilinear(img, width, height, half_pixel=half_pixel)
+        return np.rint(out, out=out) if method == "bilinear_android" else out
     if method in _PIL_FILTERS:
         from PIL import Image
 
@@ -127,11 +191,11 @@ def crop(img: np.ndarray, spec: ResizeSpec) -> np.ndarray:
     return img
 
 
-def _letterbox(img: np.ndarray, spec: ResizeSpec) -> np.ndarray:
+def _letterbox(img: np.ndarray, spec: ResizeSpec, backend: ResizeBackend = "numpy") -> np.ndarray:
     h, w = img.shape[:2]
     s = min(spec.width / w, spec.height / h)
     nw, nh = max(1, int(round(w * s))), max(1, int(round(h * s)))
-    inner = resize(img, nw, nh, spec.method)
+    inner = resize(img, nw, nh, spec.method, backend)
     out = np.zeros((spec.height, spec.width, img.shape[2]), dtype=np.float32)
     top, left = (spec.height - nh) // 2, (spec.width - nw) // 2
     out[top : top + nh, left : left + nw] = inner
@@ -163,8 +227,10 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return t.astype(spec.dtype, copy=False)
 
 
-def apply_preprocess(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def apply_preprocess(img: np.ndarray, spec: PreprocessSpec, backend: ResizeBackend = "numpy") -> np.ndarray:
     """The whole spec: crop, resize, colour order, normalise/quantise, layout. Returns no batch axis.
+
+    ``backend``: see ``resize`` (replay's workers pass ``"onnxruntime"``).
 
     Example::
 
@@ -175,9 +241,9 @@ def apply_preprocess(img: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     r = spec.resize
     img = crop(img, r)
     if r.keep_aspect and r.crop == "none":
-        pixels = _letterbox(img, r)
+        pixels = _letterbox(img, r, backend)
     else:
-        pixels = resize(img, r.width, r.height, r.method)
+        pixels = resize(img, r.width, r.height, r.method, backend)
     pixels = to_color_order(pixels, spec.color_order)
     if spec.dtype == "float32" and spec.quantization is None and pixels.dtype == np.float32:
         # ``pixels`` is a fresh array owned here: normalise in place (same arithmetic as ``normalize``).

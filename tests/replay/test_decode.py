@@ -99,3 +99,33 @@ def test_fast_decode_reduces_large_jpegs_but_not_below_the_target(tmp_path):
     assert out.shape == (100, 125, 3)  # 1/8 scale: the strongest DCT scaling still >= 112x96
     assert decode_image(tmp_path / "big.jpg", fast_size=(300, 300)).shape == (400, 500, 3)  # 1/2
     assert decode_image(tmp_path / "big.jpg").shape == (800, 1000, 3)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("simplejpeg") is None, reason="simplejpeg not installed")
+def test_plain_jpeg_fast_path_gives_pillows_pixels(tmp_path, monkeypatch):
+    big = np.asarray(Image.fromarray(ARR).resize((200, 120), Image.Resampling.BICUBIC))
+    for i, (q, sub) in enumerate([(90, 2), (75, 0), (95, 1)]):
+        p = tmp_path / f"p{i}.jpg"
+        Image.fromarray(big).save(p, quality=q, subsampling=sub)
+        assert decode_mod._decode_plain_jpeg(p) is not None  # really took the fast path
+        np.testing.assert_array_equal(decode_image(p), np.asarray(Image.open(p).convert("RGB")))
+    # EXIF orientation 1 is plain; any rotation, CMYK, truncation go through Pillow
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    Image.fromarray(big).save(tmp_path / "o1.jpg", exif=exif)
+    assert decode_mod._exif_orientation((tmp_path / "o1.jpg").read_bytes()) == 1
+    assert decode_mod._decode_plain_jpeg(tmp_path / "o1.jpg") is not None
+    exif[0x0112] = 8
+    Image.fromarray(big).save(tmp_path / "o8.jpg", exif=exif)
+    assert decode_mod._exif_orientation((tmp_path / "o8.jpg").read_bytes()) == 8
+    assert decode_mod._decode_plain_jpeg(tmp_path / "o8.jpg") is None
+    assert decode_image(tmp_path / "o8.jpg").shape == (200, 120, 3)
+    Image.fromarray(big).convert("CMYK").save(tmp_path / "c.jpg")
+    assert decode_mod._decode_plain_jpeg(tmp_path / "c.jpg") is None
+    data = (tmp_path / "p0.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    assert decode_mod._decode_plain_jpeg(tmp_path / "cut.jpg") is None
+    assert _reason(tmp_path / "cut.jpg").startswith("truncated")
+    # the pixel cap holds on the fast path too
+    monkeypatch.setattr(decode_mod, "MAX_IMAGE_PIXELS", 1000)
+    assert _reason(tmp_path / "p0.jpg").startswith("too large")

@@ -94,3 +94,31 @@ def test_gray_has_one_channel():
         resize=ResizeSpec(width=4, height=4, method="area"), color_order="GRAY", scale=[1.0]
     )
     assert apply_preprocess(IMG, spec).shape == (4, 4, 1)
+
+
+@pytest.mark.parametrize("method", ["bilinear_tf", "bilinear_tf_legacy", "bilinear_android"])
+@pytest.mark.parametrize("size", [(16, 16), (20, 31), (64, 90), (37, 53)])
+def test_onnxruntime_resize_backend_matches_numpy_reference(method, size):
+    h, w = size
+    big = RNG.integers(0, 256, size=(301, 257, 3), dtype=np.uint8)
+    for img in (IMG, big, big[13:200, 7:180]):  # small, large, and a non-contiguous crop view
+        ref = resize(img, w, h, method)
+        got = resize(img, w, h, method, backend="onnxruntime")
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        if method == "bilinear_android":  # rounded to 8 bits: a value on .5 may round either way
+            assert np.abs(got - ref).max() <= 1 and np.mean(got != ref) < 0.01
+        else:
+            np.testing.assert_allclose(got, ref, atol=0.05)
+
+
+def test_apply_preprocess_backends_agree_within_a_fraction_of_a_step():
+    spec = PreprocessSpec(
+        resize=ResizeSpec(width=24, height=24, method="bilinear_tf", crop="center"),
+        scale=[1 / 127.5],
+        offset=[-1.0],
+        layout="NCHW",
+    )
+    a = apply_preprocess(IMG, spec)
+    b = apply_preprocess(IMG, spec, backend="onnxruntime")
+    assert a.shape == b.shape == (3, 24, 24)
+    np.testing.assert_allclose(a, b, atol=0.05 / 127.5)

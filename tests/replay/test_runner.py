@@ -20,7 +20,7 @@ from replaybench.bundle import load_bundle
 from replaybench.errors import UsageError
 from replaybench.replay.decode import decode_image
 from replaybench.replay.preprocess import apply_preprocess
-from replaybench.replay.runner import ReplayOptions, replay
+from replaybench.replay.runner import ReplayOptions, inference_threads, replay
 from replaybench.replay.sessions import open_model
 from tests.replay.helpers import tiny_bundle, tiny_model, utk_images
 
@@ -87,6 +87,30 @@ def test_fixed_batch_one_models_batched_or_looped(tmp_path, dataset):
         np.testing.assert_allclose(
             np.array(by[name]["raw__probs"].to_list()), np.array(by["dyn"]["raw__probs"].to_list()), rtol=1e-5
         )
+
+
+def test_streams_split_a_batch_across_threads_with_the_same_outputs(tmp_path):
+    b = tiny_bundle(tmp_path / "b", name="b", batch=1)
+    x = np.random.default_rng(1).random((37, 16, 16, 3), dtype=np.float32)
+    one = open_model(b / "model.onnx", threads=1)
+    three = open_model(b / "model.onnx", threads=1, streams=3)
+    try:
+        ref, got = one.run(x), three.run(x)
+        assert three._pool is not None  # the batch really went through the stream threads
+    finally:
+        three.close()
+    assert set(got) == set(ref)
+    for name in ref:
+        assert got[name].shape == ref[name].shape
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-6)
+
+
+def test_inference_threads_choice(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert inference_threads(None, 4, 64) == (1, 4)  # workers share the cores: one thread per stream
+    assert inference_threads(None, 4, 16) == (1, 2)  # a slice keeps at least 8 images
+    assert inference_threads(3, 4, 64) == (3, 1)  # an explicit --threads is kept
+    assert inference_threads(None, 0, 64) == (None, 1)  # decode in the main process: ORT's own threads
 
 
 def test_multi_bundle_groups_by_preprocess(tmp_path, dataset):
