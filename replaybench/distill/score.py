@@ -34,6 +34,8 @@ from replaybench.replay.items import DatasetItem
 PART_GLOB = "part-*.parquet"
 SUMMARY_JSON = "summary.json"
 _DECODE_JOB = 16  # images per decode job sent to a worker
+TOKENS_PER_ROW = 32  # text batch budget: batch_size x this many padded tokens
+MAX_ROWS_FACTOR = 4  # at most this many x batch_size short captions in one text batch
 
 
 class ScoreResult(BaseModel):
@@ -76,17 +78,32 @@ class TextBatcher:
     def batches(
         self, ids: list[list[int]], batch_size: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(positions, input_ids, attention_mask) per batch, shortest captions first."""
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        for s in range(0, len(order), batch_size):
-            pos = order[s : s + batch_size]
-            width = max(1, max(len(ids[i]) for i in pos))
+        """(positions, input_ids, attention_mask) per batch, shortest captions first.
+
+        Batches are cut by a token budget (``batch_size`` x ``TOKENS_PER_ROW`` padded tokens), not a row
+        count: real caption lengths are heavy-tailed (Instagram: median 8 tokens, a few at 128), and a
+        fixed 32 rows pads the tail batch's short captions to the longest one. Short captions go in
+        wider batches (up to ``MAX_ROWS_FACTOR`` x ``batch_size`` rows), long ones in narrower ones.
+        """
+        lengths = np.array([max(1, len(x)) for x in ids], dtype=np.int64)
+        order = np.argsort(lengths, kind="stable")
+        budget = batch_size * TOKENS_PER_ROW
+        max_rows = batch_size * MAX_ROWS_FACTOR
+        s = 0
+        while s < len(order):
+            e = s + 1
+            # sorted ascending: the width of [s, e] is the length of its last row
+            while e < len(order) and e - s < max_rows and (e + 1 - s) * lengths[order[e]] <= budget:
+                e += 1
+            pos = order[s:e]
+            width = int(lengths[order[e - 1]])
             input_ids = np.full((len(pos), width), self.pad_id, dtype=np.int64)
             mask = np.zeros((len(pos), width), dtype=np.int64)
             for r, i in enumerate(pos):
                 input_ids[r, : len(ids[i])] = ids[i]
                 mask[r, : len(ids[i])] = 1
             yield pos, input_ids, mask
+            s = e
 
 
 class StudentRunner:
