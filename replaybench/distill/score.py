@@ -34,7 +34,7 @@ from replaybench.replay.items import DatasetItem
 PART_GLOB = "part-*.parquet"
 SUMMARY_JSON = "summary.json"
 _DECODE_JOB = 16  # images per decode job sent to a worker
-TOKENS_PER_ROW = 32  # text batch budget: batch_size x this many padded tokens
+TOKENS_PER_ROW = 8  # text batch budget: batch_size x this many padded tokens (swept 8-64: 8 best)
 MAX_ROWS_FACTOR = 4  # at most this many x batch_size short captions in one text batch
 
 
