@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from replaybench.bundle import load_bundle
-from replaybench.distill.score import TextBatcher, score_posts
+from replaybench.distill.score import TOKENS_PER_ROW, TextBatcher, score_posts
 from replaybench.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,10 +65,18 @@ def test_text_batches_sorted_and_dynamically_padded(trained):
     ids = tb.encode(["dog " * 300, "", "car beach", "sunset"])
     assert [len(x) for x in ids][0] == 128 and len(ids[1]) == 2
     batches = list(tb.batches(ids, batch_size=2))
-    assert [b[1].shape for b in batches] == [(2, 3), (2, 128)]
+    # Token-budget batches (2 x TOKENS_PER_ROW padded tokens): the three short captions share one batch
+    # padded to the longest of them; the 128-token caption goes alone instead of padding a short one.
+    short = max(len(x) for x in ids[1:])
+    assert [b[1].shape for b in batches] == [(3, short), (1, 128)]
+    assert [int(p) for p in batches[1][0]] == [0]
     assert sorted(int(p) for b in batches for p in b[0]) == [0, 1, 2, 3]
-    pos, input_ids, mask = batches[0]
-    assert mask.sum(1).tolist() == [len(ids[int(p)]) for p in pos]
+    for pos, input_ids, mask in batches:
+        assert mask.sum(1).tolist() == [len(ids[int(p)]) for p in pos]
+        assert input_ids.size <= 2 * TOKENS_PER_ROW or len(pos) == 1
+        for r, p in enumerate(pos):
+            assert input_ids[r, : len(ids[int(p)])].tolist() == ids[int(p)]
+            assert (input_ids[r, len(ids[int(p)]) :] == 0).all()  # pad id
 
 
 def _broken_posts(trained: Path, folder: Path) -> Path:
