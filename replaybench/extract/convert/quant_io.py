@@ -8,6 +8,7 @@ runner is wrapped the same way, so parity still compares like with like.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -27,9 +28,21 @@ def _rename_uses(graph, old: str, new: str) -> None:  # type: ignore[no-untyped-
                 node.output[i] = new
 
 
+def _add_qparams(g: Any, inner: str, q: Any, dtype: str) -> None:
+    """Scale and zero-point initializers (``<inner>_scale``, ``<inner>_zp``) for a (De)QuantizeLinear."""
+    from onnx import numpy_helper
+
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(q.scale, dtype=np.float32), inner + "_scale"),
+            numpy_helper.from_array(np.array(q.zero_point, dtype=dtype), inner + "_zp"),
+        ]
+    )
+
+
 def dequantize_io(converted: Converted) -> Converted:
     """Return ``converted`` with float32 inputs/outputs wherever the source tensor is quantised."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     model = converted.onnx_model
     g = model.graph
@@ -45,12 +58,7 @@ def dequantize_io(converted: Converted) -> Converted:
             continue
         inner = vi.name + "__quantized"
         _rename_uses(g, vi.name, inner)
-        g.initializer.extend(
-            [
-                numpy_helper.from_array(np.array(q.scale, dtype=np.float32), inner + "_scale"),
-                numpy_helper.from_array(np.array(q.zero_point, dtype=src.dtype), inner + "_zp"),
-            ]
-        )
+        _add_qparams(g, inner, q, src.dtype)
         nodes.append(helper.make_node("QuantizeLinear", [vi.name, inner + "_scale", inner + "_zp"], [inner]))
         vi.type.tensor_type.elem_type = TensorProto.FLOAT
         new_inputs.append(dataclasses.replace(src, dtype="float32", quantized_dtype=src.dtype))
@@ -64,12 +72,7 @@ def dequantize_io(converted: Converted) -> Converted:
             continue
         inner = vo.name + "__quantized"
         _rename_uses(g, vo.name, inner)
-        g.initializer.extend(
-            [
-                numpy_helper.from_array(np.array(q.scale, dtype=np.float32), inner + "_scale"),
-                numpy_helper.from_array(np.array(q.zero_point, dtype=src.dtype), inner + "_zp"),
-            ]
-        )
+        _add_qparams(g, inner, q, src.dtype)
         tail.append(helper.make_node("DequantizeLinear", [inner, inner + "_scale", inner + "_zp"], [vo.name]))
         vo.type.tensor_type.elem_type = TensorProto.FLOAT
         new_outputs.append(dataclasses.replace(src, dtype="float32", quantized_dtype=src.dtype))
