@@ -53,15 +53,22 @@ def test_config_is_prepended_as_js() -> None:
     assert js.startswith("const REPLAYBENCH_CONFIG = ") and '"maxEventsPerSecond": 7' in js
 
 
-@pytest.mark.frida
-def test_watch_and_rate_cap_on_a_compiled_program(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def exe(tmp_path_factory) -> Path:
+    """The test program, compiled once for the module (frida and gcc required)."""
     pytest.importorskip("frida", reason="frida is not installed (pip install 'replaybench[frida]')")
     if shutil.which("gcc") is None:
         pytest.skip("gcc is not installed")
-    src = tmp_path / "prog.c"
+    folder = tmp_path_factory.mktemp("prog")
+    src = folder / "prog.c"
     src.write_text(PROGRAM)
-    exe = tmp_path / "prog"
-    subprocess.run(["gcc", "-O0", "-rdynamic", "-o", str(exe), str(src)], check=True)
+    out = folder / "prog"
+    subprocess.run(["gcc", "-O0", "-rdynamic", "-o", str(out), str(src)], check=True)
+    return out
+
+
+@pytest.mark.frida
+def test_watch_and_rate_cap_on_a_compiled_program(tmp_path: Path, exe: Path) -> None:
     from replaybench.extract.capture import capture
 
     config = AgentConfig(max_events_per_second=50, watch=["rb_secret", "prog!rb_spam"])
@@ -123,14 +130,7 @@ def test_trace_command_needs_exactly_one_target(tmp_path: Path) -> None:
 
 
 @pytest.mark.frida
-def test_trace_command_records_and_reports_json(tmp_path: Path, capsys) -> None:
-    pytest.importorskip("frida", reason="frida is not installed (pip install 'replaybench[frida]')")
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    src = tmp_path / "prog.c"
-    src.write_text(PROGRAM)
-    exe = tmp_path / "prog"
-    subprocess.run(["gcc", "-O0", "-rdynamic", "-o", str(exe), str(src)], check=True)
+def test_trace_command_records_and_reports_json(tmp_path: Path, exe: Path, capsys) -> None:
     from replaybench.cli import main
 
     out = tmp_path / "trace"

@@ -126,3 +126,10 @@ def utk_images(folder: Path, n: int, size: int = 40, seed: int = 0) -> list[Path
         Image.fromarray(arr).save(p, quality=90)
         paths.append(p)
     return paths
+
+
+def tflite_to_onnx(out: Path, tflite: str) -> None:
+    """``cached_build`` builder: a real TFLite model converted with tf2onnx into ``out/model.onnx``."""
+    import tf2onnx
+
+    tf2onnx.convert.from_tflite(tflite, opset=13, output_path=str(out / "model.onnx"))

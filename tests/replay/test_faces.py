@@ -24,7 +24,7 @@ from replaybench.replay.faces import (
 from replaybench.replay.preprocess import apply_preprocess
 from replaybench.replay.runner import ReplayOptions, replay
 from tests.fixtures.cache import cached_build
-from tests.replay.helpers import tiny_bundle, write_bundle
+from tests.replay.helpers import tflite_to_onnx, tiny_bundle, write_bundle
 
 ULTRAFACE = "ultraface_rfb320_multiformat_linzaer/models/onnx/version-RFB-320.onnx"
 BLAZEFACE = "mediapipe_0.10.14_face_tflite/face_detection_short_range.tflite"
@@ -100,18 +100,12 @@ def ultraface_bundle(realdata, tmp_path_factory) -> Path:
     )
 
 
-def _to_onnx(out: Path, tflite: str) -> None:
-    import tf2onnx
-
-    tf2onnx.convert.from_tflite(tflite, opset=13, output_path=str(out / "model.onnx"))
-
-
 @pytest.fixture(scope="module")
 def blazeface_bundle(realdata, tmp_path_factory) -> Path:
     src = realdata / BLAZEFACE
     if not src.is_file():
         pytest.skip(f"{BLAZEFACE} not in the real data")
-    onnx_dir = cached_build("tf2onnx-blazeface-short", _to_onnx, tflite=str(src))
+    onnx_dir = cached_build("tf2onnx-blazeface-short", tflite_to_onnx, tflite=str(src))
     spec = PreprocessSpec(  # MediaPipe: RGB in [-1, 1]
         resize=ResizeSpec(width=128, height=128, method="bilinear_tf"), scale=[1 / 127.5], offset=[-1.0]
     )

@@ -18,7 +18,7 @@ from replaybench.replay.decode import decode_image
 from replaybench.replay.preprocess import apply_preprocess
 from replaybench.replay.runner import ReplayOptions, replay
 from tests.fixtures.cache import cached_build
-from tests.replay.helpers import write_bundle
+from tests.replay.helpers import tflite_to_onnx, write_bundle
 
 MODEL = "agegender_tflite_shubham0204/model_lite_gender_nonq.tflite"
 SPEC = PreprocessSpec(
@@ -26,18 +26,12 @@ SPEC = PreprocessSpec(
 )
 
 
-def _convert(out: Path, tflite: str) -> None:
-    import tf2onnx
-
-    tf2onnx.convert.from_tflite(tflite, opset=13, output_path=str(out / "model.onnx"))
-
-
 @pytest.fixture(scope="module")
 def gender_bundle(realdata, tmp_path_factory) -> Path:
     tflite = realdata / MODEL
     if not tflite.is_file():
         pytest.skip(f"{MODEL} not in the real data")
-    onnx_dir = cached_build("tf2onnx-lite-gender", _convert, tflite=str(tflite))
+    onnx_dir = cached_build("tf2onnx-lite-gender", tflite_to_onnx, tflite=str(tflite))
     import onnx
 
     outputs = [o.name for o in onnx.load(str(onnx_dir / "model.onnx")).graph.output]
