@@ -3,23 +3,26 @@
 ::
 
     items ──chunks──► worker processes (decode, faces, preprocess once per distinct PreprocessSpec)
-                          │  numpy batches, at most 2 x workers chunks in flight (bounded memory)
+                          │  numpy batches in shared memory, a bounded number of chunks in flight
                           ▼
-                      main process: one batched onnxruntime call per bundle per chunk,
-                      postprocess decoders, rows ──► Parquet parts (atomic) ──► PREDS/
+                      main process: one stream thread per core runs whole chunks (one batched
+                      onnxruntime call per bundle) and the postprocess decoders; chunks are written
+                      in order: rows ──► Parquet parts (atomic) ──► PREDS/
 
 Bundles with identical preprocessing share one tensor; every bundle shares the decode. Chunks are
-consumed in order, so parts hold whole items and ``--resume`` can skip exactly the items already written.
+written in order, so parts hold whole items and ``--resume`` can skip exactly the items already written.
 Worker processes are started with ``forkserver`` (``spawn`` where unavailable): forking a parent that
 already runs onnxruntime threads is unsafe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -131,6 +134,7 @@ def _init_worker(
     """Per-process state: the distinct preprocess specs, the shared-memory slots and, with --faces, a
     detector session."""
     from replaybench.replay.decode import draft_size
+    from replaybench.replay.preprocess import apply_preprocess
 
     _tune_malloc()
     _W["specs"] = specs
@@ -147,6 +151,8 @@ def _init_worker(
     # Reduced-size decode only when asked, and never with faces (the crop needs the full resolution).
     targets = [(s.resize.width, s.resize.height) for s in specs]
     _W["fast_size"] = draft_size(targets) if fast and faces is None else None
+    for s in specs:  # warm up: the resize session is built here, not on the first chunk
+        apply_preprocess(np.zeros((16, 16, 3), np.uint8), s, resize_backend)
 
 
 def _process_chunk(chunk: list[tuple[int, str | None]], slot: int | None = None) -> dict[str, Any]:
@@ -274,8 +280,21 @@ def _chunks(items: Sequence[DatasetItem], size: int) -> Iterator[list[DatasetIte
 def _mp_context() -> Any:
     import multiprocessing as mp
 
-    methods = mp.get_all_start_methods()
-    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    # The fork server imports the worker code (and the main module, which a worker would otherwise
+    # import again) once; every worker then forks with it loaded instead of importing numpy,
+    # onnxruntime, Pillow and pydantic itself. No effect once the server runs.
+    preload = [
+        "replaybench.replay.decode",
+        "replaybench.replay.preprocess",
+        "onnx",
+        "onnxruntime",
+        "simplejpeg",
+    ]
+    ctx.set_forkserver_preload(["__main__", __name__, *preload])  # a module that is not installed is skipped
+    return ctx
 
 
 def _group_specs(bundles: Sequence[LoadedBundle]) -> tuple[list[PreprocessSpec], list[int]]:
@@ -298,74 +317,123 @@ def _group_specs(bundles: Sequence[LoadedBundle]) -> tuple[list[PreprocessSpec],
     return specs, groups
 
 
-def _run_pool(
-    todo: Sequence[DatasetItem],
-    specs: Sequence[PreprocessSpec],
-    init_args: tuple[Any, ...],
-    n_workers: int,
-    batch: int,
-    payload: Any,
-    consume: Any,
-) -> None:
-    """Feed chunks to worker processes, at most ``n_slots`` in flight, consuming results in order."""
-    from multiprocessing import shared_memory
+class DecodePool:
+    """Decode worker processes and the shared-memory slots they write tensors into.
 
-    layout, slot_bytes = _slot_layout(specs, batch)
-    # Bounded: 2 chunks per worker keeps every worker busy while the main process infers, within a budget.
-    n_slots = max(n_workers + 1, min(2 * n_workers + 1, SLOT_BUDGET_BYTES // slot_bytes))
-    shms = [shared_memory.SharedMemory(create=True, size=slot_bytes) for _ in range(n_slots)]
-    views = [_views(s.buf, layout, batch) for s in shms]
-    try:
-        slots: SlotSpec = (batch, [s.name for s in shms], layout)
-        with ProcessPoolExecutor(
+    Started before the model sessions open, so the workers' start-up (fork server, imports, the resize
+    session) overlaps the main process's own: it was ~0.8 s before the first chunk, a fifth of a
+    4,000-face run. ``run`` then streams chunks through it."""
+
+    def __init__(
+        self,
+        specs: Sequence[PreprocessSpec],
+        init_args: tuple[Any, ...],
+        n_workers: int,
+        batch: int,
+        streams: int,
+    ) -> None:
+        from multiprocessing import shared_memory
+
+        self.batch, self.streams = batch, streams
+        layout, slot_bytes = _slot_layout(specs, batch)
+        # Bounded: every worker can have a chunk queued behind the one it decodes while every stream
+        # infers and one chunk waits to be written, within a memory budget.
+        least = n_workers + streams + 1
+        n_slots = max(least, min(least + n_workers, SLOT_BUDGET_BYTES // slot_bytes))
+        self.shms = [shared_memory.SharedMemory(create=True, size=slot_bytes) for _ in range(n_slots)]
+        self.views = [_views(s.buf, layout, batch) for s in self.shms]
+        slots: SlotSpec = (batch, [s.name for s in self.shms], layout)
+        self.pool = ProcessPoolExecutor(
             n_workers, mp_context=_mp_context(), initializer=_init_worker, initargs=(*init_args, slots)
-        ) as pool:
-            pending: deque[tuple[list[DatasetItem], int, Future[dict[str, Any]]]] = deque()
+        )
+        # The executor starts its workers on the first submit, and the first start waits for the fork
+        # server to come up and import the worker code (~0.3 s): both happen on a thread, so the caller
+        # goes on opening its sessions meanwhile.
+        self._starting = threading.Thread(target=self._start_workers, args=(n_workers,), daemon=True)
+        self._starting.start()
 
-            def take() -> None:
-                c, slot, fut = pending.popleft()
-                try:
-                    res = fut.result()
-                except BrokenProcessPool as e:
-                    # A worker died (killed, out of memory, a crash in a native decoder). Parts written so
-                    # far are whole; --resume continues from them.
-                    raise ReplaybenchError(
-                        f"a decode worker process died ({e}); the predictions written so far are kept",
-                        hint="re-run with --resume (and fewer --workers if memory is short)",
-                    ) from e
-                n_ok = res["n_ok"]
-                res["tensors"] = [v[:n_ok] if n_ok else None for v in views[slot]]
-                consume(c, res)
+    def _start_workers(self, n_workers: int) -> None:
+        with contextlib.suppress(Exception):  # a failure shows again, typed, on the first real chunk
+            for _ in range(n_workers):
+                self.pool.submit(int)
 
-            for k, chunk in enumerate(_chunks(todo, batch)):
-                # chunk k - n_slots has been consumed (in order), so its slot is free again
-                slot = k % n_slots
-                pending.append((chunk, slot, pool.submit(_process_chunk, payload(chunk), slot)))
-                while len(pending) >= n_slots:
-                    take()
-            while pending:
-                take()
-    finally:
-        views.clear()  # no array may point into a segment when it is closed
-        for s in shms:
+    def close(self) -> None:
+        self._starting.join()
+        self.pool.shutdown(cancel_futures=True)
+        self.views.clear()  # no array may point into a segment when it is closed
+        for s in self.shms:
             s.close()
             s.unlink()
 
+    def run(self, todo: Sequence[DatasetItem], payload: Any, infer: Any, write: Any) -> None:
+        """Decode chunks in the workers, run ``infer(res)`` on up to ``streams`` decoded chunks at once
+        (threads: onnxruntime releases the GIL), and ``write(chunk, res, inferred)`` in chunk order.
 
-def inference_threads(threads: int | None, n_workers: int, batch: int) -> tuple[int | None, int]:
+        Each stream takes whole chunks, so there is no barrier between streams: when one finishes early
+        it starts the next chunk instead of waiting for the other (splitting one batch across threads
+        idled a core for the tail of every batch). A chunk's slot is reused once it is written."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        streams = self.streams
+        free = deque(range(len(self.shms)))
+        decoding: deque[tuple[list[DatasetItem], int, Future[dict[str, Any]]]] = deque()
+        inferring: deque[tuple[list[DatasetItem], int, dict[str, Any], Future[Any]]] = deque()
+        chunks = _chunks(todo, self.batch)
+        more = True
+        with ThreadPoolExecutor(streams, thread_name_prefix="replay-infer") as infer_pool:
+            while True:
+                while more and free:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        more = False
+                        break
+                    slot = free.popleft()
+                    decoding.append((chunk, slot, self.pool.submit(_process_chunk, payload(chunk), slot)))
+                # in order: the oldest decoded chunk goes to a stream once one is (nearly) free
+                while decoding and decoding[0][2].done() and len(inferring) <= streams:
+                    chunk, slot, fut = decoding.popleft()
+                    res = _decoded(fut)
+                    n_ok = res["n_ok"]
+                    res["tensors"] = [v[:n_ok] if n_ok else None for v in self.views[slot]]
+                    inferring.append((chunk, slot, res, infer_pool.submit(infer, res)))
+                while inferring and inferring[0][3].done():
+                    chunk, slot, res, fut = inferring.popleft()
+                    write(chunk, res, fut.result())
+                    res["tensors"] = None
+                    free.append(slot)
+                if not (more or decoding or inferring):
+                    return
+                waits = [inferring[0][3]] if inferring else []
+                if decoding and len(inferring) <= streams:
+                    waits.append(decoding[0][2])
+                wait(waits, return_when=FIRST_COMPLETED)
+
+
+def _decoded(fut: Future[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return fut.result()
+    except BrokenProcessPool as e:
+        # A worker died (killed, out of memory, a crash in a native decoder). Parts written so far are
+        # whole; --resume continues from them.
+        raise ReplaybenchError(
+            f"a decode worker process died ({e}); the predictions written so far are kept",
+            hint="re-run with --resume (and fewer --workers if memory is short)",
+        ) from e
+
+
+def inference_threads(threads: int | None, n_workers: int) -> tuple[int | None, int]:
     """(onnxruntime intra-op threads, concurrent streams) for the model stage.
 
     With decode workers on the same cores (the default), one intra-op thread per session call and one
-    call per core on slices of the batch: intra-op threads synchronise at every operator, and with more
+    stream (a chunk in inference) per core: intra-op threads synchronise at every operator, and with more
     runnable threads than cores a descheduled one stalls the rest (measured on 2 loaded cores, MobileNetV2
-    128: 2 intra-op threads ~1000 img/s, 1 thread ~1100, 2 streams of 1 thread more). Streams are capped so
-    a slice keeps at least 8 images. An explicit ``--threads`` keeps one stream with that many threads;
-    ``--workers 0`` (decode in the main process) keeps onnxruntime's own threading.
+    128: 2 intra-op threads ~1000 img/s, 1 thread ~1100, 2 one-thread streams more). An explicit
+    ``--threads`` keeps one stream with that many threads; ``--workers 0`` (decode in the main process)
+    keeps onnxruntime's own threading.
     """
     if threads is not None or n_workers == 0:
         return threads, 1
-    cpus = os.cpu_count() or 1
-    return 1, max(1, min(cpus, batch // 8))
+    return 1, os.cpu_count() or 1
 
 
 def replay(
@@ -443,42 +511,7 @@ def replay(
     todo = [it for it in selected if it.item_id not in done]
 
     n_workers = (os.cpu_count() or 1) if opts.workers is None else max(0, opts.workers)
-    threads, streams = inference_threads(opts.threads, n_workers, opts.batch_size)
-    sessions = [
-        open_model(
-            lb.model_path,
-            providers=list(opts.providers),
-            threads=threads,
-            optimization=lb.bundle.parity.onnxruntime_optimization if lb.bundle.parity else None,
-            spinning=n_workers == 0,  # decode workers share the cores: idle ORT threads must sleep
-            streams=streams,
-        )
-        for lb in bundles
-    ]
-    for lb, ms, g in zip(bundles, sessions, groups, strict=True):
-        want = np.dtype(specs[g].dtype)
-        if np.dtype(ms.input_dtype) != want:
-            raise UsageError(
-                f"bundle {lb.bundle.name}: preprocess makes {want} but the model takes {np.dtype(ms.input_dtype)}"
-            )
-    decoded: dict[str, str] = {}
-    for lb, ms in zip(bundles, sessions, strict=True):
-        for col, kind in decoded_columns(lb.bundle.postprocess.decoders, ms.output_sizes, lb.labels).items():
-            if decoded.setdefault(col, kind) != kind:
-                raise UsageError(f"bundles disagree on the type of column {col!r}")
-    ltypes = label_types([it.labels for it in items])
-    reserved = (
-        set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption"}
-    )
-    label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
-    extra: dict[str, str] = {}
-    if any(it.post_id is not None or it.caption is not None for it in items):
-        extra.update({"post_id": "str", "caption": "str"})
-    if opts.faces is not None:
-        extra.update(FACE_COLUMNS)
-    schema = build_schema({label_cols[k]: t for k, t in ltypes.items()}, extra, decoded)
-    writer = PartWriter(output, schema, max(opts.part_rows, len(bundles)))
-
+    threads, streams = inference_threads(opts.threads, n_workers)
     init_args = (
         specs,
         opts.faces,
@@ -488,68 +521,114 @@ def replay(
         opts.resize_backend,
         opts.simplejpeg,
     )
-    counts = {"ok": 0, "error": 0, "skipped": 0}
-    rows_written = 0
-
-    def consume(chunk: list[DatasetItem], res: dict[str, Any]) -> None:
-        nonlocal rows_written
-        ok_index = {i: k for k, i in enumerate(j for j, s in enumerate(res["status"]) if s == "ok")}
-        per_bundle: list[list[dict[str, Any]] | None] = []
-        for lb, ms, g in zip(bundles, sessions, groups, strict=True):
-            batch = res["tensors"][g]
-            if batch is None:
-                per_bundle.append(None)
-                continue
-            outs: dict[str, list[np.ndarray]] = {}
-            for s in range(0, len(batch), opts.batch_size):
-                for k, v in ms.run(batch[s : s + opts.batch_size]).items():
-                    outs.setdefault(k, []).append(v)
-            merged = {k: np.concatenate(v) for k, v in outs.items()}
-            per_bundle.append(decode_outputs(merged, lb.bundle.postprocess.decoders, lb.labels))
-        rows = []
-        for i, it in enumerate(chunk):
-            status = res["status"][i]
-            counts[status] += 1
-            base: dict[str, Any] = {
-                "item_id": it.item_id,
-                "source_path": str(Path(it.path).absolute()) if it.path else None,
-            }
-            for key, value in it.labels.items():
-                base[label_cols[key]] = value
-            if "post_id" in extra:
-                base["post_id"] = it.post_id
-                base["caption"] = it.caption
-            face = res["faces"][i]
-            if opts.faces is not None and face is not None:
-                base.update(face_count=face[0], face_box=face[1], face_score=face[2])
-            k_ok = ok_index.get(i, -1)
-            for lb, decoded_rows in zip(bundles, per_bundle, strict=True):
-                row = dict(base, bundle=lb.bundle.name, status=status, error=res["error"][i])
-                if status == "ok" and decoded_rows is not None:
-                    row.update(decoded_rows[k_ok])
-                rows.append(row)
-        writer.add(rows)
-        rows_written += len(rows)
-        progress.advance(len(chunk))
-
-    def payload(chunk: list[DatasetItem]) -> list[tuple[int, str | None]]:
-        return [(i, str(it.path) if it.path is not None else None) for i, it in enumerate(chunk)]
-
-    progress.start(len(todo), f"replay {len(todo)} items x {len(bundles)} bundle(s)")
-    t_run = time.perf_counter()
+    # started before the sessions open: worker start-up overlaps the main process's (see DecodePool)
+    pool = DecodePool(specs, init_args, n_workers, opts.batch_size, streams) if n_workers and todo else None
     try:
-        chunks = _chunks(todo, opts.batch_size)
-        if n_workers == 0:
-            _init_worker(*init_args)
-            for chunk in chunks:
-                consume(chunk, _process_chunk(payload(chunk)))
-        else:
-            _run_pool(todo, specs, init_args, n_workers, opts.batch_size, payload, consume)
-        writer.flush()
+        sessions = [
+            open_model(
+                lb.model_path,
+                providers=list(opts.providers),
+                threads=threads,
+                optimization=lb.bundle.parity.onnxruntime_optimization if lb.bundle.parity else None,
+                spinning=n_workers == 0,  # decode workers share the cores: idle ORT threads must sleep
+            )
+            for lb in bundles
+        ]
+        for lb, ms, g in zip(bundles, sessions, groups, strict=True):
+            want = np.dtype(specs[g].dtype)
+            if np.dtype(ms.input_dtype) != want:
+                raise UsageError(
+                    f"bundle {lb.bundle.name}: preprocess makes {want} but the model takes {np.dtype(ms.input_dtype)}"
+                )
+        decoded: dict[str, str] = {}
+        for lb, ms in zip(bundles, sessions, strict=True):
+            for col, kind in decoded_columns(
+                lb.bundle.postprocess.decoders, ms.output_sizes, lb.labels
+            ).items():
+                if decoded.setdefault(col, kind) != kind:
+                    raise UsageError(f"bundles disagree on the type of column {col!r}")
+        ltypes = label_types([it.labels for it in items])
+        reserved = (
+            set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption"}
+        )
+        label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
+        extra: dict[str, str] = {}
+        if any(it.post_id is not None or it.caption is not None for it in items):
+            extra.update({"post_id": "str", "caption": "str"})
+        if opts.faces is not None:
+            extra.update(FACE_COLUMNS)
+        schema = build_schema({label_cols[k]: t for k, t in ltypes.items()}, extra, decoded)
+        writer = PartWriter(output, schema, max(opts.part_rows, len(bundles)))
+
+        counts = {"ok": 0, "error": 0, "skipped": 0}
+        rows_written = 0
+
+        def infer(res: dict[str, Any]) -> list[list[dict[str, Any]] | None]:
+            """Model outputs decoded per bundle for a chunk's ok items (runs in a stream thread)."""
+            per_bundle: list[list[dict[str, Any]] | None] = []
+            for lb, ms, g in zip(bundles, sessions, groups, strict=True):
+                batch = res["tensors"][g]
+                if batch is None:
+                    per_bundle.append(None)
+                    continue
+                outs: dict[str, list[np.ndarray]] = {}
+                for s in range(0, len(batch), opts.batch_size):
+                    for k, v in ms.run(batch[s : s + opts.batch_size]).items():
+                        outs.setdefault(k, []).append(v)
+                merged = {k: np.concatenate(v) for k, v in outs.items()}
+                per_bundle.append(decode_outputs(merged, lb.bundle.postprocess.decoders, lb.labels))
+            return per_bundle
+
+        def write(
+            chunk: list[DatasetItem], res: dict[str, Any], per_bundle: list[list[dict[str, Any]] | None]
+        ) -> None:
+            nonlocal rows_written
+            ok_index = {i: k for k, i in enumerate(j for j, s in enumerate(res["status"]) if s == "ok")}
+            rows = []
+            for i, it in enumerate(chunk):
+                status = res["status"][i]
+                counts[status] += 1
+                base: dict[str, Any] = {
+                    "item_id": it.item_id,
+                    "source_path": str(Path(it.path).absolute()) if it.path else None,
+                }
+                for key, value in it.labels.items():
+                    base[label_cols[key]] = value
+                if "post_id" in extra:
+                    base["post_id"] = it.post_id
+                    base["caption"] = it.caption
+                face = res["faces"][i]
+                if opts.faces is not None and face is not None:
+                    base.update(face_count=face[0], face_box=face[1], face_score=face[2])
+                k_ok = ok_index.get(i, -1)
+                for lb, decoded_rows in zip(bundles, per_bundle, strict=True):
+                    row = dict(base, bundle=lb.bundle.name, status=status, error=res["error"][i])
+                    if status == "ok" and decoded_rows is not None:
+                        row.update(decoded_rows[k_ok])
+                    rows.append(row)
+            writer.add(rows)
+            rows_written += len(rows)
+            progress.advance(len(chunk))
+
+        def payload(chunk: list[DatasetItem]) -> list[tuple[int, str | None]]:
+            return [(i, str(it.path) if it.path is not None else None) for i, it in enumerate(chunk)]
+
+        progress.start(len(todo), f"replay {len(todo)} items x {len(bundles)} bundle(s)")
+        t_run = time.perf_counter()
+        try:
+            if n_workers == 0:
+                _init_worker(*init_args)
+                for chunk in _chunks(todo, opts.batch_size):
+                    res = _process_chunk(payload(chunk))
+                    write(chunk, res, infer(res))
+            elif pool is not None:
+                pool.run(todo, payload, infer, write)
+            writer.flush()
+        finally:
+            progress.close()
     finally:
-        progress.close()
-        for ms in sessions:
-            ms.close()
+        if pool is not None:
+            pool.close()
     elapsed = time.perf_counter() - t_run
     return ReplayResult(
         output=str(output),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -101,35 +100,12 @@ class ModelSession:
     output_sizes: dict[str, int]
     batch_mode: Literal["dynamic", "made_dynamic", "loop"]
     notes: list[str] = field(default_factory=list)
-    streams: int = 1
-    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a batch (leading axis = items); returns output name -> array with the same leading axis.
-
-        With ``streams > 1`` the batch is split into that many parts run concurrently by as many threads
-        on the one session (``Run`` is thread-safe and releases the GIL): parallelism across images with
-        no per-operator barrier, where intra-op threads meet at every operator (one descheduled thread
-        stalls the others when decode workers share the cores)."""
+        Thread-safe (``Run`` is, and releases the GIL): the runner runs several chunks at once."""
         if batch.dtype != self.input_dtype:
             batch = batch.astype(self.input_dtype)
-        if self.streams > 1 and len(batch) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="replay-infer")
-            step = -(-len(batch) // self.streams)
-            parts = list(
-                self._pool.map(self._run_serial, [batch[i : i + step] for i in range(0, len(batch), step)])
-            )
-            return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
-        return self._run_serial(batch)
-
-    def close(self) -> None:
-        """Stop the stream threads (if any)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def _run_serial(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self.batch_mode != "loop":
             outs = self.session.run(self.output_names, {self.input_name: batch})
             return dict(zip(self.output_names, outs, strict=True))
@@ -190,11 +166,9 @@ def open_model(
     threads: int | None = None,
     optimization: str | None = None,
     spinning: bool = True,
-    streams: int = 1,
 ) -> ModelSession:
     """Open a bundle's ``model.onnx`` for batched replay (see the module docstring).
 
-    ``streams``: concurrent ``Run`` calls per batch (see ``ModelSession.run``).
     ``optimization``: the onnxruntime graph optimisation level (``disabled`` for quantised models whose
     parity held only without fusions, as recorded by convert in ``parity.onnxruntime_optimization``).
     """
@@ -222,9 +196,9 @@ def open_model(
     notes: list[str] = []
     if not isinstance(shape[0], int):
         if _verify_batching(sess, inp.name, concrete, dtype, outputs):
-            return ModelSession(sess, inp.name, dtype, shape, outputs, sizes, "dynamic", streams=streams)
+            return ModelSession(sess, inp.name, dtype, shape, outputs, sizes, "dynamic")
         notes.append("declared a dynamic batch but batched outputs differ from single runs: looping")
-        return ModelSession(sess, inp.name, dtype, shape, outputs, sizes, "loop", notes, streams)
+        return ModelSession(sess, inp.name, dtype, shape, outputs, sizes, "loop", notes)
     rewritten = _make_batch_dynamic(model_path) if shape[0] == 1 else None
     if rewritten is not None:
         try:
@@ -233,10 +207,8 @@ def open_model(
             dyn = ort.InferenceSession(rewritten, sess_options=quiet, providers=prov)
             if _verify_batching(dyn, inp.name, concrete, dtype, outputs):
                 notes.append("fixed batch 1 rewritten to a dynamic batch (verified against single runs)")
-                return ModelSession(
-                    dyn, inp.name, dtype, shape, outputs, sizes, "made_dynamic", notes, streams
-                )
+                return ModelSession(dyn, inp.name, dtype, shape, outputs, sizes, "made_dynamic", notes)
         except Exception as e:  # the rewritten graph may not load (a shape baked into a constant)
             log.debug("dynamic-batch rewrite rejected: %s", e)
         notes.append("fixed batch 1 cannot be made dynamic (batch baked into the graph): looping")
-    return ModelSession(sess, inp.name, dtype, shape, outputs, sizes, "loop", notes, streams)
+    return ModelSession(sess, inp.name, dtype, shape, outputs, sizes, "loop", notes)

@@ -123,6 +123,12 @@ class PartWriter:
     """Buffers rows and writes them as whole parts; ``flush`` only at item boundaries."""
 
     def __init__(self, folder: Path, schema: Any, rows_per_part: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet  # noqa: F401
+
+        # pyarrow imports pandas (when installed) on its first array, ~0.25 s: paid here, before the
+        # run (replay opens the writer while its decode workers start), not in the first flush.
+        pa.array([0])
         self.folder = folder
         self.schema = schema
         self.rows_per_part = rows_per_part

@@ -16,11 +16,12 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from replaybench.bundle import load_bundle
+from replaybench.bundle import PreprocessSpec, ResizeSpec, load_bundle
 from replaybench.errors import UsageError
 from replaybench.replay.decode import decode_image
+from replaybench.replay.items import DatasetItem
 from replaybench.replay.preprocess import apply_preprocess
-from replaybench.replay.runner import ReplayOptions, inference_threads, replay
+from replaybench.replay.runner import DecodePool, ReplayOptions, inference_threads, replay
 from replaybench.replay.sessions import open_model
 from tests.replay.helpers import tiny_bundle, tiny_model, utk_images
 
@@ -89,28 +90,47 @@ def test_fixed_batch_one_models_batched_or_looped(tmp_path, dataset):
         )
 
 
-def test_streams_split_a_batch_across_threads_with_the_same_outputs(tmp_path):
-    b = tiny_bundle(tmp_path / "b", name="b", batch=1)
-    x = np.random.default_rng(1).random((37, 16, 16, 3), dtype=np.float32)
-    one = open_model(b / "model.onnx", threads=1)
-    three = open_model(b / "model.onnx", threads=1, streams=3)
+def test_streams_finish_out_of_order_but_chunks_are_written_in_order(tmp_path):
+    """Two streams take whole chunks and finish in any order; writes stay in chunk order, and a chunk's
+    shared-memory slot is not reused before it is written (each tensor still shows its own image)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    items = []
+    for i in range(40):  # a flat grey level per image identifies it in the tensor
+        Image.fromarray(np.full((20, 20, 3), 5 * i, np.uint8)).save(folder / f"{i:02d}.png")
+        items.append(DatasetItem(item_id=str(i), path=folder / f"{i:02d}.png"))
+    items.insert(7, DatasetItem(item_id="missing", path=None))
+    spec = PreprocessSpec(resize=ResizeSpec(width=8, height=8, method="area"), scale=[1.0], offset=[0.0])
+    rng = np.random.default_rng(0)
+    delays = iter(rng.uniform(0, 0.05, size=64))
+
+    def infer(res):
+        time.sleep(next(delays))  # streams finish out of order
+        return [] if res["tensors"][0] is None else [float(t.mean()) for t in res["tensors"][0]]
+
+    written = []
+
+    def write(chunk, res, means):
+        ok = [it for it, st in zip(chunk, res["status"], strict=True) if st == "ok"]
+        written.append(([it.item_id for it in chunk], [it.item_id for it in ok], means))
+
+    pool = DecodePool([spec], ([spec], None, 0.0, False, False, "numpy", True), 2, 4, streams=2)
     try:
-        ref, got = one.run(x), three.run(x)
-        assert three._pool is not None  # the batch really went through the stream threads
+        pool.run(
+            items, lambda c: [(i, str(it.path) if it.path else None) for i, it in enumerate(c)], infer, write
+        )
     finally:
-        three.close()
-    assert set(got) == set(ref)
-    for name in ref:
-        assert got[name].shape == ref[name].shape
-        np.testing.assert_allclose(got[name], ref[name], rtol=1e-6)
+        pool.close()
+    assert [i for ids, _, _ in written for i in ids] == [it.item_id for it in items]
+    for _, ok_ids, means in written:
+        assert means == pytest.approx([5.0 * int(i) for i in ok_ids])
 
 
 def test_inference_threads_choice(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 4)
-    assert inference_threads(None, 4, 64) == (1, 4)  # workers share the cores: one thread per stream
-    assert inference_threads(None, 4, 16) == (1, 2)  # a slice keeps at least 8 images
-    assert inference_threads(3, 4, 64) == (3, 1)  # an explicit --threads is kept
-    assert inference_threads(None, 0, 64) == (None, 1)  # decode in the main process: ORT's own threads
+    assert inference_threads(None, 4) == (1, 4)  # workers share the cores: a one-thread stream per core
+    assert inference_threads(3, 4) == (3, 1)  # an explicit --threads is kept
+    assert inference_threads(None, 0) == (None, 1)  # decode in the main process: ORT's own threads
 
 
 def test_multi_bundle_groups_by_preprocess(tmp_path, dataset):
