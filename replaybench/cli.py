@@ -453,7 +453,7 @@ def replay(
         typer.Option(
             "--threads",
             help="onnxruntime intra-op threads, one session call per batch (default: with decode workers, "
-            "one-thread calls on batch slices, one per CPU; with --workers 0, one thread per CPU).",
+            "one-thread calls, one chunk in flight per CPU; with --workers 0, one thread per CPU).",
         ),
     ] = None,
     resume: Annotated[

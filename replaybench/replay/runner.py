@@ -456,6 +456,7 @@ def replay(
         FACE_COLUMNS,
         FIXED_COLUMNS,
         PartWriter,
+        as_label,
         build_schema,
         check_or_write_manifest,
         done_item_ids,
@@ -593,7 +594,7 @@ def replay(
                     "source_path": str(Path(it.path).absolute()) if it.path else None,
                 }
                 for key, value in it.labels.items():
-                    base[label_cols[key]] = value
+                    base[label_cols[key]] = as_label(ltypes[key], value)
                 if "post_id" in extra:
                     base["post_id"] = it.post_id
                     base["caption"] = it.caption

@@ -29,51 +29,61 @@ STATUS_COLUMNS = ("status", "error")
 FACE_COLUMNS = {"face_count": "int", "face_box": "float_list", "face_score": "float"}
 
 
-def arrow_type(kind: str) -> Any:
-    import pyarrow as pa
+def column_dtype(kind: str) -> Any:
+    """The polars type of a column kind (written by polars' own Parquet writer: no pyarrow, and so no
+    pandas import, which pyarrow makes on its first array and costs ~0.25 s of every replay's start)."""
+    import polars as pl
 
     return {
-        "float": pa.float64(),
-        "int": pa.int64(),
-        "str": pa.string(),
-        "bool": pa.bool_(),
-        "str_list": pa.list_(pa.string()),
-        "float_list": pa.list_(pa.float32()),
-        "topk": pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())])),
+        "float": pl.Float64,
+        "int": pl.Int64,
+        "str": pl.String,
+        "bool": pl.Boolean,
+        "str_list": pl.List(pl.String),
+        "float_list": pl.List(pl.Float32),
+        "topk": pl.List(pl.Struct({"label": pl.String, "score": pl.Float64})),
     }[kind]
 
 
-def label_types(labels: Sequence[Mapping[str, object]]) -> dict[str, Any]:
-    """Arrow type of every label column seen over all items (a column of only nulls becomes string)."""
-    import pyarrow as pa
-
-    keys: dict[str, None] = {}
+def label_types(labels: Sequence[Mapping[str, object]]) -> dict[str, str]:
+    """Kind of every label column seen over all items: bool, int, float (ints and floats mixed), or str
+    (text, a column of only nulls, and anything mixed or unusual, such as dates, kept as its text)."""
+    seen: dict[str, set[type]] = {}
     for lab in labels:
-        keys.update(dict.fromkeys(lab))
+        for k, v in lab.items():
+            types = seen.setdefault(k, set())
+            if v is not None:
+                types.add(type(v))
     out = {}
-    for k in keys:
-        try:
-            t = pa.array([lab.get(k) for lab in labels]).type
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            t = pa.string()  # mixed types: keep them as text rather than fail the run
-        out[k] = pa.string() if pa.types.is_null(t) else t
+    for k, types in seen.items():
+        if types == {bool}:
+            out[k] = "bool"
+        elif types == {int}:
+            out[k] = "int"
+        elif types and types <= {int, float}:
+            out[k] = "float"
+        else:
+            out[k] = "str"
     return out
 
 
-def build_schema(labels: Mapping[str, Any], extra: Mapping[str, str], decoded: Mapping[str, str]) -> Any:
-    """The predictions schema: fixed columns, labels, face/post columns, decoded fields, raw, status."""
-    import pyarrow as pa
+def as_label(kind: str, value: object) -> object:
+    """A label value in its column's kind (see ``label_types``)."""
+    if value is None or kind in ("bool", "int"):
+        return value
+    if kind == "float":
+        return float(value)  # type: ignore[arg-type]
+    return value if isinstance(value, str) else str(value)
 
-    fields = [
-        pa.field("item_id", pa.string()),
-        pa.field("source_path", pa.string()),
-        pa.field("bundle", pa.string()),
-    ]
-    fields += [pa.field(k, t) for k, t in labels.items()]
-    fields += [pa.field(k, arrow_type(v)) for k, v in extra.items()]
-    fields += [pa.field(k, arrow_type(v)) for k, v in decoded.items()]
-    fields += [pa.field("status", pa.string()), pa.field("error", pa.string())]
-    return pa.schema(fields)
+
+def build_schema(
+    labels: Mapping[str, str], extra: Mapping[str, str], decoded: Mapping[str, str]
+) -> dict[str, Any]:
+    """The predictions schema (column -> polars type): fixed columns, labels, face/post columns, decoded
+    fields, raw outputs, status."""
+    kinds = {"item_id": "str", "source_path": "str", "bundle": "str", **labels, **extra, **decoded}
+    kinds.update(status="str", error="str")
+    return {name: column_dtype(kind) for name, kind in kinds.items()}
 
 
 def existing_parts(folder: Path) -> list[Path]:
@@ -82,11 +92,11 @@ def existing_parts(folder: Path) -> list[Path]:
 
 def done_item_ids(folder: Path) -> set[str]:
     """Item ids already written (every part is whole: parts are renamed into place)."""
-    import pyarrow.parquet as pq
+    import polars as pl
 
     done: set[str] = set()
     for p in existing_parts(folder):
-        done.update(pq.read_table(p, columns=["item_id"]).column("item_id").to_pylist())
+        done.update(pl.read_parquet(p, columns=["item_id"])["item_id"].to_list())
     return done
 
 
@@ -122,13 +132,7 @@ def check_or_write_manifest(folder: Path, manifest: dict[str, Any], resume: bool
 class PartWriter:
     """Buffers rows and writes them as whole parts; ``flush`` only at item boundaries."""
 
-    def __init__(self, folder: Path, schema: Any, rows_per_part: int) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet  # noqa: F401
-
-        # pyarrow imports pandas (when installed) on its first array, ~0.25 s: paid here, before the
-        # run (replay opens the writer while its decode workers start), not in the first flush.
-        pa.array([0])
+    def __init__(self, folder: Path, schema: dict[str, Any], rows_per_part: int) -> None:
         self.folder = folder
         self.schema = schema
         self.rows_per_part = rows_per_part
@@ -146,13 +150,12 @@ class PartWriter:
     def flush(self) -> None:
         if not self.rows:
             return
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import polars as pl
 
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        table = pl.DataFrame(self.rows, schema=self.schema)
         name = f"part-{self.next_index:05d}.parquet"
         tmp = self.folder / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
+        table.write_parquet(tmp, compression="zstd")
         with open(tmp, "rb+") as f:  # durable before it becomes visible
             os.fsync(f.fileno())
         tmp.replace(self.folder / name)

@@ -272,3 +272,20 @@ def test_posts_carry_caption_and_post_id(tmp_path):
     df = pl.read_parquet(tmp_path / "p" / "*.parquet").sort("post_id")
     assert df["caption"].to_list() == ["caption 0", "caption 1", "caption 2"]
     assert df["post_id"].to_list() == ["p0", "p1", "p2"]
+
+
+def test_label_columns_keep_their_kind_and_mixed_values_become_text(tmp_path):
+    ds = tmp_path / "posts"
+    ds.mkdir()
+    likes = [5, "5k", None]  # scraped posts disagree on a field's type: the column is text, nothing lost
+    views = [10, 2.5, 7]  # ints and floats: a float column
+    for k in range(3):
+        Image.fromarray(np.full((20, 20, 3), 40 * k, np.uint8)).save(ds / f"p{k}.jpg")
+        doc = {"id": f"p{k}", "caption": f"c{k}", "likes": likes[k], "views": views[k], "is_video": k == 1}
+        (ds / f"p{k}.json").write_text(json.dumps(doc))
+    res = replay([tiny_bundle(tmp_path / "b")], ds, tmp_path / "p", ReplayOptions(workers=0))
+    assert res.items_ok == 3
+    df = pl.read_parquet(tmp_path / "p" / "*.parquet").sort("post_id")
+    assert df.schema["likes"] == pl.String and df["likes"].to_list() == ["5", "5k", None]
+    assert df.schema["views"] == pl.Float64 and df["views"].to_list() == [10.0, 2.5, 7.0]
+    assert df.schema["is_video"] == pl.Boolean and df["is_video"].to_list() == [False, True, False]
