@@ -384,8 +384,8 @@ def main() -> int:
     b128q = make_bundle(work / "bundle128_int8", m128q, "mnv2_128_int8", 128)
     b224 = make_bundle(work / "bundle224", m224, "mnv2_224", 224)
     btiny = tiny_bundle(work)
-    # One throwaway replay first: what a process pays once (the fork server start, pyarrow importing
-    # pandas) is not throughput; the CLI's own cold start is measured on its own below.
+    # One throwaway replay first: what a process pays once (the fork server start, first-use imports)
+    # is not throughput; the CLI's own cold start is measured on its own below.
     end_to_end(btiny, face_paths[:256], args.workers, args.batch_size)
 
     print()
