@@ -14,8 +14,8 @@ Instagram-like JPEGs), all Keras -> TFLite -> tf2onnx like a real extracted mode
 
 and prints c / limit with limit = 1 / (1/a + 1/b) (on a CPU both stages share the cores), c / d, and
 a / d and limit / d: c can exceed neither a nor the limit, so limit / d bounds what c / d can reach on
-this hardware. b0 / c0 are the runner as it was before the last speed change (Pillow JPEG decode, numpy
-resize, one session call with intra-op threads), in the same run (A/B). Then peak RSS (main process +
+this hardware. b0 / c0 are the runner with its earlier worker settings (Pillow JPEG decode, numpy resize,
+onnxruntime intra-op threads instead of streams), in the same run (A/B). Then peak RSS (main process +
 workers) of end-to-end runs as the dataset grows 10k -> 100k items (manifest entries repeated), and the
 speed and pixel difference of ``--fast-decode`` on 1080px photos.
 
@@ -51,6 +51,7 @@ from replaybench.bundle import (  # noqa: E402
     SourceInfo,
     TensorSpec,
 )
+from replaybench.replay.runner import ReplayOptions  # noqa: E402
 
 
 def _gen_images(args: tuple[Path, int, int, int]) -> None:
@@ -355,7 +356,7 @@ def main() -> int:
     ap.add_argument("--small", action="store_true", help="1k + 200 images, 10k-item memory run")
     ap.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "replay_bench")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=ReplayOptions().batch_size)
     ap.add_argument(
         "--measure", type=int, default=4000, help="images per throughput measurement (faces; posts / 5)"
     )
@@ -391,7 +392,7 @@ def main() -> int:
     print()
     print(
         "a = max(runner's model stage: one-thread streams, onnxruntime intra-op threads + spinning); "
-        "limit = 1/(1/a + 1/b); c0, b0 = the runner before this change (Pillow decode, numpy resize, intra-op threads)"
+        "limit = 1/(1/a + 1/b); c0, b0 = the runner with Pillow JPEG decode, numpy resize and intra-op threads"
     )
     print(
         f"{'scenario':28s} {'a model':>8s} {'b decode':>8s} {'limit':>7s} {'c e2e':>7s} {'d naive':>7s} "
@@ -406,7 +407,7 @@ def main() -> int:
         paths = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")
         paths = paths[: args.measure if size == 128 else max(1, args.measure // 5)]
         n_model = min(len(paths), 2048 if size == 128 else 512)
-        naive_paths = paths[: min(len(paths), 300)]
+        naive_paths = paths[: min(len(paths), 1500 if size == 128 else 300)]  # ~2 s (faces) / ~5 s
         # ABBA order (a b c d ... d c b a), averaged: a load that drifts during the run cancels out
         runs: dict[str, list[float]] = {}
         stages = {

@@ -443,7 +443,10 @@ def replay(
         int | None,
         typer.Option("--workers", help="Decode+preprocess processes (default: one per CPU; 0: none)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Items per inference batch.")] = 64,
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", help="Items per chunk: one decode task and one inference batch."),
+    ] = 32,
     providers: Annotated[
         str | None,
         typer.Option("--providers", help="onnxruntime execution providers, comma-separated (e.g. CUDA,CPU)."),
