@@ -8,8 +8,10 @@ Two detector families are decoded, chosen by ``postprocess.detection["kind"]`` (
 - ``blazeface`` (MediaPipe face_detection_short_range, 128x128): ``regressors [1, 896, 16]`` and
   ``classificators [1, 896, 1]`` (logits) decoded against SSD anchors generated exactly like MediaPipe's
   ``SsdAnchorsCalculator`` with the options of ``face_detection_short_range.pbtxt``; score threshold 0.5,
-  IoU 0.3 (MediaPipe uses weighted NMS; we keep the best box of each cluster, which differs only in the
-  box average).
+  and MediaPipe's weighted NMS (``NonMaxSuppressionCalculator``, algorithm WEIGHTED, IoU 0.3): each
+  cluster becomes the score-weighted mean of its boxes, with the best box's score.
+
+``postprocess.detection`` may override any setting, and ``"nms": "hard"`` or ``"weighted"`` the NMS.
 
 Boxes are returned as (x0, y0, x1, y1) fractions of the *original* image: the detector's preprocessing
 must be a plain resize (no crop, no letterbox), which ``FaceDetector`` checks.
@@ -45,8 +47,9 @@ BLAZEFACE_SHORT_RANGE: dict[str, Any] = {
     "score_threshold": 0.5,
     "score_clipping_thresh": 100.0,
     "iou_threshold": 0.3,
+    "nms": "weighted",
 }
-ULTRAFACE: dict[str, Any] = {"score_threshold": 0.7, "iou_threshold": 0.3}
+ULTRAFACE: dict[str, Any] = {"score_threshold": 0.7, "iou_threshold": 0.3, "nms": "hard"}
 
 
 @dataclass(frozen=True)
@@ -123,14 +126,54 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int
     return keep
 
 
+def weighted_nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float
+) -> list[tuple[np.ndarray, float]]:
+    """MediaPipe's WeightedNonMaxSuppression: take the best remaining box and every remaining box that
+    overlaps it by more than ``iou_threshold`` (itself included); emit their score-weighted mean corner
+    box with the best box's score; go on with the rest. Best first."""
+    order = np.argsort(-scores, kind="stable")
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    out: list[tuple[np.ndarray, float]] = []
+    while order.size:
+        i = int(order[0])
+        xx0 = np.maximum(boxes[i, 0], boxes[order, 0])
+        yy0 = np.maximum(boxes[i, 1], boxes[order, 1])
+        xx1 = np.minimum(boxes[i, 2], boxes[order, 2])
+        yy1 = np.minimum(boxes[i, 3], boxes[order, 3])
+        inter = np.clip(xx1 - xx0, 0, None) * np.clip(yy1 - yy0, 0, None)
+        iou = inter / np.maximum(area[i] + area[order] - inter, 1e-12)
+        cluster = order[iou > iou_threshold]
+        if cluster.size == 0:  # a degenerate (zero-area) best box overlaps nothing, not even itself
+            cluster = order[:1]
+        w = scores[cluster]
+        out.append(((boxes[cluster] * w[:, None]).sum(axis=0) / w.sum(), float(scores[i])))
+        order = order[~np.isin(order, cluster)]
+    return out
+
+
+def _faces(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, method: str) -> list[Face]:
+    """NMS by ``method`` (hard: the best box of each cluster; weighted: MediaPipe's), clipped to the image."""
+    if method == "weighted":
+        kept = weighted_nms(boxes, scores, iou_threshold)
+    elif method == "hard":
+        kept = [(boxes[i], float(scores[i])) for i in nms(boxes, scores, iou_threshold)]
+    else:
+        raise UsageError(f"unknown detection nms {method!r} (hard, weighted)")
+    faces = []
+    for box, score in kept:
+        x0, y0, x1, y1 = (float(v) for v in np.clip(box, 0.0, 1.0))
+        faces.append(Face((x0, y0, x1, y1), score))
+    return faces
+
+
 def decode_ultraface(scores: np.ndarray, boxes: np.ndarray, settings: dict[str, Any]) -> list[Face]:
     """UltraFace outputs (one image: scores [N, 2] or [1, N, 2], boxes [N, 4]) -> faces after NMS."""
     s = scores.reshape(-1, 2)[:, 1]
     b = boxes.reshape(-1, 4)
-    mask = s >= float(settings.get("score_threshold", ULTRAFACE["score_threshold"]))
-    s, b = s[mask], np.clip(b[mask], 0.0, 1.0)
-    keep = nms(b, s, float(settings.get("iou_threshold", ULTRAFACE["iou_threshold"])))
-    return [Face(tuple(float(v) for v in b[i]), float(s[i])) for i in keep]  # type: ignore[arg-type]
+    opts = {**ULTRAFACE, **settings}
+    mask = s >= float(opts["score_threshold"])
+    return _faces(np.clip(b[mask], 0.0, 1.0), s[mask], float(opts["iou_threshold"]), opts["nms"])
 
 
 def decode_blazeface(
@@ -154,9 +197,8 @@ def decode_blazeface(
     h = raw[:, 3] / opts["h_scale"] * anchors[:, 3]
     b = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     mask = s >= float(opts["score_threshold"])
-    s, b = s[mask], np.clip(b[mask], 0.0, 1.0)
-    keep = nms(b, s, float(opts["iou_threshold"]))
-    return [Face(tuple(float(v) for v in b[i]), float(s[i])) for i in keep]  # type: ignore[arg-type]
+    # MediaPipe suppresses on the raw boxes; the kept ones are clipped to the image afterwards
+    return _faces(b[mask], s[mask], float(opts["iou_threshold"]), opts["nms"])
 
 
 def crop_face(img: np.ndarray, box: tuple[float, float, float, float], margin: float) -> np.ndarray:
@@ -198,6 +240,10 @@ class FaceDetector:
         if kind not in ("ultraface", "blazeface"):
             raise UsageError(
                 f"detector bundle {folder}: unknown detection kind {kind!r} (ultraface, blazeface)"
+            )
+        if det.get("nms", "hard") not in ("hard", "weighted"):
+            raise UsageError(
+                f"detector bundle {folder}: unknown detection nms {det['nms']!r} (hard, weighted)"
             )
         self.kind = kind
         self.settings = det

@@ -19,6 +19,7 @@ from replaybench.replay.faces import (
     decode_blazeface,
     decode_ultraface,
     nms,
+    weighted_nms,
     ssd_anchors,
 )
 from replaybench.replay.preprocess import apply_preprocess
@@ -48,16 +49,25 @@ def test_blazeface_decode_synthetic_outputs():
     k = 512 + 6 * (8 * 3 + 4)  # stride-16 cell (x=4, y=3): anchor centre (4.5/8, 3.5/8)
     reg[0, k, :4] = [6.4, -3.2, 32.0, 48.0]  # dx, dy, w, h in 128-pixel units
     cls[0, k, 0] = 3.0
-    reg[0, k + 1, :4] = [7.0, -3.0, 30.0, 46.0]  # a near-duplicate: suppressed by NMS
+    reg[0, k + 1, :4] = [7.0, -3.0, 30.0, 46.0]  # a near-duplicate: merged into the first by NMS
     cls[0, k + 1, 0] = 2.0
     reg[0, 10, :4] = [0, 0, 10, 10]  # a separate weak face below the 0.5 threshold
     cls[0, 10, 0] = -0.5
-    faces = decode_blazeface(reg, cls, {})
-    assert len(faces) == 1
-    cx, cy, w, h = 4.5 / 8 + 6.4 / 128, 3.5 / 8 - 3.2 / 128, 32 / 128, 48 / 128
-    np.testing.assert_allclose(faces[0].box, [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], atol=1e-6)
-    assert faces[0].score == pytest.approx(1 / (1 + np.exp(-3.0)))
+
+    def corners(dx, dy, w, h):
+        cx, cy = 4.5 / 8 + dx / 128, 3.5 / 8 + dy / 128
+        return np.array([cx - w / 256, cy - h / 256, cx + w / 256, cy + h / 256])
+
+    best, dup = corners(6.4, -3.2, 32.0, 48.0), corners(7.0, -3.0, 30.0, 46.0)
+    s_best, s_dup = 1 / (1 + np.exp(-3.0)), 1 / (1 + np.exp(-2.0))
+    (face,) = decode_blazeface(reg, cls, {})  # MediaPipe's weighted NMS: the score-weighted mean box
+    np.testing.assert_allclose(face.box, (s_best * best + s_dup * dup) / (s_best + s_dup), atol=1e-6)
+    assert face.score == pytest.approx(s_best)  # the best box's score
+    (hard,) = decode_blazeface(reg, cls, {"nms": "hard"})  # the best box of the cluster alone
+    np.testing.assert_allclose(hard.box, best, atol=1e-6)
     assert len(decode_blazeface(reg, cls, {"score_threshold": 0.3})) == 2
+    with pytest.raises(UsageError, match="nms"):
+        decode_blazeface(reg, cls, {"nms": "soft"})
 
 
 def test_ultraface_decode_and_nms():
@@ -67,6 +77,15 @@ def test_ultraface_decode_and_nms():
     assert [f.score for f in faces] == pytest.approx([0.95, 0.9])
     np.testing.assert_allclose(faces[0].box, [0.6, 0.6, 0.9, 1.0])  # clipped to the image
     assert nms(np.array([[0, 0, 1, 1], [0, 0, 1, 1.0]]), np.array([0.5, 0.6]), 0.3) == [1]
+
+
+def test_weighted_nms_clusters_like_mediapipe():
+    boxes = np.array([[0, 0, 1, 1], [0, 0, 1, 0.8], [0.9, 0.9, 1, 1], [0.1, 0, 1, 1.0]])
+    scores = np.array([0.9, 0.6, 0.8, 0.3])
+    (b1, s1), (b2, s2) = weighted_nms(boxes, scores, 0.3)
+    assert (s1, s2) == (0.9, 0.8)  # best first; the small box (IoU 0.01 with the first) is its own cluster
+    np.testing.assert_allclose(b1, (0.9 * boxes[0] + 0.6 * boxes[1] + 0.3 * boxes[3]) / 1.8)
+    np.testing.assert_allclose(b2, boxes[2])
 
 
 def test_crop_face_margin_and_clipping():
