@@ -91,37 +91,28 @@ def decoded_columns(
 
 def decode_outputs(
     outputs: Mapping[str, np.ndarray], decoders: Sequence[Decoder], labels: Sequence[str] | None
-) -> list[dict[str, Any]]:
-    """Decode a batch: ``outputs`` maps output name -> array with a leading batch axis. One dict per row."""
+) -> dict[str, list[Any]]:
+    """Decode a batch: ``outputs`` maps output name -> array with a leading batch axis. Returns column
+    name -> one value per row (columns, not row dicts: the runner's main thread builds them for every
+    item, and per-row dicts were its largest serial cost)."""
     flat = {name: np.asarray(a).reshape(a.shape[0], -1) for name, a in outputs.items()}
     n = next(iter(flat.values())).shape[0] if flat else 0
-    rows: list[dict[str, Any]] = [{} for _ in range(n)]
-    for name, a in flat.items():
-        col = raw_column(name)
-        for i, r in enumerate(a.astype(np.float32).tolist()):
-            rows[i][col] = r
+    cols: dict[str, list[Any]] = {raw_column(name): a.astype(np.float32).tolist() for name, a in flat.items()}
     for dec in decoders:
         x = flat[dec.output].astype(np.float64)
         if dec.kind == "scale":
-            v = x[:, dec.index or 0] * dec.factor + dec.offset
-            for i in range(n):
-                rows[i][dec.field] = float(v[i])
-        elif dec.kind == "softmax_argmax":
+            cols[dec.field] = (x[:, dec.index or 0] * dec.factor + dec.offset).tolist()
+        elif dec.kind in ("softmax_argmax", "sigmoid"):
             labs = _labels_for(dec, x.shape[1], labels)
-            p = _probabilities(x, dec.apply_softmax)
-            best = p.argmax(axis=1)
-            for i in range(n):
-                rows[i][dec.field] = labs[best[i]]
-                for j, lab in enumerate(labs):
-                    rows[i][f"p_{column_slug(lab)}"] = float(p[i, j])
-        elif dec.kind == "sigmoid":
-            labs = _labels_for(dec, x.shape[1], labels)
-            p = _sigmoid(x, dec.apply_softmax)
-            thr = 0.5 if dec.threshold is None else dec.threshold
-            for i in range(n):
-                rows[i][dec.field] = [lab for j, lab in enumerate(labs) if p[i, j] >= thr]
-                for j, lab in enumerate(labs):
-                    rows[i][f"p_{column_slug(lab)}"] = float(p[i, j])
+            if dec.kind == "softmax_argmax":
+                p = _probabilities(x, dec.apply_softmax)
+                cols[dec.field] = [labs[j] for j in p.argmax(axis=1).tolist()]
+            else:
+                p = _sigmoid(x, dec.apply_softmax)
+                above = p >= (0.5 if dec.threshold is None else dec.threshold)
+                cols[dec.field] = [[labs[j] for j in np.flatnonzero(row)] for row in above]
+            for j, lab in enumerate(labs):
+                cols[f"p_{column_slug(lab)}"] = p[:, j].tolist()
         elif dec.kind == "expectation":
             p = _probabilities(x, dec.apply_softmax)
             bins = np.asarray(
@@ -131,17 +122,17 @@ def decode_outputs(
                 raise CorruptInputError(
                     f"decoder {dec.field!r}: {bins.shape[0]} bin values for {x.shape[1]} outputs"
                 )
-            v = p @ bins * dec.factor + dec.offset
-            for i in range(n):
-                rows[i][dec.field] = float(v[i])
+            cols[dec.field] = (p @ bins * dec.factor + dec.offset).tolist()
         elif dec.kind == "topk":
             labs = _labels_for(dec, x.shape[1], labels)
             p = _sigmoid(x, dec.apply_softmax)
             order = np.argsort(-p, axis=1, kind="stable")[:, : dec.k]
-            for i in range(n):
-                rows[i][dec.field] = [
+            cols[dec.field] = [
+                [
                     {"label": labs[j], "score": float(p[i, j])}
                     for j in order[i]
                     if dec.threshold is None or p[i, j] >= dec.threshold
                 ]
-    return rows
+                for i in range(n)
+            ]
+    return cols

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -371,46 +372,47 @@ class DecodePool:
             s.unlink()
 
     def run(self, todo: Sequence[DatasetItem], payload: Any, infer: Any, write: Any) -> None:
-        """Decode chunks in the workers, run ``infer(res)`` on up to ``streams`` decoded chunks at once
-        (threads: onnxruntime releases the GIL), and ``write(chunk, res, inferred)`` in chunk order.
+        """Decode chunks in the workers, run ``infer(res)`` on the decoded ones in ``streams`` threads
+        (onnxruntime releases the GIL), and ``write(chunk, res, inferred)`` in chunk order.
 
-        Each stream takes whole chunks, so there is no barrier between streams: when one finishes early
-        it starts the next chunk instead of waiting for the other (splitting one batch across threads
-        idled a core for the tail of every batch). A chunk's slot is reused once it is written."""
+        A chunk goes to inference as soon as it is decoded, in whatever order the workers finish, and
+        each stream takes whole chunks from the queue: no stream waits for another (splitting one
+        batch across threads idled cores for the tail of every batch; waiting for the oldest chunk
+        idled them behind one slow chunk). Only the writing is in order. A chunk's slot is reused once
+        it is written, so the slots bound everything in flight."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        streams = self.streams
         free = deque(range(len(self.shms)))
-        decoding: deque[tuple[list[DatasetItem], int, Future[dict[str, Any]]]] = deque()
-        inferring: deque[tuple[list[DatasetItem], int, dict[str, Any], Future[Any]]] = deque()
-        chunks = _chunks(todo, self.batch)
-        more = True
-        with ThreadPoolExecutor(streams, thread_name_prefix="replay-infer") as infer_pool:
+        decoding: dict[int, tuple[list[DatasetItem], int, Future[dict[str, Any]]]] = {}
+        inferring: dict[int, tuple[list[DatasetItem], int, dict[str, Any], Future[Any]]] = {}
+        chunks = enumerate(_chunks(todo, self.batch))
+        more, next_write = True, 0
+        with ThreadPoolExecutor(self.streams, thread_name_prefix="replay-infer") as infer_pool:
             while True:
                 while more and free:
-                    chunk = next(chunks, None)
-                    if chunk is None:
+                    k, chunk = next(chunks, (-1, []))
+                    if k < 0:
                         more = False
                         break
                     slot = free.popleft()
-                    decoding.append((chunk, slot, self.pool.submit(_process_chunk, payload(chunk), slot)))
-                # in order: the oldest decoded chunk goes to a stream once one is (nearly) free
-                while decoding and decoding[0][2].done() and len(inferring) <= streams:
-                    chunk, slot, fut = decoding.popleft()
+                    decoding[k] = (chunk, slot, self.pool.submit(_process_chunk, payload(chunk), slot))
+                for k in [k for k, (_, _, fut) in decoding.items() if fut.done()]:
+                    chunk, slot, fut = decoding.pop(k)
                     res = _decoded(fut)
                     n_ok = res["n_ok"]
                     res["tensors"] = [v[:n_ok] if n_ok else None for v in self.views[slot]]
-                    inferring.append((chunk, slot, res, infer_pool.submit(infer, res)))
-                while inferring and inferring[0][3].done():
-                    chunk, slot, res, fut = inferring.popleft()
+                    inferring[k] = (chunk, slot, res, infer_pool.submit(infer, res))
+                while next_write in inferring and inferring[next_write][3].done():
+                    chunk, slot, res, fut = inferring.pop(next_write)
                     write(chunk, res, fut.result())
                     res["tensors"] = None
                     free.append(slot)
+                    next_write += 1
                 if not (more or decoding or inferring):
                     return
-                waits = [inferring[0][3]] if inferring else []
-                if decoding and len(inferring) <= streams:
-                    waits.append(decoding[0][2])
+                waits = [fut for _, _, fut in decoding.values()]
+                if next_write in inferring:
+                    waits.append(inferring[next_write][3])
                 wait(waits, return_when=FIRST_COMPLETED)
 
 
@@ -582,9 +584,9 @@ def replay(
         counts = {"ok": 0, "error": 0, "skipped": 0}
         rows_written = 0
 
-        def infer(res: dict[str, Any]) -> list[list[dict[str, Any]] | None]:
+        def infer(res: dict[str, Any]) -> list[dict[str, list[Any]] | None]:
             """Model outputs decoded per bundle for a chunk's ok items (runs in a stream thread)."""
-            per_bundle: list[list[dict[str, Any]] | None] = []
+            per_bundle: list[dict[str, list[Any]] | None] = []
             for lb, ms, g in zip(bundles, sessions, groups, strict=True):
                 batch = res["tensors"][g]
                 if batch is None:
@@ -599,35 +601,47 @@ def replay(
             return per_bundle
 
         def write(
-            chunk: list[DatasetItem], res: dict[str, Any], per_bundle: list[list[dict[str, Any]] | None]
+            chunk: list[DatasetItem], res: dict[str, Any], per_bundle: list[dict[str, list[Any]] | None]
         ) -> None:
+            """The chunk's rows, built column by column (the main thread's share of every item)."""
             nonlocal rows_written
-            ok_index = {i: k for k, i in enumerate(j for j, s in enumerate(res["status"]) if s == "ok")}
-            rows = []
-            for i, it in enumerate(chunk):
-                status = res["status"][i]
-                counts[status] += 1
-                base: dict[str, Any] = {
-                    "item_id": it.item_id,
-                    "source_path": str(Path(it.path).absolute()) if it.path else None,
-                }
-                for key, value in it.labels.items():
-                    base[label_cols[key]] = as_label(ltypes[key], value)
-                if "post_id" in extra:
-                    base["post_id"] = it.post_id
-                    base["caption"] = it.caption
-                face = res["faces"][i]
-                if opts.faces is not None and face is not None:
-                    base.update(face_count=face[0], face_box=face[1], face_score=face[2])
-                k_ok = ok_index.get(i, -1)
-                for lb, decoded_rows in zip(bundles, per_bundle, strict=True):
-                    row = dict(base, bundle=lb.bundle.name, status=status, error=res["error"][i])
-                    if status == "ok" and decoded_rows is not None:
-                        row.update(decoded_rows[k_ok])
-                    rows.append(row)
-            writer.add(rows)
-            rows_written += len(rows)
-            progress.advance(len(chunk))
+            n = len(chunk)
+            status: list[str] = res["status"]
+            for st in status:
+                counts[st] += 1
+            base: dict[str, list[Any]] = {
+                "item_id": [it.item_id for it in chunk],
+                "source_path": [str(it.path.absolute()) if it.path else None for it in chunk],
+                "status": status,
+                "error": res["error"],
+            }
+            for key, kind in ltypes.items():
+                base[label_cols[key]] = [as_label(kind, it.labels.get(key)) for it in chunk]
+            if "post_id" in extra:
+                base["post_id"] = [it.post_id for it in chunk]
+                base["caption"] = [it.caption for it in chunk]
+            if opts.faces is not None:
+                faces = [f or (None, None, None) for f in res["faces"]]
+                for k, col in enumerate(("face_count", "face_box", "face_score")):
+                    base[col] = [f[k] for f in faces]
+            ok = [i for i, st in enumerate(status) if st == "ok"]
+            blocks = []  # one per bundle: the base columns plus its decoded ones
+            for lb, decoded_cols in zip(bundles, per_bundle, strict=True):
+                cols = dict(base, bundle=[lb.bundle.name] * n)
+                for col, values in (decoded_cols or {}).items():
+                    if len(ok) == n:
+                        cols[col] = values
+                    else:  # error and skipped items have no outputs
+                        cols[col] = full = [None] * n
+                        for k, i in enumerate(ok):
+                            full[i] = values[k]
+                blocks.append(cols)
+            nulls = [None] * n
+            names = {col for cols in blocks for col in cols}
+            block = {col: list(chain.from_iterable(cols.get(col, nulls) for cols in blocks)) for col in names}
+            writer.add(block, n * len(bundles))
+            rows_written += n * len(bundles)
+            progress.advance(n)
 
         def payload(chunk: list[DatasetItem]) -> list[tuple[int, str | None]]:
             return [(i, str(it.path) if it.path is not None else None) for i, it in enumerate(chunk)]

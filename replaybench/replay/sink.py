@@ -130,29 +130,34 @@ def check_or_write_manifest(folder: Path, manifest: dict[str, Any], resume: bool
 
 
 class PartWriter:
-    """Buffers rows and writes them as whole parts; ``flush`` only at item boundaries."""
+    """Buffers rows as columns and writes them as whole parts; ``add`` takes whole items only."""
 
     def __init__(self, folder: Path, schema: dict[str, Any], rows_per_part: int) -> None:
         self.folder = folder
         self.schema = schema
         self.rows_per_part = rows_per_part
-        self.rows: list[dict[str, Any]] = []
+        self.columns: dict[str, list[Any]] = {name: [] for name in schema}
+        self.n_rows = 0
         parts = existing_parts(folder)
         self.next_index = (int(PART_RE.match(parts[-1].name)[1]) + 1) if parts else 0  # type: ignore[index]
         self.written: list[Path] = []
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        """Add the rows of whole items; writes a part when enough rows are buffered."""
-        self.rows.extend(rows)
-        if len(self.rows) >= self.rows_per_part:
+    def add(self, block: Mapping[str, list[Any]], n_rows: int) -> None:
+        """Add ``n_rows`` rows given as columns (a schema column the block lacks is null), holding all the
+        rows of their items; writes a part when enough rows are buffered."""
+        for name, column in self.columns.items():
+            values = block.get(name)
+            column.extend([None] * n_rows if values is None else values)
+        self.n_rows += n_rows
+        if self.n_rows >= self.rows_per_part:
             self.flush()
 
     def flush(self) -> None:
-        if not self.rows:
+        if not self.n_rows:
             return
         import polars as pl
 
-        table = pl.DataFrame(self.rows, schema=self.schema)
+        table = pl.DataFrame(self.columns, schema=self.schema)
         name = f"part-{self.next_index:05d}.parquet"
         tmp = self.folder / f".{name}.tmp"
         table.write_parquet(tmp, compression="zstd")
@@ -161,4 +166,5 @@ class PartWriter:
         tmp.replace(self.folder / name)
         self.written.append(self.folder / name)
         self.next_index += 1
-        self.rows = []
+        self.columns = {name: [] for name in self.schema}
+        self.n_rows = 0

@@ -16,14 +16,13 @@ def test_scale_and_softmax_argmax_on_probabilities():
         Decoder(output="age", field="age_pred", kind="scale", factor=116.0),
         Decoder(output="g", field="gender_pred", kind="softmax_argmax", labels=["male", "female"]),
     ]
-    rows = decode_outputs(outs, decs, None)
-    assert rows[0]["age_pred"] == pytest.approx(29.0)
-    assert rows[1]["age_pred"] == pytest.approx(58.0)
-    assert [r["gender_pred"] for r in rows] == ["male", "female"]
-    assert rows[1]["p_female"] == pytest.approx(0.7, abs=1e-6)  # already probabilities: no softmax
-    assert rows[0]["raw__g"] == pytest.approx([0.9, 0.1])
-    cols = decoded_columns(decs, {"age": 1, "g": 2}, None)
-    assert cols == {
+    cols = decode_outputs(outs, decs, None)
+    assert cols["age_pred"] == pytest.approx([29.0, 58.0])
+    assert cols["gender_pred"] == ["male", "female"]
+    assert cols["p_female"][1] == pytest.approx(0.7, abs=1e-6)  # already probabilities: no softmax
+    assert cols["raw__g"][0] == pytest.approx([0.9, 0.1])
+    assert set(cols) == set(decoded_columns(decs, {"age": 1, "g": 2}, None))  # the schema names them all
+    assert decoded_columns(decs, {"age": 1, "g": 2}, None) == {
         "raw__age": "float_list",
         "raw__g": "float_list",
         "age_pred": "float",
@@ -35,7 +34,7 @@ def test_scale_and_softmax_argmax_on_probabilities():
 
 def test_softmax_applied_to_logits_and_expectation_over_bins():
     logits = np.array([[0.0, np.log(3.0)]], np.float32)  # softmax -> 0.25, 0.75
-    rows = decode_outputs(
+    cols = decode_outputs(
         {"x": logits},
         [
             Decoder(output="x", field="label", kind="softmax_argmax", labels=["A b", "C-d"]),
@@ -43,15 +42,15 @@ def test_softmax_applied_to_logits_and_expectation_over_bins():
         ],
         None,
     )
-    assert rows[0]["label"] == "C-d"
-    assert rows[0]["p_a_b"] == pytest.approx(0.25, abs=1e-6)
-    assert rows[0]["age_pred"] == pytest.approx(0.25 * 10 + 0.75 * 50, abs=1e-5)
+    assert cols["label"][0] == "C-d"
+    assert cols["p_a_b"][0] == pytest.approx(0.25, abs=1e-6)
+    assert cols["age_pred"][0] == pytest.approx(0.25 * 10 + 0.75 * 50, abs=1e-5)
 
 
 def test_sigmoid_and_topk():
     x = np.array([[0.0, 2.0, -2.0]], np.float32)
     labels = ["beach", "dog", "food"]
-    rows = decode_outputs(
+    cols = decode_outputs(
         {"c": x},
         [
             Decoder(output="c", field="concepts", kind="topk", k=2),
@@ -60,10 +59,10 @@ def test_sigmoid_and_topk():
         labels,
     )
     s = 1 / (1 + np.exp(-x[0].astype(np.float64)))
-    assert [c["label"] for c in rows[0]["concepts"]] == ["dog", "beach"]
-    assert rows[0]["concepts"][0]["score"] == pytest.approx(s[1])
-    assert rows[0]["present"] == ["dog"]
-    assert rows[0]["p_food"] == pytest.approx(s[2])
+    assert [c["label"] for c in cols["concepts"][0]] == ["dog", "beach"]
+    assert cols["concepts"][0][0]["score"] == pytest.approx(s[1])
+    assert cols["present"][0] == ["dog"]
+    assert cols["p_food"][0] == pytest.approx(s[2])
 
 
 def test_label_count_mismatch_and_missing_output_are_errors():

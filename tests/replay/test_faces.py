@@ -19,8 +19,8 @@ from replaybench.replay.faces import (
     decode_blazeface,
     decode_ultraface,
     nms,
-    weighted_nms,
     ssd_anchors,
+    weighted_nms,
 )
 from replaybench.replay.preprocess import apply_preprocess
 from replaybench.replay.runner import ReplayOptions, replay

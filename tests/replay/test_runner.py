@@ -289,3 +289,34 @@ def test_label_columns_keep_their_kind_and_mixed_values_become_text(tmp_path):
     assert df.schema["likes"] == pl.String and df["likes"].to_list() == ["5", "5k", None]
     assert df.schema["views"] == pl.Float64 and df["views"].to_list() == [10.0, 2.5, 7.0]
     assert df.schema["is_video"] == pl.Boolean and df["is_video"].to_list() == [False, True, False]
+
+
+def test_bundles_with_different_outputs_share_parts_with_nulls_where_they_differ(tmp_path, dataset):
+    from replaybench.bundle import Decoder
+    from tests.replay.helpers import write_bundle
+
+    gender = tiny_bundle(tmp_path / "g", name="gender")
+    age_only = write_bundle(
+        tmp_path / "a",
+        tiny_model(),
+        "age_only",
+        load_bundle(gender).bundle.preprocess,
+        [Decoder(output="age", field="age_years", kind="scale", factor=100.0)],
+    )
+    res = replay(
+        [gender, age_only], dataset, tmp_path / "p", ReplayOptions(workers=2, batch_size=8, part_rows=16)
+    )
+    assert res.rows_written == 2 * 42 and res.items_error == 2
+    parts = sorted((tmp_path / "p").glob("part-*.parquet"))
+    for part in parts:  # both bundles' rows of an item are in the same part
+        counts = pl.read_parquet(part).group_by("item_id").len()
+        assert set(counts["len"]) == {2}
+    df = pl.read_parquet(parts)
+    by = {name: df.filter(pl.col("bundle") == name).sort("item_id") for name in ("gender", "age_only")}
+    assert by["gender"]["age_years"].null_count() == 42 and by["age_only"]["gender_pred"].null_count() == 42
+    ok = by["age_only"].filter(pl.col("status") == "ok")
+    np.testing.assert_allclose(ok["age_years"], ok["raw__age"].list.first() * 100.0, rtol=1e-6)
+    assert by["age_only"]["item_id"].to_list() == by["gender"]["item_id"].to_list()
+    errors = df.filter(pl.col("status") == "error")
+    assert errors.height == 4 and errors["raw__probs"].null_count() == 4
+    assert errors["age"].null_count() == 0  # labels are kept on error rows
