@@ -91,13 +91,14 @@ def decoded_columns(
 
 def decode_outputs(
     outputs: Mapping[str, np.ndarray], decoders: Sequence[Decoder], labels: Sequence[str] | None
-) -> dict[str, list[Any]]:
+) -> dict[str, Any]:
     """Decode a batch: ``outputs`` maps output name -> array with a leading batch axis. Returns column
-    name -> one value per row (columns, not row dicts: the runner's main thread builds them for every
-    item, and per-row dicts were its largest serial cost)."""
+    name -> one value per row: a list, or for the raw outputs a 2-D float32 array (columns, not row
+    dicts: the runner's main thread builds them for every item, and per-row dicts were its largest
+    serial cost)."""
     flat = {name: np.asarray(a).reshape(a.shape[0], -1) for name, a in outputs.items()}
     n = next(iter(flat.values())).shape[0] if flat else 0
-    cols: dict[str, list[Any]] = {raw_column(name): a.astype(np.float32).tolist() for name, a in flat.items()}
+    cols: dict[str, Any] = {raw_column(name): a.astype(np.float32) for name, a in flat.items()}
     for dec in decoders:
         x = flat[dec.output].astype(np.float64)
         if dec.kind == "scale":

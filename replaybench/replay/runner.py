@@ -29,7 +29,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -492,6 +491,8 @@ def replay(
 
         replay([Path("bundles/gender")], Path("utkface_300"), Path("preds"), ReplayOptions(format="utkface"))
     """
+    import polars as pl
+
     from replaybench.replay.datasets import ReadOptions, read_dataset
     from replaybench.replay.decoders import decode_outputs
     from replaybench.replay.sink import (
@@ -503,6 +504,7 @@ def replay(
         check_or_write_manifest,
         done_item_ids,
         label_types,
+        rows_frame,
     )
 
     opts = options or ReplayOptions()
@@ -579,14 +581,14 @@ def replay(
         if opts.faces is not None:
             extra.update(FACE_COLUMNS)
         schema = build_schema({label_cols[k]: t for k, t in ltypes.items()}, extra, decoded)
-        writer = PartWriter(output, schema, max(opts.part_rows, len(bundles)))
+        writer = PartWriter(output, max(opts.part_rows, len(bundles)))
 
         counts = {"ok": 0, "error": 0, "skipped": 0}
         rows_written = 0
 
-        def infer(res: dict[str, Any]) -> list[dict[str, list[Any]] | None]:
+        def infer(res: dict[str, Any]) -> list[dict[str, Any] | None]:
             """Model outputs decoded per bundle for a chunk's ok items (runs in a stream thread)."""
-            per_bundle: list[dict[str, list[Any]] | None] = []
+            per_bundle: list[dict[str, Any] | None] = []
             for lb, ms, g in zip(bundles, sessions, groups, strict=True):
                 batch = res["tensors"][g]
                 if batch is None:
@@ -601,7 +603,7 @@ def replay(
             return per_bundle
 
         def write(
-            chunk: list[DatasetItem], res: dict[str, Any], per_bundle: list[dict[str, list[Any]] | None]
+            chunk: list[DatasetItem], res: dict[str, Any], per_bundle: list[dict[str, Any] | None]
         ) -> None:
             """The chunk's rows, built column by column (the main thread's share of every item)."""
             nonlocal rows_written
@@ -624,22 +626,12 @@ def replay(
                 faces = [f or (None, None, None) for f in res["faces"]]
                 for k, col in enumerate(("face_count", "face_box", "face_score")):
                     base[col] = [f[k] for f in faces]
-            ok = [i for i, st in enumerate(status) if st == "ok"]
-            blocks = []  # one per bundle: the base columns plus its decoded ones
-            for lb, decoded_cols in zip(bundles, per_bundle, strict=True):
-                cols = dict(base, bundle=[lb.bundle.name] * n)
-                for col, values in (decoded_cols or {}).items():
-                    if len(ok) == n:
-                        cols[col] = values
-                    else:  # error and skipped items have no outputs
-                        cols[col] = full = [None] * n
-                        for k, i in enumerate(ok):
-                            full[i] = values[k]
-                blocks.append(cols)
-            nulls = [None] * n
-            names = {col for cols in blocks for col in cols}
-            block = {col: list(chain.from_iterable(cols.get(col, nulls) for cols in blocks)) for col in names}
-            writer.add(block, n * len(bundles))
+            valid = np.array([st == "ok" for st in status], bool)
+            frames = [
+                rows_frame(schema, n, dict(base, bundle=[lb.bundle.name] * n), decoded_cols or {}, valid)
+                for lb, decoded_cols in zip(bundles, per_bundle, strict=True)
+            ]
+            writer.add(pl.concat(frames) if len(frames) > 1 else frames[0])
             rows_written += n * len(bundles)
             progress.advance(n)
 

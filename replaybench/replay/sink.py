@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from replaybench.errors import UsageError
 
 RUN_MANIFEST = "run.json"
@@ -129,26 +131,59 @@ def check_or_write_manifest(folder: Path, manifest: dict[str, Any], resume: bool
     tmp.replace(path)
 
 
-class PartWriter:
-    """Buffers rows as columns and writes them as whole parts; ``add`` takes whole items only."""
+def rows_frame(
+    schema: dict[str, Any],
+    n_rows: int,
+    full: Mapping[str, list[Any]],
+    partial: Mapping[str, list[Any] | np.ndarray],
+    valid: np.ndarray,
+) -> Any:
+    """A block of rows as a DataFrame of the predictions schema. ``full`` columns hold a value per row;
+    ``partial`` ones (the decoded outputs) only for the rows where ``valid`` is true, the others are
+    null: a list, or a 2-D array for the raw outputs (kept in numpy: 8,192 rows of a 500-output model
+    take 0.3 s as Python lists, 0.01 s from the array). A schema column in neither is null."""
+    import polars as pl
 
-    def __init__(self, folder: Path, schema: dict[str, Any], rows_per_part: int) -> None:
+    every = bool(valid.all())
+    series = []
+    for name, dtype in schema.items():
+        values = full.get(name, partial.get(name))
+        if values is None:
+            s = pl.Series(name, [None] * n_rows, dtype=dtype)
+        elif name in full or every:
+            s = (
+                pl.Series(name, values, dtype=dtype)
+                if isinstance(values, list)
+                else pl.Series(name, values).cast(dtype)
+            )
+        elif isinstance(values, np.ndarray):
+            spread = np.zeros((n_rows, *values.shape[1:]), values.dtype)
+            spread[valid] = values
+            s = pl.select(pl.when(pl.Series(valid)).then(pl.Series(name, spread).cast(dtype))).to_series()
+        else:
+            it = iter(values)
+            s = pl.Series(name, [next(it) if v else None for v in valid], dtype=dtype)
+        series.append(s.alias(name))
+    return pl.DataFrame(series)
+
+
+class PartWriter:
+    """Buffers blocks of rows (DataFrames of the schema) and writes them as whole parts; ``add`` takes
+    whole items only."""
+
+    def __init__(self, folder: Path, rows_per_part: int) -> None:
         self.folder = folder
-        self.schema = schema
         self.rows_per_part = rows_per_part
-        self.columns: dict[str, list[Any]] = {name: [] for name in schema}
+        self.frames: list[Any] = []
         self.n_rows = 0
         parts = existing_parts(folder)
         self.next_index = (int(PART_RE.match(parts[-1].name)[1]) + 1) if parts else 0  # type: ignore[index]
         self.written: list[Path] = []
 
-    def add(self, block: Mapping[str, list[Any]], n_rows: int) -> None:
-        """Add ``n_rows`` rows given as columns (a schema column the block lacks is null), holding all the
-        rows of their items; writes a part when enough rows are buffered."""
-        for name, column in self.columns.items():
-            values = block.get(name)
-            column.extend([None] * n_rows if values is None else values)
-        self.n_rows += n_rows
+    def add(self, frame: Any) -> None:
+        """Add a block holding all the rows of its items; writes a part when enough rows are buffered."""
+        self.frames.append(frame)
+        self.n_rows += frame.height
         if self.n_rows >= self.rows_per_part:
             self.flush()
 
@@ -157,7 +192,7 @@ class PartWriter:
             return
         import polars as pl
 
-        table = pl.DataFrame(self.columns, schema=self.schema)
+        table = pl.concat(self.frames)
         name = f"part-{self.next_index:05d}.parquet"
         tmp = self.folder / f".{name}.tmp"
         table.write_parquet(tmp, compression="zstd")
@@ -166,5 +201,5 @@ class PartWriter:
         tmp.replace(self.folder / name)
         self.written.append(self.folder / name)
         self.next_index += 1
-        self.columns = {name: [] for name in self.schema}
+        self.frames = []
         self.n_rows = 0
