@@ -99,7 +99,11 @@ def emit_json(doc: Any) -> None:
 
 def stdout_console() -> Any:
     """The console results are printed on. Piped or redirected output (no terminal) gets a wide page
-    instead of rich's 80 columns, so tables written to a file keep whole values and paths."""
+    instead of rich's 80 columns, so tables written to a file keep whole values and paths.
+
+    Markup is off: printed values come from apps under audit (entry names, package names, tensor
+    names), and ``assets/[/x].tflite`` read as markup is a crash (``MarkupError``). Styles are given
+    as ``rich.text.Text`` instead."""
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
+    return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True, markup=False)

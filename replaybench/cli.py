@@ -236,12 +236,15 @@ def convert(
 
 def _render_bundle(bundle: Any, title: str) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from replaybench._console import stdout_console
 
     console = stdout_console()
     src = bundle.source
-    console.print(f"[bold]{title}[/]  {bundle.name}  format={src.format}  sha256={src.sha256[:16]}")
+    console.print(
+        Text.assemble((title, "bold"), f"  {bundle.name}  format={src.format}  sha256={src.sha256[:16]}")
+    )
     io = Table("", "name", "shape", "dtype", "layout", "quantisation", title="inputs / outputs")
     for side, tensors in (("in", bundle.io.inputs), ("out", bundle.io.outputs)):
         for t in tensors:
@@ -284,8 +287,10 @@ def _render_bundle(bundle: Any, title: str) -> None:
             "q-steps",
             "tolerance",
             "ok",
-            title=f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs): "
-            + ("[green]passed[/]" if par.passed else "[red]FAILED[/]"),
+            title=Text.assemble(
+                f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs): ",
+                ("passed", "green") if par.passed else ("FAILED", "red"),
+            ),
         )
         for o in par.outputs:
             t.add_row(
@@ -304,7 +309,7 @@ def _render_bundle(bundle: Any, title: str) -> None:
         console.print(f"converter: {c.converter} {c.converter_version or ''}  opset {c.opset}  {c.seconds}s")
         if c.cut_at:
             console.print(
-                f"[yellow]graph cut before {', '.join(c.cut_at)}; outputs: {', '.join(c.cut_tensors)}[/]"
+                f"graph cut before {', '.join(c.cut_at)}; outputs: {', '.join(c.cut_tensors)}", style="yellow"
             )
         for n in c.notes:
             console.print(f"  note: {n}")
@@ -922,11 +927,15 @@ def demo(
     if json_out:
         emit_json(result)
         return
+    from rich.text import Text
+
     from replaybench._console import stdout_console
 
     con = stdout_console()
     for st in result.steps:
-        con.print(f"[bold]{st.name}[/] ({st.seconds:.1f} s): {st.detail}\n    -> {st.artefact}")
+        con.print(
+            Text.assemble((st.name, "bold"), f" ({st.seconds:.1f} s): {st.detail}\n    -> {st.artefact}")
+        )
     verdict = "FOUND" if result.disparity_found else "not found"
     con.print(
         f"planted disparity {verdict}: gender accuracy {result.worst_group_accuracy:.3f} for "
@@ -949,12 +958,13 @@ def doctor(json_out: JsonFlag = False) -> None:
         emit_json(report)
         return
     from rich.table import Table
+    from rich.text import Text
 
     from replaybench._console import stdout_console
 
     table = Table("part", "status", "detail / how to install", title="replaybench doctor")
     for item in report.checks:
-        status = "[green]ok[/]" if item.ok else ("[yellow]missing[/]" if item.optional else "[red]missing[/]")
+        status = Text("ok", "green") if item.ok else Text("missing", "yellow" if item.optional else "red")
         table.add_row(item.name, status, item.detail if item.ok else (item.install or item.detail))
     stdout_console().print(table)
 

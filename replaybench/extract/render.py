@@ -19,30 +19,33 @@ def _size(n: int) -> str:
 def print_inventory(inv: Inventory) -> None:
     """Print the app, its model blobs, native libraries and code evidence as tables."""
     from rich.table import Table
+    from rich.text import Text
 
     from replaybench._console import stdout_console
 
     con = stdout_console()
     app = inv.app
     con.print(
-        f"[bold]{app.package or '(no package)'}[/] {app.version_name or ''} "
-        f"(versionCode {app.version_code}) - {len(app.containers)} container(s)"
+        Text.assemble(
+            (app.package or "(no package)", "bold"),
+            f" {app.version_name or ''} (versionCode {app.version_code}) - {len(app.containers)} container(s)",
+        )
     )
     if inv.model_blobs:
         t = Table("format", "location", "size", "entropy", "evidence", title="model blobs")
         for b in inv.model_blobs:
-            fmt = f"[red]{b.format}[/]" if b.encrypted else b.format
+            fmt = Text(b.format, "red") if b.encrypted else b.format
             t.add_row(
                 fmt, b.location.describe(), _size(b.size), f"{b.entropy:.2f}", "; ".join(b.evidence[:3])
             )
         con.print(t)
     else:
-        con.print("[green]no on-device model found[/]")
+        con.print("no on-device model found", style="green")
     ml_libs = [lib for lib in inv.native_libraries if lib.runtimes or lib.likely_inference_engine]
     if ml_libs:
         t = Table("library", "abi", "runtimes", "engine score", "evidence", title="ML native libraries")
         for lib in ml_libs:
-            runtimes = ", ".join(r.runtime for r in lib.runtimes) or "[yellow]unknown engine[/]"
+            runtimes = ", ".join(r.runtime for r in lib.runtimes) or Text("unknown engine", "yellow")
             ev = "; ".join([e for r in lib.runtimes for e in r.evidence][:3] or lib.engine_evidence[:2])
             t.add_row(lib.location.entry, lib.abi or "", runtimes, f"{lib.engine_score:.2f}", ev)
         con.print(t)
@@ -59,20 +62,21 @@ def print_inventory(inv: Inventory) -> None:
     elif not inv.code_scanned:
         con.print("code analysis skipped (--no-code)")
     for rej in inv.rejected_candidates:
-        con.print(f"[yellow]not a model:[/] {rej.location.describe()}: {rej.reason}")
+        con.print(Text.assemble(("not a model:", "yellow"), f" {rej.location.describe()}: {rej.reason}"))
     for w in inv.warnings:
-        con.print(f"[yellow]warning:[/] {w}")
+        con.print(Text.assemble(("warning:", "yellow"), f" {w}"))
 
 
 def print_extract_result(result: ExtractResult) -> None:
     """Print every model ``extract`` found, whether the trace saw it run, and its bundle."""
     from rich.table import Table
+    from rich.text import Text
 
     from replaybench._console import stdout_console
 
     con = stdout_console()
     if not result.models:
-        con.print("[green]no on-device model found[/]; nothing extracted")
+        con.print("no on-device model found; nothing extracted", style="green")
     else:
         t = Table(
             "model", "format", "origin", "ran", "preprocess", "bundle / status", title="extracted models"
@@ -92,5 +96,5 @@ def print_extract_result(result: ExtractResult) -> None:
         }
         con.print(f"trace: {len(result.trace.get('models', []))} model load(s); {verdict[same]}")
     for w in result.warnings:
-        con.print(f"[yellow]warning:[/] {w}")
+        con.print(Text.assemble(("warning:", "yellow"), f" {w}"))
     con.print(f"result: {Path(result.output) / 'extract.json'}")

@@ -297,3 +297,22 @@ def test_extract_seam_select_and_after(apps, tmp_path: Path) -> None:
     assert [i.blob.format for i in manifest.blobs] == ["onnx"] and seen == [("onnx", True)]
     on_disk = ExtractManifest.model_validate_json((tmp_path / "o" / "manifest.json").read_text())
     assert on_disk == manifest
+
+
+def test_cli_prints_hostile_entry_names_literally(tmp_path: Path, capsys) -> None:
+    """Names come from the app under audit: rich markup in them is text, never markup (an unmatched
+    closing tag used to crash the table with MarkupError)."""
+    import io
+    import zipfile
+
+    from tests.fixtures.apk import build_apk
+
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("[/evil]/face.tflite", tflite_models()["fp16"].read_bytes())
+        z.writestr("pack/[bold]fake[/bold].tflite", b"not a model at all" * 10)
+    apk = build_apk(tmp_path / "hostile.apk", assets={"bundle/models.zip": inner.getvalue()})
+    assert main(["scan", str(apk), "--no-code"]) == 0
+    out = capsys.readouterr().out
+    assert "[/evil]/face.tflite" in out
+    assert "pack/[bold]fake[/bold].tflite" in out
