@@ -107,22 +107,31 @@ def ssd_anchors(opts: dict[str, Any]) -> np.ndarray:
     return np.asarray(anchors, dtype=np.float32)
 
 
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def _iou(boxes: np.ndarray, area: np.ndarray, i: int, others: np.ndarray) -> np.ndarray:
+    """IoU of corner box ``i`` with each of ``others`` (indices)."""
+    xx0 = np.maximum(boxes[i, 0], boxes[others, 0])
+    yy0 = np.maximum(boxes[i, 1], boxes[others, 1])
+    xx1 = np.minimum(boxes[i, 2], boxes[others, 2])
+    yy1 = np.minimum(boxes[i, 3], boxes[others, 3])
+    inter = np.clip(xx1 - xx0, 0, None) * np.clip(yy1 - yy0, 0, None)
+    result: np.ndarray = inter / np.maximum(area[i] + area[others] - inter, 1e-12)
+    return result
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
     """Greedy non-maximum suppression over corner boxes; indices of the kept boxes, best first."""
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    area = _areas(boxes)
     while order.size:
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
-        xx0 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        yy0 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        xx1 = np.minimum(boxes[i, 2], boxes[rest, 2])
-        yy1 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = np.clip(xx1 - xx0, 0, None) * np.clip(yy1 - yy0, 0, None)
-        iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-12)
-        order = rest[iou <= iou_threshold]
+        order = rest[_iou(boxes, area, i, rest) <= iou_threshold]
     return keep
 
 
@@ -133,17 +142,11 @@ def weighted_nms(
     overlaps it by more than ``iou_threshold`` (itself included); emit their score-weighted mean corner
     box with the best box's score; go on with the rest. Best first."""
     order = np.argsort(-scores, kind="stable")
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    area = _areas(boxes)
     out: list[tuple[np.ndarray, float]] = []
     while order.size:
         i = int(order[0])
-        xx0 = np.maximum(boxes[i, 0], boxes[order, 0])
-        yy0 = np.maximum(boxes[i, 1], boxes[order, 1])
-        xx1 = np.minimum(boxes[i, 2], boxes[order, 2])
-        yy1 = np.minimum(boxes[i, 3], boxes[order, 3])
-        inter = np.clip(xx1 - xx0, 0, None) * np.clip(yy1 - yy0, 0, None)
-        iou = inter / np.maximum(area[i] + area[order] - inter, 1e-12)
-        cluster = order[iou > iou_threshold]
+        cluster = order[_iou(boxes, area, i, order) > iou_threshold]
         if cluster.size == 0:  # a degenerate (zero-area) best box overlaps nothing, not even itself
             cluster = order[:1]
         w = scores[cluster]
