@@ -386,7 +386,8 @@ class DecodePool:
         inferring: dict[int, tuple[list[DatasetItem], int, dict[str, Any], Future[Any]]] = {}
         chunks = enumerate(_chunks(todo, self.batch))
         more, next_write = True, 0
-        with ThreadPoolExecutor(self.streams, thread_name_prefix="replay-infer") as infer_pool:
+        infer_pool = ThreadPoolExecutor(self.streams, thread_name_prefix="replay-infer")
+        try:
             while True:
                 while more and free:
                     k, chunk = next(chunks, (-1, []))
@@ -413,6 +414,8 @@ class DecodePool:
                 if next_write in inferring:
                     waits.append(inferring[next_write][3])
                 wait(waits, return_when=FIRST_COMPLETED)
+        finally:  # on an error, chunks still queued for inference are dropped, not run
+            infer_pool.shutdown(cancel_futures=True)
 
 
 def _decoded(fut: Future[dict[str, Any]]) -> dict[str, Any]:

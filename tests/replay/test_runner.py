@@ -90,19 +90,33 @@ def test_fixed_batch_one_models_batched_or_looped(tmp_path, dataset):
         )
 
 
+def _grey_items(folder: Path, n: int) -> list[DatasetItem]:
+    """``n`` flat grey images: image i has level 5 * i, so a tensor identifies its image."""
+    folder.mkdir()
+    items = []
+    for i in range(n):
+        Image.fromarray(np.full((20, 20, 3), 5 * i, np.uint8)).save(folder / f"{i:02d}.png")
+        items.append(DatasetItem(item_id=str(i), path=folder / f"{i:02d}.png"))
+    return items
+
+
+def _run_pool(items: list[DatasetItem], infer, write) -> None:
+    spec = PreprocessSpec(resize=ResizeSpec(width=8, height=8, method="area"), scale=[1.0], offset=[0.0])
+    pool = DecodePool([spec], ([spec], None, 0.0, False, False, "numpy", True), 2, 4, streams=2)
+    try:
+        pool.run(
+            items, lambda c: [(i, str(it.path) if it.path else None) for i, it in enumerate(c)], infer, write
+        )
+    finally:
+        pool.close()
+
+
 def test_streams_finish_out_of_order_but_chunks_are_written_in_order(tmp_path):
     """Two streams take whole chunks and finish in any order; writes stay in chunk order, and a chunk's
     shared-memory slot is not reused before it is written (each tensor still shows its own image)."""
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    items = []
-    for i in range(40):  # a flat grey level per image identifies it in the tensor
-        Image.fromarray(np.full((20, 20, 3), 5 * i, np.uint8)).save(folder / f"{i:02d}.png")
-        items.append(DatasetItem(item_id=str(i), path=folder / f"{i:02d}.png"))
+    items = _grey_items(tmp_path / "imgs", 40)
     items.insert(7, DatasetItem(item_id="missing", path=None))
-    spec = PreprocessSpec(resize=ResizeSpec(width=8, height=8, method="area"), scale=[1.0], offset=[0.0])
-    rng = np.random.default_rng(0)
-    delays = iter(rng.uniform(0, 0.05, size=64))
+    delays = iter(np.random.default_rng(0).uniform(0, 0.05, size=64))
 
     def infer(res):
         time.sleep(next(delays))  # streams finish out of order
@@ -114,16 +128,24 @@ def test_streams_finish_out_of_order_but_chunks_are_written_in_order(tmp_path):
         ok = [it for it, st in zip(chunk, res["status"], strict=True) if st == "ok"]
         written.append(([it.item_id for it in chunk], [it.item_id for it in ok], means))
 
-    pool = DecodePool([spec], ([spec], None, 0.0, False, False, "numpy", True), 2, 4, streams=2)
-    try:
-        pool.run(
-            items, lambda c: [(i, str(it.path) if it.path else None) for i, it in enumerate(c)], infer, write
-        )
-    finally:
-        pool.close()
+    _run_pool(items, infer, write)
     assert [i for ids, _, _ in written for i in ids] == [it.item_id for it in items]
     for _, ok_ids, means in written:
         assert means == pytest.approx([5.0 * int(i) for i in ok_ids])
+
+
+def test_a_failing_stream_stops_the_run_after_the_chunks_before_it(tmp_path):
+    items = _grey_items(tmp_path / "imgs", 40)
+
+    def infer(res):
+        if res["tensors"][0][0].mean() == 5.0 * 12:  # the fourth chunk (items 12-15)
+            raise RuntimeError("model failed")
+        return None
+
+    written: list[str] = []
+    with pytest.raises(RuntimeError, match="model failed"):
+        _run_pool(items, infer, lambda chunk, res, _: written.extend(it.item_id for it in chunk))
+    assert written == [str(i) for i in range(12)]  # whole chunks, in order, none after the failure
 
 
 def test_inference_threads_choice(monkeypatch):
