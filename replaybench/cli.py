@@ -632,22 +632,18 @@ def evaluate(
 
 def _render_evaluation(summary: Any) -> None:
     from rich.table import Column, Table
-    from rich.text import Text
 
     from replaybench._console import stdout_console
 
     def f(v: float | None, d: int = 3) -> str:
         return "-" if v is None else f"{v:.{d}f}"
 
-    def row(table: Any, *cells: str) -> None:
-        table.add_row(*(Text(c) for c in cells))  # Text: metric names like recall[female] are not markup
-
-    console = stdout_console()
+    console = stdout_console()  # no markup: metric names like recall[female] print as they are
     for t in summary.tasks:
         table = Table(f"{summary.ci:.0%} CI", "n", "of", "worst group", "its value", "max-min")
         table.columns.insert(0, Column("overall"))
         table.columns.insert(0, Column("metric", no_wrap=True, min_width=22))
-        table.title = Text(f"{t.bundle}: {t.task}")
+        table.title = f"{t.bundle}: {t.task}"
         # worst group over the first group column (race by default), where at least two groups rank
         order = {g: i for i, g in enumerate(t.group_columns)}
         worst: dict[str, Any] = {}
@@ -656,8 +652,7 @@ def _render_evaluation(summary: Any) -> None:
                 worst.setdefault(d.metric, d)
         for m in t.headline:
             d = worst.get(m.name)
-            row(
-                table,
+            table.add_row(
                 m.name,
                 f(m.value),
                 f"[{f(m.ci_low)}, {f(m.ci_high)}]",
@@ -670,12 +665,9 @@ def _render_evaluation(summary: Any) -> None:
         console.print(table)
     for c in summary.concepts:
         table = Table("concept", "group", "rate", "elsewhere", "odds ratio", "q", "spurious")
-        table.title = Text(
-            f"{c.bundle}: {c.n_significant} of {c.n_tests} concept x group associations significant"
-        )
+        table.title = f"{c.bundle}: {c.n_significant} of {c.n_tests} concept x group associations significant"
         for a in [*c.spurious, *c.strongest][:15]:
-            row(
-                table,
+            table.add_row(
                 a.concept,
                 f"{a.group} ({a.grouping})",
                 f(a.rate),
@@ -687,15 +679,15 @@ def _render_evaluation(summary: Any) -> None:
         console.print(table)
     if summary.comparison:
         table = Table("field", "n", "agreement", "kappa", "mean |diff|", "worst group")
-        table.title = Text(f"agreement with {summary.comparison.other}")
+        table.title = f"agreement with {summary.comparison.other}"
         for a in summary.comparison.fields:
-            row(
-                table, a.field, str(a.n), f(a.agreement), f(a.kappa), f(a.mean_abs_diff), a.worst_group or "-"
+            table.add_row(
+                a.field, str(a.n), f(a.agreement), f(a.kappa), f(a.mean_abs_diff), a.worst_group or "-"
             )
         console.print(table)
     for w in summary.warnings:
-        console.print(Text(f"warning: {w}", style="yellow"))
-    console.print(Text(f"report: {summary.report}/index.html (metrics.parquet, summary.json beside it)"))
+        console.print(f"warning: {w}", style="yellow")
+    console.print(f"report: {summary.report}/index.html (metrics.parquet, summary.json beside it)")
 
 
 # --------------------------------------------------------------------------------------------- distill
