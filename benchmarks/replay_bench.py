@@ -5,7 +5,8 @@ QDQ quantisation of it, as apps ship) and a 224x224 model (MobileNetV2 alpha 1.0
 Instagram-like JPEGs), all Keras -> TFLite -> tf2onnx like a real extracted model, it measures:
 
   (a) model only: preprocessed tensors already in memory, batched onnxruntime calls; the better of the
-      runner's model stage (one-thread streams, each running whole batches) and onnxruntime's own intra-op threads with spinning;
+      runner's model stage (one-thread streams, each running whole batches) and onnxruntime's own
+      intra-op threads with spinning;
   (b) decode + preprocess only, with all worker processes (the runner's own worker code);
   (c) end to end: ``replaybench.replay.runner.replay`` writing Parquet parts, timed around the whole
       call (opening sessions, listing the dataset and starting the workers included);
