@@ -35,6 +35,8 @@ app.add_typer(distill_app, name="distill")
 
 class _State:
     debug = False
+    # what to tell the user if Ctrl-C stops the command (typer turns it into a silent exit 130)
+    on_interrupt = "interrupted"
 
 
 STATE = _State()
@@ -527,6 +529,7 @@ def replay(
         part_rows=part_rows,
     )
     progress = NullProgress() if json_out else RichProgress()
+    STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"
     result = run_replay(paths[:-1], paths[-1], output, options, progress)
     if json_out:
         emit_json(result)
@@ -974,6 +977,8 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         result: Any = command.main(args=argv, prog_name="replaybench", standalone_mode=False)
+        if result == 130:  # Ctrl-C: typer turns KeyboardInterrupt into a silent Exit(130)
+            sys.stderr.write(STATE.on_interrupt + "\n")
         return result if isinstance(result, int) else 0
     except ReplaybenchError as e:
         if STATE.debug:
@@ -988,8 +993,8 @@ def main(argv: list[str] | None = None) -> int:
     except ClickException as e:
         e.show()
         return UsageError.exit_code if e.exit_code == 2 else e.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+    except KeyboardInterrupt:  # outside a command (typer handles it inside)
+        sys.stderr.write(STATE.on_interrupt + "\n")
         return 130
     except Exception as e:  # the last line of defence: a bug, shown briefly unless --debug
         if STATE.debug:

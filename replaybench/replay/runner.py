@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from collections import deque
@@ -141,6 +142,8 @@ def _init_worker(
     from replaybench.replay.decode import draft_size
     from replaybench.replay.preprocess import apply_preprocess
 
+    if slots is not None:  # a worker process: Ctrl-C reaches the whole process group, and the main
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # process stops the pool (no traceback per worker)
     _tune_malloc()
     _W["specs"] = specs
     _W["slots"] = _attach_slots(slots) if slots else None

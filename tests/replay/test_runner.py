@@ -191,21 +191,34 @@ def test_input_dataset_never_modified(tmp_path, dataset):
     assert sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in dataset.iterdir()) == before
 
 
-def test_resume_after_sigkill_has_no_duplicates_or_losses(tmp_path):
+@pytest.mark.parametrize("stop", ["kill -9", "ctrl-c"])
+def test_resume_after_a_stopped_run_has_no_duplicates_or_losses(tmp_path, stop):
     ds = tmp_path / "ds"
     utk_images(ds, 300, size=200)
     b = tiny_bundle(tmp_path / "b", size=64, method="area")
     out = tmp_path / "p"
     cmd = [sys.executable, "-m", "replaybench", "replay", str(b), str(ds), "-o", str(out)]
-    opts = ["--workers", "0", "--batch-size", "4", "--part-rows", "8", "--json"]
+    # ctrl-c reaches the whole process group, decode workers included, as in a terminal
+    opts = ["--workers", "0" if stop == "kill -9" else "2", "--batch-size", "4", "--part-rows", "8", "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd + opts, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + opts,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 3:
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL if stop == "kill -9" else signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if stop == "kill -9":
+        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    else:
+        assert proc.returncode == 130, err
+        assert "add --resume to continue" in err and "Traceback" not in err
     written = pl.read_parquet(out / "*.parquet")["item_id"].to_list()
     assert 0 < len(written) < 300
     done = subprocess.run(cmd + [*opts, "--resume"], env=env, capture_output=True, text=True, check=False)
