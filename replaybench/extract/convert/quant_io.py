@@ -28,54 +28,46 @@ def _rename_uses(graph, old: str, new: str) -> None:  # type: ignore[no-untyped-
                 node.output[i] = new
 
 
-def _add_qparams(g: Any, inner: str, q: Any, dtype: str) -> None:
-    """Scale and zero-point initializers (``<inner>_scale``, ``<inner>_zp``) for a (De)QuantizeLinear."""
-    from onnx import numpy_helper
+def _float_boundary(g: Any, vi: Any, src: SourceTensor, quantize: bool) -> tuple[SourceTensor, Any]:
+    """Make graph input/output ``vi`` float32 when its source tensor is quantised: the tensor inside the
+    graph is renamed ``<name>__quantized`` and a QuantizeLinear (inputs, ``quantize``) or
+    DequantizeLinear (outputs) with the source's scale and zero point joins it to ``vi``. Returns the
+    new tensor description and the node (None when the tensor is not quantised)."""
+    from onnx import TensorProto, helper, numpy_helper
 
+    q = src.quantization
+    if q is None or src.dtype not in _ONNX_TYPE:
+        return src, None
+    inner = vi.name + "__quantized"
+    _rename_uses(g, vi.name, inner)
     g.initializer.extend(
         [
             numpy_helper.from_array(np.array(q.scale, dtype=np.float32), inner + "_scale"),
-            numpy_helper.from_array(np.array(q.zero_point, dtype=dtype), inner + "_zp"),
+            numpy_helper.from_array(np.array(q.zero_point, dtype=src.dtype), inner + "_zp"),
         ]
     )
+    qparams = [inner + "_scale", inner + "_zp"]
+    if quantize:
+        node = helper.make_node("QuantizeLinear", [vi.name, *qparams], [inner])
+    else:
+        node = helper.make_node("DequantizeLinear", [inner, *qparams], [vi.name])
+    vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    return dataclasses.replace(src, dtype="float32", quantized_dtype=src.dtype), node
 
 
 def dequantize_io(converted: Converted) -> Converted:
     """Return ``converted`` with float32 inputs/outputs wherever the source tensor is quantised."""
-    from onnx import TensorProto, helper
 
     model = converted.onnx_model
     g = model.graph
     init = {i.name for i in g.initializer}
     graph_inputs = [i for i in g.input if i.name not in init]
-    new_inputs: list[SourceTensor] = []
-    nodes = []
-    for k, vi in enumerate(graph_inputs):
-        src = converted.inputs[k]
-        q = src.quantization
-        if q is None or src.dtype not in _ONNX_TYPE:
-            new_inputs.append(src)
-            continue
-        inner = vi.name + "__quantized"
-        _rename_uses(g, vi.name, inner)
-        _add_qparams(g, inner, q, src.dtype)
-        nodes.append(helper.make_node("QuantizeLinear", [vi.name, inner + "_scale", inner + "_zp"], [inner]))
-        vi.type.tensor_type.elem_type = TensorProto.FLOAT
-        new_inputs.append(dataclasses.replace(src, dtype="float32", quantized_dtype=src.dtype))
-    new_outputs: list[SourceTensor] = []
-    tail = []
-    for k, vo in enumerate(g.output):
-        src = converted.outputs[k]
-        q = src.quantization
-        if q is None or src.dtype not in _ONNX_TYPE:
-            new_outputs.append(src)
-            continue
-        inner = vo.name + "__quantized"
-        _rename_uses(g, vo.name, inner)
-        _add_qparams(g, inner, q, src.dtype)
-        tail.append(helper.make_node("DequantizeLinear", [inner, inner + "_scale", inner + "_zp"], [vo.name]))
-        vo.type.tensor_type.elem_type = TensorProto.FLOAT
-        new_outputs.append(dataclasses.replace(src, dtype="float32", quantized_dtype=src.dtype))
+    ins = [_float_boundary(g, vi, converted.inputs[k], True) for k, vi in enumerate(graph_inputs)]
+    outs = [_float_boundary(g, vo, converted.outputs[k], False) for k, vo in enumerate(g.output)]
+    new_inputs = [t for t, _ in ins]
+    new_outputs = [t for t, _ in outs]
+    nodes = [n for _, n in ins if n is not None]
+    tail = [n for _, n in outs if n is not None]
     all_nodes = nodes + list(g.node) + tail
     del g.node[:]
     g.node.extend(all_nodes)

@@ -111,8 +111,7 @@ def convert_graphdef(path: Path, opts: ConvertOptions) -> Converted:
 
     def spec(name: str) -> SourceTensor:
         t = wrapped.graph.get_tensor_by_name(name)
-        shape = [None if d is None else int(d) for d in t.shape.as_list()] if t.shape.rank is not None else []
-        return SourceTensor(name, list(shape), t.dtype.name)
+        return SourceTensor(name, _spec_shape(t.shape), t.dtype.name)
 
     return Converted(
         onnx_model=onnx_model,
