@@ -94,7 +94,7 @@ def test_help_starts_without_heavy_imports():
     assert "HEAVY []" in out
 
 
-def test_doctor_says_how_to_install_what_is_missing(monkeypatch):
+def test_doctor_says_how_to_install_what_is_missing(monkeypatch, capsys):
     import importlib.util
 
     from replaybench import doctor
@@ -110,3 +110,5 @@ def test_doctor_says_how_to_install_what_is_missing(monkeypatch):
     smali = checks["smali (test APKs)"]
     assert not smali.ok and smali.install == "apt-get install -y smali"
     assert checks["tf2onnx"].ok
+    assert main(["doctor"]) == 0
+    assert "pip install 'replaybench[frida]'" in capsys.readouterr().out  # the extra is text, not markup
