@@ -13,6 +13,7 @@ import re
 import struct
 from typing import Any
 
+from replaybench.errors import CorruptInputError
 from replaybench.extract.inventory import CodeReference
 
 # Class-name prefixes (DEX descriptors) of ML APIs, and the framework each belongs to.
@@ -94,27 +95,55 @@ def quiet_androguard() -> None:
     logger.disable("androguard")
 
 
-def dex_strings(data: bytes, dex_name: str = "classes.dex") -> list[str]:
+class DexFormatError(CorruptInputError, ValueError):
+    """A DEX file whose header, string table or structure is malformed (exit code 5; also a ValueError)."""
+
+
+def _uleb128(data: bytes | bytearray | memoryview, pos: int, dex_name: str) -> tuple[int, int]:
+    """(value, position after it) of a uleb128 of at most 5 bytes (a DEX u32)."""
+    value = 0
+    for i in range(5):
+        if pos + i >= len(data):
+            break
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, pos + i + 1
+    raise DexFormatError(f"{dex_name}: malformed uleb128 length at {pos}")
+
+
+def dex_strings(data: bytes | bytearray | memoryview, dex_name: str = "classes.dex") -> list[str]:
     """The DEX string table (string_ids -> MUTF-8 data), read directly: milliseconds, not seconds.
 
     Decoded as UTF-8: MUTF-8 surrogate pairs become replacement characters, which is harmless here
     (every marker searched for is ASCII).
 
-    Raises ValueError when the header or an offset is out of bounds.
+    Hostile tables are refused, not followed: a string may not hold more than 3 bytes per UTF-16 unit
+    its length prefix declares (the MUTF-8 maximum), and strings may not overlap (ids pointing into one
+    long run would decode it once per id: quadratic time and memory). Raises ``DexFormatError`` (a
+    ``CorruptInputError``) when the header, an offset or a string is malformed.
     """
+    data = bytes(data) if not isinstance(data, bytes) else data
     if data[:4] != b"dex\n" or len(data) < 0x70:
-        raise ValueError(f"{dex_name} is not a DEX file")
+        raise DexFormatError(f"{dex_name} is not a DEX file")
     n, off = struct.unpack_from("<II", data, 0x38)
     if off + 4 * n > len(data):
-        raise ValueError(f"{dex_name}: string table runs past the end of the file")
+        raise DexFormatError(f"{dex_name}: string table runs past the end of the file")
+    decoded: dict[int, str] = {}  # several ids may share one string (harmless): decode it once
+    total = 0
     out = []
     for o in struct.unpack_from(f"<{n}I", data, off):
-        while o < len(data) and data[o] & 0x80:  # skip the uleb128 utf16 length
-            o += 1
-        end = data.find(b"\0", o + 1)
-        if end < 0:
-            raise ValueError(f"{dex_name}: unterminated string at {o}")
-        out.append(data[o + 1 : end].decode("utf-8", "replace"))
+        text = decoded.get(o)
+        if text is None:
+            units, start = _uleb128(data, o, dex_name)
+            end = data.find(b"\0", start, min(len(data), start + 3 * units + 1))
+            if end < 0:
+                raise DexFormatError(f"{dex_name}: unterminated string at {o} ({units} UTF-16 units declared)")
+            total += end - start
+            if total > len(data):
+                raise DexFormatError(f"{dex_name}: string ids overlap (more string bytes than the file holds)")
+            text = decoded[o] = data[start:end].decode("utf-8", "replace")
+        out.append(text)
     return out
 
 
@@ -130,7 +159,7 @@ def analyze_dex(data: bytes, dex_name: str) -> tuple[list[CodeReference], set[st
     """Code references to ML APIs in one DEX file, and every file-name-like string of its string table
     (to tie blobs with unusual names, e.g. an encrypted ``m.enc``, to the code).
 
-    Raises ValueError for a DEX androguard rejects.
+    Raises ``DexFormatError`` (a ``CorruptInputError``, also a ``ValueError``) for a DEX androguard rejects.
     """
     # The string table alone decides whether androguard (seconds per MB: it parses every item) runs.
     strings = dex_strings(data, dex_name)
@@ -143,7 +172,15 @@ def analyze_dex(data: bytes, dex_name: str) -> tuple[list[CodeReference], set[st
     try:
         dex = DEX(data)
     except Exception as e:  # androguard raises bare exceptions on malformed DEX
-        raise ValueError(f"androguard could not parse {dex_name}: {e}") from e
+        raise DexFormatError(f"androguard could not parse {dex_name}: {e}") from e
+    try:
+        return _code_references(dex, dex_name), file_names
+    except Exception as e:  # androguard decodes instructions lazily: malformed code fails while walking
+        raise DexFormatError(f"androguard could not disassemble {dex_name}: {type(e).__name__}: {e}") from e
+
+
+def _code_references(dex: Any, dex_name: str) -> list[CodeReference]:
+    """ML API uses, loadLibrary names, model file names and preprocessing constants in every method."""
     refs: list[CodeReference] = []
     seen: set[tuple[Any, ...]] = set()
 
@@ -203,7 +240,7 @@ def analyze_dex(data: bytes, dex_name: str) -> tuple[list[CodeReference], set[st
                         typed = [_typed(v, k) for v, k in zip(values, _wide(kinds), strict=False)]
                         add(CodeReference(kind="preprocess_arg", api=f"{owner}->{meth}", class_name=cname,
                                           method=mname, dex=dex_name, value=label, args=typed))  # fmt: skip
-    return refs, file_names
+    return refs
 
 
 def _wide(kinds: list[str]) -> list[str]:

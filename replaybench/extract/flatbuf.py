@@ -12,9 +12,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from replaybench.errors import CorruptInputError
 
-class FlatbufferError(ValueError):
-    """The bytes are not a well-formed flatbuffer (an offset or length points outside the buffer)."""
+
+class FlatbufferError(CorruptInputError, ValueError):
+    """The bytes are not a well-formed flatbuffer (an offset or length points outside the buffer).
+
+    A typed replaybench error (exit code 5); still a ``ValueError`` for callers that catch those."""
 
 
 @dataclass

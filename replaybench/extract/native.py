@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from replaybench.errors import CorruptInputError
 from replaybench.extract.inventory import RuntimeMatch
 
 STRING_SECTIONS = (".rodata", ".dynstr", ".data.rel.ro", ".data", ".strtab")
@@ -23,6 +24,10 @@ BLOB_SECTIONS = (".rodata", ".data", ".data.rel.ro", ".lrodata", ".ldata")
 STRING_SCAN_CAP = 8 << 20  # per section: beyond this a section holds tables/weights, not strings
 EMBED_SCAN_MAX = 64  # candidate offsets tried per magic per library
 MAX_LISTED = 50  # ML-related symbols listed per library in the inventory
+
+
+class ElfFormatError(CorruptInputError, ValueError):
+    """Bytes lief cannot parse as an ELF file (exit code 5; also a ``ValueError``)."""
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,7 @@ def analyze_elf(
     """Parse one ELF image: machine, needed libs, symbols, runtimes, engine score, embedded blobs.
 
     ``haystack`` lets the caller search the bytes in place (an mmap of the APK); by default ``data``.
-    Raises ValueError when lief cannot parse it as ELF.
+    Raises ``ElfFormatError`` (a ``CorruptInputError``, also a ``ValueError``) when lief cannot parse it.
     """
     import lief
 
@@ -239,7 +244,7 @@ def analyze_elf(
     view = memoryview(data)
     binary = lief.ELF.parse(_MemReader(view), config)
     if binary is None:
-        raise ValueError("lief could not parse this ELF file")
+        raise ElfFormatError(f"lief could not parse {lib_name} as an ELF file")
     if haystack is None:
         haystack = Haystack(data if isinstance(data, bytes | bytearray) else bytes(data))
     sections = [

@@ -1,0 +1,172 @@
+"""Fuzz the binary parsers: TFLite flatbuffer + metadata, the convert-side metadata reader, DEX, ELF.
+
+Each target mutates a valid seed (tests/fuzz/seeds.py) and asserts the property of ``expect_typed``:
+a result or a replaybench typed error, never another exception, a hang or a memory blow-up.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from replaybench.errors import CorruptInputError, ReplaybenchError
+from tests.fuzz import seeds
+from tests.fuzz.harness import dex_hot_positions, elf_hot_positions, expect_typed, fuzz_settings, mutated
+
+TFLITE = seeds.tflite_model()
+METADATA = seeds._metadata_flatbuffer()
+
+
+def test_seeds_are_valid() -> None:
+    """The seeds are what they claim (checked by the real runtimes/tools), so mutations start from valid."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=TFLITE)
+    it.allocate_tensors()
+    x = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    w = np.array([[10, -20, 30, -40], [5, 15, -25, 35]], np.float32) * 0.05
+    np.testing.assert_allclose(it.get_tensor(it.get_output_details()[0]["index"]), x @ w.T + [0.25, -0.5])
+    with zipfile.ZipFile(io.BytesIO(TFLITE)) as z:  # the appended associated-files zip
+        assert z.read("labels.txt").decode().split() == seeds.LABELS
+    import lief
+
+    elf = lief.ELF.parse(list(seeds.elf_library()))
+    assert elf is not None and any(s.name == "TfLiteInterpreterCreate" for s in elf.exported_symbols)
+    from androguard.core.dex import DEX
+
+    dex = DEX(seeds.dex_file())
+    assert "Lorg/tensorflow/lite/Interpreter;" in set(dex.get_strings())
+
+
+# ------------------------------------------------------------------------------------------ TFLite
+
+
+def _parse_tflite(data: bytes) -> object:
+    from replaybench.extract.tflite import flatbuffer_extent, parse_tflite
+
+    info = parse_tflite(data)
+    assert 0 <= info["_extent"] <= len(data)
+    assert flatbuffer_extent(memoryview(data)) == info["_extent"]
+    return info
+
+
+
+
+@given(mutated(TFLITE, max_ops=8))
+@fuzz_settings(300)
+@example(b"")
+@example(TFLITE[:8])
+@example(b"\x08\x00\x00\x00TFL3")
+def test_fuzz_tflite_flatbuffer(data: bytes) -> None:
+    expect_typed(_parse_tflite, data)
+
+
+def _metadata_model(meta: bytes, tail: bytes) -> tuple[object, bytes]:
+    """The seed model object with ``meta`` as its TFLITE_METADATA buffer and ``tail`` appended."""
+    from ai_edge_litert import schema_py_generated as s
+
+    model = s.ModelT.InitFromPackedBuf(bytearray(TFLITE), 0)
+    model.buffers[3].data = list(meta)
+    return model, TFLITE[: -len(seeds.labels_zip())] + tail
+
+
+@given(mutated(METADATA, max_ops=8), mutated(seeds.labels_zip(), max_ops=4))
+@fuzz_settings(300)
+def test_fuzz_convert_tflite_metadata(meta: bytes, tail: bytes) -> None:
+    """convert's metadata reader never fails a conversion: bad metadata becomes a note."""
+    from replaybench.extract.convert.tflite_metadata import TFLiteMetadata, read_metadata
+
+    model, data = _metadata_model(meta, tail)
+    result = expect_typed(read_metadata, model, data)
+    assert isinstance(result, TFLiteMetadata)
+
+
+def test_convert_metadata_reads_the_seed() -> None:
+    from replaybench.extract.convert.tflite_metadata import read_metadata
+
+    model, data = _metadata_model(METADATA, seeds.labels_zip())
+    meta = read_metadata(model, data)
+    assert (meta.mean, meta.std, meta.labels, meta.notes) == ([127.5] * 3, [127.5] * 3, seeds.LABELS, [])
+
+
+# ------------------------------------------------------------------------------------------ DEX
+
+DEX = seeds.dex_file()
+
+
+def _dex(data: bytes) -> object:
+    from replaybench.extract.code import analyze_dex, dex_strings
+
+    strings = dex_strings(data, "classes.dex")
+    assert sum(map(len, strings)) <= len(data)
+    return analyze_dex(data, "classes.dex")
+
+
+@given(mutated(DEX, hot=dex_hot_positions(DEX), max_ops=6))
+@fuzz_settings(200)
+@example(b"dex\n035\0" + bytes(0x68))
+def test_fuzz_dex(data: bytes) -> None:
+    expect_typed(_dex, data)
+
+
+def test_dex_string_table_with_overlapping_strings_is_refused() -> None:
+    """Hostile string ids that all point into one long run (no NUL) would decode the run once per id:
+    quadratic time and memory. The table is refused instead."""
+    from replaybench.extract.code import dex_strings
+
+    n, run = 20_000, 200_000
+    body = bytearray(b"dex\n035\0" + bytes(0x68))
+    off = len(body)
+    data_off = off + 4 * n
+    struct.pack_into("<II", body, 0x38, n, off)
+    body += b"".join(struct.pack("<I", data_off + 4 * i) for i in range(n))
+    body += b"\x01" + b"A" * run  # uleb128 length 1, then a string that never ends before the next id
+    body += b"\0"
+    with pytest.raises(CorruptInputError, match="string"):
+        dex_strings(bytes(body), "classes.dex")
+
+
+def test_dex_uleb_prefix_is_bounded() -> None:
+    """A uleb128 length is at most 5 bytes; a run of continuation bytes is not skipped to its end."""
+    from replaybench.extract.code import dex_strings
+
+    body = bytearray(b"dex\n035\0" + bytes(0x68))
+    struct.pack_into("<II", body, 0x38, 1, len(body))
+    body += struct.pack("<I", len(body) + 4) + b"\xff" * 64 + b"\0"
+    with pytest.raises(CorruptInputError):
+        dex_strings(bytes(body), "classes.dex")
+
+
+# ------------------------------------------------------------------------------------------ ELF
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_fuzz_elf(arch: str) -> None:
+    from replaybench.extract.native import analyze_elf
+
+    seed = seeds.elf_library(arch)
+
+    @given(mutated(seed, hot=elf_hot_positions(seed), max_ops=6))
+    @fuzz_settings(150)
+    def run(data: bytes) -> None:
+        result = expect_typed(analyze_elf, data, "libtflitejni.so")
+        if not isinstance(result, ReplaybenchError):
+            for emb in result["embedded"]:
+                assert 0 <= emb.file_offset and emb.file_offset + emb.size <= len(data)
+
+    run()
+
+
+def test_elf_garbage_is_a_typed_error() -> None:
+    from replaybench.extract.native import analyze_elf
+
+    with pytest.raises(CorruptInputError):
+        analyze_elf(b"\x7fELX" + bytes(60), "libx.so")
