@@ -139,7 +139,8 @@ def _appended_zip(data: bytes | bytearray | memoryview, start: int) -> tuple[int
     tail = bytes(data[start : start + 4])
     if tail == b"PK\x05\x06" and len(data) >= start + 22:  # an empty archive (MediaPipe writes one)
         comment_len = int.from_bytes(bytes(data[start + 20 : start + 22]), "little")
-        return start + 22 + comment_len, {}
+        end = start + 22 + comment_len
+        return (end, {}) if end <= len(data) else (start, {})
     if tail != b"PK\x03\x04":
         return start, {}
     # The end-of-central-directory record closes the archive; find the last one in the data.
@@ -149,6 +150,8 @@ def _appended_zip(data: bytes | bytearray | memoryview, start: int) -> tuple[int
         return start, {}
     comment_len = int.from_bytes(view[eocd + 20 : eocd + 22], "little")
     end = start + eocd + 22 + comment_len
+    if end > len(data):  # a comment running past the data: not an archive that ends here
+        return start, {}
     labels: dict[str, list[str]] = {}
     try:
         with zipfile.ZipFile(io.BytesIO(view[: end - start])) as z:

@@ -65,6 +65,7 @@ def _parse_tflite(data: bytes) -> object:
 @example(b"")
 @example(TFLITE[:8])
 @example(b"\x08\x00\x00\x00TFL3")
+@example(TFLITE[:-2] + b"\x20\x00")  # found: the appended zip's comment length ran past the data
 def test_fuzz_tflite_flatbuffer(data: bytes) -> None:
     expect_typed(_parse_tflite, data)
 
