@@ -276,9 +276,9 @@ def load_bundle(folder: Path) -> LoadedBundle:
             f"not a bundle: {folder} has no {BUNDLE_JSON}",
             hint="make one with: replaybench convert MODEL -o BUNDLE",
         )
-    try:
-        bundle = Bundle.model_validate_json(doc.read_text(encoding="utf-8"))
-    except ValidationError as e:
+    try:  # bytes: invalid UTF-8 is a validation error, not a UnicodeDecodeError escaping as a crash
+        bundle = Bundle.model_validate_json(doc.read_bytes())
+    except (ValidationError, ValueError) as e:
         raise CorruptInputError(f"{doc} is not a valid bundle document: {e}") from e
     if bundle.schema_version > BUNDLE_SCHEMA_VERSION:
         raise CorruptInputError(
@@ -297,10 +297,9 @@ def read_spec(path: Path, kind: type[_SpecT]) -> _SpecT:
 
     Raises InputNotFoundError for a missing file and UsageError for one that holds no such spec.
     """
-    import json
-
     from pydantic import ValidationError
 
+    from replaybench._json import loads_untrusted
     from replaybench.errors import UsageError
 
     path = Path(path)
@@ -309,7 +308,7 @@ def read_spec(path: Path, kind: type[_SpecT]) -> _SpecT:
     if not path.is_file():
         raise InputNotFoundError(f"spec file not found: {path}")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = loads_untrusted(path.read_bytes())
         if isinstance(doc, dict) and "schema_version" in doc and "io" in doc:  # a bundle.json
             doc = doc.get("preprocess" if kind is PreprocessSpec else "postprocess")
         return kind.model_validate(doc)

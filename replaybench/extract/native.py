@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -247,10 +248,12 @@ def analyze_elf(
         raise ElfFormatError(f"lief could not parse {lib_name} as an ELF file")
     if haystack is None:
         haystack = Haystack(data if isinstance(data, bytes | bytearray) else bytes(data))
-    sections = [
-        (str(s.name), int(s.offset), int(s.size), int(s.virtual_address), int(s.type) == 8)  # 8: SHT_NOBITS
-        for s in binary.sections
-    ]
+    with warnings.catch_warnings():  # lief warns for every enum value a hostile header invents
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sections = [
+            (str(s.name), int(s.offset), int(s.size), int(s.virtual_address), int(s.type) == 8)  # SHT_NOBITS
+            for s in binary.sections
+        ]
     symbols = sorted(
         {str(s.name) for s in binary.dynamic_symbols if s.name}
         | {str(s.name) for s in binary.symtab_symbols if s.name}

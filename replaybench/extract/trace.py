@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from replaybench._json import loads_untrusted
 from replaybench.errors import InputNotFoundError, TraceError
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 TRACE_SCHEMA_VERSION = 1
 TRACE_JSONL = "trace.jsonl"
 DUMPS_DIR = "dumps"
+# An event is a few hundred bytes (binary payloads go to dumps/): a longer line is hostile or broken and
+# is skipped without being held in memory.
+MAX_LINE = 16 << 20
+CHUNK = 1 << 20
 
 # TfLiteType enum values (tflite/core/c/tflite_types.h) -> numpy dtype names.
 TFLITE_DTYPES: dict[int, str] = {
@@ -288,16 +293,31 @@ def trace_file(path: Path) -> Path:
     return path
 
 
+def _lines(f: Any) -> Iterator[bytes | None]:
+    """The lines of a binary file; ``None`` for a line over MAX_LINE bytes (skipped without holding it)."""
+    while raw := f.readline(MAX_LINE + 1):
+        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+            while (rest := f.readline(CHUNK)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+            continue
+        yield raw
+
+
 def iter_lines(path: Path, summary: TraceSummary) -> Iterator[TraceEvent]:
     """Yield the valid events of a trace.jsonl, counting (and logging) the lines that are not."""
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(_lines(f), 1):
+            if raw is None:
+                summary.malformed_lines += 1
+                log.warning("%s:%d: line longer than %d bytes, skipped", path, lineno, MAX_LINE)
+                continue
             line = raw.strip()
             if not line:
                 continue
             try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                obj = loads_untrusted(line)
+            except ValueError:  # not JSON, invalid UTF-8, a giant integer, nesting past the recursion limit
                 summary.malformed_lines += 1
                 log.warning("%s:%d: not a JSON line (truncated?), skipped", path, lineno)
                 continue

@@ -15,12 +15,12 @@ absent still yields an item, so replay/scoring records an error row for it inste
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from replaybench._json import loads_untrusted
 from replaybench.errors import CorruptInputError, DatasetError, InputNotFoundError, UnsafeInputError
 from replaybench.replay.items import DatasetItem
 
@@ -29,24 +29,33 @@ TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
 POST_ID_KEYS = ("post_id", "shortcode", "id", "coco_id", "pk")
 IMAGE_KEYS = ("image", "image_path", "path", "file", "filename", "images")
 CAPTION_KEYS = ("caption", "text", "captions")
+ALLOW_OUTSIDE_HINT = (
+    "move the images into the dataset folder, or pass --allow-outside if you trust the dataset "
+    "(distill label uploads every image it names to the teacher endpoint)"
+)
 # Labels carried into predictions: scalar columns only (nested scrape fields would bloat every row).
 _SCALAR = (str, int, float, bool)
 
 
-def read_posts(path: Path) -> list[DatasetItem]:
+def read_posts(path: Path, *, allow_outside: bool = False) -> list[DatasetItem]:
     """Read a posts dataset (folder of post JSONs, or a CSV/Parquet/JSONL table) into items.
 
     Example: ``read_posts(Path("posts/"))`` -> one item per image, ``caption`` and ``post_id`` set.
     Raises InputNotFoundError when ``path`` does not exist and DatasetError when it holds no posts.
+
+    A post or table row may only name images inside the dataset folder (the folder of the table, or the
+    posts folder): an absolute path elsewhere, a ``..`` or a symlink that resolves outside raises
+    ``UnsafeInputError`` naming the offending rows, before anything is read or uploaded, unless
+    ``allow_outside`` (the ``--allow-outside`` flag) says the dataset is trusted.
     """
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError(f"posts dataset not found: {path}")
     if path.is_file():
         if path.suffix.lower() == ".json":
-            items = _read_post_json(path, path.parent)
+            items = _read_post_json(path, path.parent, allow_outside)
         elif path.suffix.lower() in TABLE_SUFFIXES:
-            items = _read_table(path)
+            items = _read_table(path, allow_outside)
         else:
             raise DatasetError(
                 f"{path} is not a posts dataset: expected a folder, a post .json or a "
@@ -60,10 +69,10 @@ def read_posts(path: Path) -> list[DatasetItem]:
                 f"{path} holds several tables ({', '.join(t.name for t in tables)}); name one of them"
             )
         if tables:
-            items = _read_table(tables[0])
+            items = _read_table(tables[0], allow_outside)
         else:
             jsons = sorted(p for p in path.rglob("*.json") if p.is_file() and not p.name.startswith("."))
-            items = [it for j in jsons for it in _read_post_json(j, path)]
+            items = [it for j in jsons for it in _read_post_json(j, path, allow_outside)]
     if not items:
         raise DatasetError(
             f"no posts found in {path}",
@@ -79,11 +88,13 @@ def read_posts(path: Path) -> list[DatasetItem]:
 
 def caption_of(doc: Mapping[str, Any]) -> str | None:
     """The caption of a post document: the scraped GraphQL field first, then a plain caption."""
-    node = doc.get("node") if isinstance(doc.get("node"), Mapping) else doc
-    assert isinstance(node, Mapping)
-    edges = (node.get("edge_media_to_caption") or {}).get("edges") if isinstance(node, Mapping) else None
-    if isinstance(edges, list) and edges:
-        text = ((edges[0] or {}).get("node") or {}).get("text")
+    node = doc["node"] if isinstance(doc.get("node"), Mapping) else doc
+    # Scraped JSON is untrusted: every level is checked for its type before it is read.
+    media = node.get("edge_media_to_caption")
+    edges = media.get("edges") if isinstance(media, Mapping) else None
+    if isinstance(edges, list) and edges and isinstance(edges[0], Mapping):
+        inner = edges[0].get("node")
+        text = inner.get("text") if isinstance(inner, Mapping) else None
         if isinstance(text, str):
             return text
     for key in CAPTION_KEYS:
@@ -101,10 +112,10 @@ def caption_of(doc: Mapping[str, Any]) -> str | None:
 # ------------------------------------------------------------------------------------------ one JSON a post
 
 
-def _read_post_json(doc_path: Path, root: Path) -> list[DatasetItem]:
+def _read_post_json(doc_path: Path, root: Path, allow_outside: bool) -> list[DatasetItem]:
     try:
-        doc = json.loads(doc_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = loads_untrusted(doc_path.read_bytes())
+    except ValueError as e:  # not JSON, invalid UTF-8, a giant integer, nesting past the recursion limit
         raise CorruptInputError(f"post {doc_path} is not valid JSON: {e}") from e
     if not isinstance(doc, Mapping):
         raise CorruptInputError(f"post {doc_path} is not a JSON object")
@@ -112,10 +123,14 @@ def _read_post_json(doc_path: Path, root: Path) -> list[DatasetItem]:
     post_id = _first_scalar(node, POST_ID_KEYS) or doc_path.stem
     caption = caption_of(doc)
     listed = _listed_images(node)
-    if listed:
-        images = [_inside(doc_path.parent / p, root, doc_path) for p in listed]
-    else:
-        images = _images_beside(doc_path)
+    images = [doc_path.parent / p for p in listed] if listed else _images_beside(doc_path)
+    for image in images:  # listed names and images beside it alike (a symlink beside may lead out)
+        _check_image_path(image)
+        if not allow_outside and _outside(image, root):
+            raise UnsafeInputError(
+                f"post {doc_path} names an image outside the dataset folder {root}: {image}",
+                hint=ALLOW_OUTSIDE_HINT,
+            )
     if not images:
         # Nothing beside it: keep the post as an item whose image is missing (an error row downstream).
         images = [doc_path.with_suffix(".jpg")]
@@ -148,12 +163,17 @@ def _images_beside(doc_path: Path) -> list[Path]:
     return [p for _, p in sorted(numbered)]
 
 
-def _inside(path: Path, root: Path, doc_path: Path) -> Path:
-    # Scraped JSON is untrusted: an image path must not point out of the dataset folder.
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise UnsafeInputError(f"post {doc_path} names an image outside the dataset folder: {path}")
-    return path
+def _check_image_path(path: Path, where: str = "") -> None:
+    if "\0" in str(path):  # no file system has such a name; open() would raise ValueError later
+        raise DatasetError(f"{where or 'a post'} names an image path with a NUL byte: {str(path)!r}")
+
+
+def _outside(path: Path, root: Path) -> bool:
+    """Whether ``path`` resolves (symlinks followed, ``..`` applied) outside ``root``."""
+    try:
+        return not path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop or an unreadable link: not provably inside
+        return True
 
 
 def _post_items(
@@ -170,7 +190,7 @@ def _post_items(
 # ------------------------------------------------------------------------------------------ tables
 
 
-def _read_table(path: Path) -> list[DatasetItem]:
+def _read_table(path: Path, allow_outside: bool) -> list[DatasetItem]:
     rows = list(_table_rows(path))
     if not rows:
         return []
@@ -183,6 +203,7 @@ def _read_table(path: Path) -> list[DatasetItem]:
         )
     items: list[DatasetItem] = []
     per_post: dict[str, int] = {}
+    outside: list[str] = []
     for n, row in enumerate(rows):
         post_id = str(row[id_key]) if id_key and row.get(id_key) is not None else f"row{n}"
         value = row.get(image_key)
@@ -195,10 +216,19 @@ def _read_table(path: Path) -> list[DatasetItem]:
         }
         for img in images:
             img_path = path.parent / str(img) if img not in (None, "") else None
+            if img_path is not None:
+                _check_image_path(img_path, f"{path} row {n + 1}")
+                if not allow_outside and _outside(img_path, path.parent):
+                    outside.append(f"row {n + 1} (post {post_id}): {img}")
             per_post[post_id] = per_post.get(post_id, 0) + 1
             items.append(
                 DatasetItem(item_id="", path=img_path, labels=labels, caption=caption, post_id=post_id)
             )
+    if outside:
+        shown = "; ".join(outside[:5]) + (f"; ... ({len(outside)} images in all)" if len(outside) > 5 else "")
+        raise UnsafeInputError(
+            f"{path} names images outside the dataset folder {path.parent}: {shown}", hint=ALLOW_OUTSIDE_HINT
+        )
     # A post with several rows/images is a carousel: number its items; single ones keep the post id.
     seen: dict[str, int] = {}
     numbered: list[DatasetItem] = []
@@ -225,7 +255,7 @@ def _table_rows(path: Path) -> Iterable[dict[str, Any]]:
             with path.open(encoding="utf-8") as fh:
                 for n, line in enumerate(fh, start=1):
                     if line.strip():
-                        row = json.loads(line)
+                        row = loads_untrusted(line)
                         if not isinstance(row, dict):
                             raise CorruptInputError(f"{path}:{n} is not a JSON object")
                         yield row
@@ -234,7 +264,7 @@ def _table_rows(path: Path) -> Iterable[dict[str, Any]]:
 
         df = pl.read_csv(path, infer_schema_length=0) if suffix == ".csv" else pl.read_parquet(path)
         yield from df.to_dicts()
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # not JSON, invalid UTF-8, a giant integer, nesting past the recursion limit
         raise CorruptInputError(f"{path} is not a readable table: {e}") from e
     except Exception as e:
         if isinstance(e, CorruptInputError):

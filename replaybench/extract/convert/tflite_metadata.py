@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_LABEL_FILE = 4 * 1024 * 1024  # a label file larger than this is not a label file
+# What zipfile raises on a hostile appended archive: negative seeks (ValueError), unknown compression
+# methods (NotImplementedError), encrypted entries (RuntimeError), broken deflate streams (zlib.error).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError, NotImplementedError, RuntimeError, zlib.error,
+)  # fmt: skip
 
 # Field slots in metadata_schema.fbs
 _MODEL_SUBGRAPHS = 3
@@ -125,7 +131,7 @@ def _read_associated_file(model_bytes: bytes, name: str, meta: TFLiteMetadata) -
                 meta.notes.append(f"label file {name} is {info.file_size} bytes; ignored")
                 return None
             text = z.read(info).decode("utf-8", "replace")
-    except (zipfile.BadZipFile, KeyError, OSError) as e:
+    except _ZIP_ERRORS as e:
         meta.notes.append(f"label file {name} named in metadata but not readable: {e}")
         return None
     return [line.strip() for line in text.splitlines() if line.strip()]
