@@ -265,6 +265,9 @@ def iter_zip(
         size = source.stat().st_size if isinstance(source, Path) else _size_of(source)
         walk.containers.append(OpenedContainer(chain, ckind, size, len(infos)))
         for info in infos:
+            if not info.filename:  # a hostile zero-length name (zipfile's is_dir would index into it)
+                walk.warnings.append(f"{label}: an entry without a name was skipped")
+                continue
             if info.is_dir():
                 continue
             check_entry(info, chain, walk)

@@ -52,6 +52,7 @@ def test_seed_apps_scan() -> None:
 @given(mutated(APK, hot=zip_hot_positions(APK), max_ops=5))
 @fuzz_settings(60)
 @example(APK[: len(APK) // 2])
+@example(seeds.make_zip([("", b"x", zipfile.ZIP_STORED)]))  # found: IndexError in ZipInfo.is_dir
 def test_fuzz_apk(data: bytes) -> None:
     expect_typed(_scan_and_extract, data, "app.apk")
 
