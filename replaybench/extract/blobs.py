@@ -12,7 +12,6 @@ Seam for the later stages: ``extract_blobs(..., select=..., after=...)``. Trace 
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -21,9 +20,11 @@ from replaybench.errors import CorruptInputError, InputNotFoundError
 from replaybench.extract.containers import (
     CHUNK,
     Entry,
+    Limits,
     Walk,
     iter_entries,
     iter_zip,
+    nested_zip_source,
     safe_file_name,
     safe_output_path,
 )
@@ -66,18 +67,20 @@ def extract_blobs(
     select: Callable[[ModelBlob], bool] | None = None,
     after: Iterable[AfterBlob] = (),
     progress: Progress | None = None,
+    limits: Limits | None = None,
 ) -> ExtractManifest:
     """Write each model blob byte-exact into ``out_dir`` and a ``manifest.json``; return the manifest.
 
     ``source`` is an Inventory from ``scan_app`` or the app paths (scanned here, DEX analysis only when
-    ``code``). Raises ``CorruptInputError`` when the app changed since the scan (sha256 mismatch).
+    ``code``). Raises ``CorruptInputError`` when the app changed since the scan (sha256 mismatch) and
+    ``UnsafeInputError`` when a container breaks ``limits`` (e.g. an OBB over ``max_nested_size``).
     """
     from replaybench.extract.scan import scan_app
 
     if isinstance(source, Inventory):
         inv = source
     else:
-        inv = scan_app([Path(p) for p in source], code=code, progress=progress)
+        inv = scan_app([Path(p) for p in source], code=code, progress=progress, limits=limits)
     blobs = [b for b in inv.model_blobs if select is None or select(b)]
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = ExtractManifest(app=inv.app, warnings=list(inv.warnings))
@@ -90,7 +93,7 @@ def extract_blobs(
     roots = sorted({b.location.container[0] for b in blobs})
     prog = progress or NullProgress()
     prog.start(len(blobs), "extracting")
-    walk = Walk()
+    walk = Walk(limits=limits or Limits())
     try:
         for root in roots:
             root_path = Path(root)
@@ -139,14 +142,14 @@ def _root_entries(root: Path, blobs: list[ModelBlob], walk: Walk) -> Iterator[En
 
 
 def _with_nested(entries: Iterator[Entry], nested: set[tuple[str, ...]], walk: Walk) -> Iterator[Entry]:
-    """Entries, plus the entries of nested zips that lead to a wanted blob (read into memory one at a time)."""
+    """Entries, plus the entries of nested zips that lead to a wanted blob."""
     for entry in entries:
         yield entry
         chain = (*entry.container, entry.path)
         if chain in nested:
-            with entry.open() as f:
-                raw = f.read()
-            yield from _with_nested(iter_zip(io.BytesIO(raw), chain, walk), nested, walk)  # type: ignore[arg-type]
+            # An OBB can be gigabytes: opened in place or streamed to a temp file, capped, never read whole.
+            with nested_zip_source(entry, walk) as (source, on_disk):
+                yield from _with_nested(iter_zip(source, chain, walk, on_disk=on_disk), nested, walk)
 
 
 def _copy_range(opener: Callable[[], object], blob: ModelBlob, target: Path) -> None:

@@ -138,10 +138,14 @@ def dex_strings(data: bytes | bytearray | memoryview, dex_name: str = "classes.d
             units, start = _uleb128(data, o, dex_name)
             end = data.find(b"\0", start, min(len(data), start + 3 * units + 1))
             if end < 0:
-                raise DexFormatError(f"{dex_name}: unterminated string at {o} ({units} UTF-16 units declared)")
+                raise DexFormatError(
+                    f"{dex_name}: unterminated string at {o} ({units} UTF-16 units declared)"
+                )
             total += end - start
             if total > len(data):
-                raise DexFormatError(f"{dex_name}: string ids overlap (more string bytes than the file holds)")
+                raise DexFormatError(
+                    f"{dex_name}: string ids overlap (more string bytes than the file holds)"
+                )
             text = decoded[o] = data[start:end].decode("utf-8", "replace")
         out.append(text)
     return out

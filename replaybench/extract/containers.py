@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from replaybench.errors import CorruptInputError, InputNotFoundError, UnsafeInputError
 
@@ -38,6 +38,12 @@ class Limits:
     max_total_size: int = 32 << 30
     max_depth: int = 3
     max_entries: int = 200_000
+    # A zip inside the app (an OBB, an APK in a bundle, a zip in assets) is streamed to a temp file or
+    # opened in place, never read whole into memory; past this it is refused.
+    max_nested_size: int = 4 << 30
+    # A DEX file is parsed in memory (string table, then androguard); real ones stay under ~20 MiB.
+    max_dex_size: int = 256 << 20
+    max_manifest_size: int = 16 << 20  # binary AndroidManifest.xml, parsed in memory
 
 
 @dataclass
@@ -130,6 +136,77 @@ def check_entry(info: zipfile.ZipInfo, chain: tuple[str, ...], walk: Walk) -> No
         raise UnsafeInputError(
             f"refused {where}: archive inflates past {lim.max_total_size:,} bytes in total (zip bomb?)"
         )
+
+
+def check_size(declared: int, cap: int, where: str, what: str) -> None:
+    """Refuse (``UnsafeInputError``) an entry whose declared size is over ``cap`` before reading it."""
+    if declared > cap:
+        raise UnsafeInputError(
+            f"refused {where}: {what} declares {declared:,} bytes (cap {cap:,})",
+            hint="inspect the archive by hand if you trust it",
+        )
+
+
+def read_capped(stream: BinaryIO | Any, cap: int, where: str, what: str, head: bytes = b"") -> bytes:
+    """The rest of ``stream`` (after ``head``) in memory, refusing (``UnsafeInputError``) past ``cap``
+    bytes: at most ``cap`` + one chunk is ever held, whatever the entry declared."""
+    buf = bytearray(head)
+    while len(buf) <= cap and (chunk := stream.read(min(CHUNK, cap + 1 - len(buf)))):
+        buf += chunk
+    if len(buf) > cap:
+        raise UnsafeInputError(
+            f"refused {where}: {what} inflates past the cap of {cap:,} bytes",
+            hint="inspect the archive by hand if you trust it",
+        )
+    return bytes(buf)
+
+
+def spill_capped(
+    stream: BinaryIO | Any, dest: Path, cap: int, where: str, what: str, head: bytes = b""
+) -> int:
+    """Stream ``head`` + the rest of ``stream`` into ``dest``; ``UnsafeInputError`` past ``cap`` bytes
+    (the partial file is removed). Returns the size written."""
+    written = 0
+    try:
+        with dest.open("wb") as out:
+            out.write(head)
+            written = len(head)
+            while written <= cap and (chunk := stream.read(min(CHUNK, cap + 1 - written))):
+                out.write(chunk)
+                written += len(chunk)
+        if written > cap:
+            raise UnsafeInputError(
+                f"refused {where}: {what} inflates past the cap of {cap:,} bytes",
+                hint="inspect the archive by hand if you trust it",
+            )
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return written
+
+
+@contextmanager
+def nested_zip_source(entry: Entry, walk: Walk) -> Iterator[tuple[Path | BinaryIO, tuple[Path, int] | None]]:
+    """A zip stored as an entry (an OBB, a zip in assets), ready for ``iter_zip``: opened in place when
+    its bytes lie uncompressed in a file on disk, else streamed to a temp file. Never read into memory;
+    refused (``UnsafeInputError``) past ``walk.limits.max_nested_size``, declared or inflated."""
+    where = "!".join([*entry.container, entry.path])
+    cap = walk.limits.max_nested_size
+    check_size(entry.size, cap, where, "nested archive")
+    on_disk = entry.disk_range or ((entry.disk_path, 0) if entry.disk_path is not None else None)
+    if on_disk is not None:
+        with on_disk[0].open("rb") as f:
+            yield io.BufferedReader(ByteWindow(f, on_disk[1], entry.size), buffer_size=CHUNK), on_disk  # type: ignore[arg-type]
+        return
+    fd, name = tempfile.mkstemp(dir=walk.spill_dir(), suffix=".zip")
+    os.close(fd)
+    tmp = Path(name)
+    with entry.open() as src:
+        spill_capped(src, tmp, cap, where, "nested archive")
+    try:
+        yield tmp, None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def is_unsafe_name(name: str) -> bool:
@@ -314,6 +391,8 @@ def iter_nested(
     if len(chain) - 1 > walk.limits.max_depth:
         walk.warnings.append(f"{'!'.join(chain)}: nested deeper than {walk.limits.max_depth}; not opened")
         return
+    where = "!".join(chain)
+    check_size(info.file_size, walk.limits.max_nested_size, where, "nested archive")
     if info.compress_type == zipfile.ZIP_STORED and on_disk is not None:
         f = on_disk[0].open("rb")
         try:
@@ -324,8 +403,8 @@ def iter_nested(
             f.close()
         return
     tmp = walk.spill_dir() / f"nested-{len(walk.containers)}.zip"
-    with _entry_opener(z, info, "!".join(chain))() as src, tmp.open("wb") as dst:
-        shutil.copyfileobj(src, dst, CHUNK)
+    with _entry_opener(z, info, where)() as src:
+        spill_capped(src, tmp, walk.limits.max_nested_size, where, "nested archive")
     try:
         yield from iter_zip(tmp, chain, walk, kind)
     finally:

@@ -234,6 +234,14 @@ def analyze_elf(
     ``haystack`` lets the caller search the bytes in place (an mmap of the APK); by default ``data``.
     Raises ``ElfFormatError`` (a ``CorruptInputError``, also a ``ValueError``) when lief cannot parse it.
     """
+    with warnings.catch_warnings():  # lief warns for every enum value a hostile header invents
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _analyze_elf(data, lib_name, haystack)
+
+
+def _analyze_elf(
+    data: bytes | bytearray | memoryview, lib_name: str, haystack: Haystack | None
+) -> dict[str, Any]:
     import lief
 
     lief.logging.disable()
@@ -248,12 +256,10 @@ def analyze_elf(
         raise ElfFormatError(f"lief could not parse {lib_name} as an ELF file")
     if haystack is None:
         haystack = Haystack(data if isinstance(data, bytes | bytearray) else bytes(data))
-    with warnings.catch_warnings():  # lief warns for every enum value a hostile header invents
-        warnings.simplefilter("ignore", RuntimeWarning)
-        sections = [
-            (str(s.name), int(s.offset), int(s.size), int(s.virtual_address), int(s.type) == 8)  # SHT_NOBITS
-            for s in binary.sections
-        ]
+    sections = [
+        (str(s.name), int(s.offset), int(s.size), int(s.virtual_address), int(s.type) == 8)  # 8: SHT_NOBITS
+        for s in binary.sections
+    ]
     symbols = sorted(
         {str(s.name) for s in binary.dynamic_symbols if s.name}
         | {str(s.name) for s in binary.symtab_symbols if s.name}

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from replaybench._console import NullProgress, Progress
-from replaybench.errors import CorruptInputError
+from replaybench.errors import CorruptInputError, UnsafeInputError
 from replaybench.extract.containers import (
     CHUNK,
     ZIP_MAGIC,
@@ -33,8 +33,10 @@ from replaybench.extract.containers import (
     Entry,
     Limits,
     Walk,
+    check_size,
     iter_entries,
     iter_zip,
+    read_capped,
 )
 from replaybench.extract.formats import (
     HEAD_SIZE,
@@ -108,28 +110,39 @@ class _Scan:
 
     # ------------------------------------------------------------------------------------- reading
 
-    def read_full(self, entry: Entry, head: bytes, stream: io.BufferedIOBase | Any) -> _Read:
+    def read_full(
+        self, entry: Entry, head: bytes, stream: io.BufferedIOBase | Any, cap: int | None = None
+    ) -> _Read:
         """Read the rest of ``stream`` (after ``head``): bytes in memory, or a mapped spill file.
 
         A stored entry of a zip on disk (or a plain file) is memory-mapped instead: no copy, and the
-        page cache is shared with the next reader."""
+        page cache is shared with the next reader. With ``cap`` (nested archives), more bytes than that,
+        declared or inflated, raise ``UnsafeInputError``."""
+        where = "!".join([*entry.container, entry.path])
+        if cap is not None:
+            check_size(entry.size, cap, where, "nested archive")
         mapped = self.mapped(entry)
         if mapped is not None:
             return _Read(mapped, hashlib.sha256(mapped).hexdigest(), _entropy_sample(mapped), len(mapped))
         h = hashlib.sha256(head)
+        limit = cap
         if entry.size <= FULL_READ_CAP:
             buf = bytearray(head)
             while chunk := stream.read(CHUNK):
                 h.update(chunk)
                 buf += chunk
+                _over(len(buf), limit, where)
             data: bytearray | mmap.mmap = buf  # no bytes() copy: every consumer takes a buffer
         else:
             path = self.walk.spill_dir() / f"big-{len(self.blobs)}-{len(self.libs)}.bin"
             with path.open("wb") as f:
                 f.write(head)
+                n = len(head)
                 while chunk := stream.read(CHUNK):
                     h.update(chunk)
                     f.write(chunk)
+                    n += len(chunk)
+                    _over(n, limit, where)
             with path.open("rb") as f:
                 data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             return _Read(data, h.hexdigest(), _entropy_sample(data), len(data), path)
@@ -173,7 +186,12 @@ class _Scan:
                 if self.code:
                     self.dex(entry, head, stream)
             elif entry.path == "AndroidManifest.xml":
-                self.manifests.append((entry.container, head + stream.read()))
+                where = "!".join([*entry.container, entry.path])
+                cap = self.walk.limits.max_manifest_size
+                check_size(entry.size, cap, where, "AndroidManifest.xml")
+                self.manifests.append(
+                    (entry.container, read_capped(stream, cap, where, "AndroidManifest.xml", head))
+                )
             elif head[:4] == ZIP_MAGIC and not entry.path.lower().endswith(".dlc"):
                 self.zip_entry(entry, head, stream)
             else:
@@ -261,8 +279,8 @@ class _Scan:
         """A zip inside the app: a TorchScript/lite model, or a container to descend into.
 
         Opened in place when stored in a file on disk, from memory when small, else from its spill
-        file: a large OBB is never loaded whole."""
-        full = self.read_full(entry, head, stream)
+        file: a large OBB is never loaded whole, and one over ``Limits.max_nested_size`` is refused."""
+        full = self.read_full(entry, head, stream, cap=self.walk.limits.max_nested_size)
         on_disk = entry.disk_range or ((entry.disk_path, 0) if entry.disk_path else None)
         handle = None
         source: Any
@@ -367,7 +385,10 @@ class _Scan:
     def dex(self, entry: Entry, head: bytes, stream: Any) -> None:
         from replaybench.extract.code import analyze_dex
 
-        data = head + stream.read()
+        where = "!".join([*entry.container, entry.path])
+        cap = self.walk.limits.max_dex_size
+        check_size(entry.size, cap, where, "DEX file")
+        data = read_capped(stream, cap, where, "DEX file", head)
         name = "!".join([*entry.container[1:], entry.path])
         try:
             refs, names = analyze_dex(data, name)
@@ -415,6 +436,14 @@ class _Scan:
             self.unknown = [
                 (b, c) for b, c in self.unknown if (tuple(b.location.container), b.location.entry) != key
             ]
+
+
+def _over(n: int, cap: int | None, where: str) -> None:
+    if cap is not None and n > cap:
+        raise UnsafeInputError(
+            f"refused {where}: nested archive inflates past the cap of {cap:,} bytes",
+            hint="inspect the archive by hand if you trust it",
+        )
 
 
 def _app_info(scan: _Scan, paths: list[Path]) -> AppInfo:

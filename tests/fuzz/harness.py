@@ -43,7 +43,11 @@ def fuzz_settings(default_examples: int) -> settings:
         max_examples=n,
         deadline=None,  # the watchdog catches hangs; wall time on a shared machine is no verdict
         derandomize=not LONG_RUN,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
         print_blob=True,
     )
 
@@ -89,13 +93,21 @@ def _memory_cap(headroom: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
+# Inputs tried per target in this process: target -> [results, typed errors] (printed by conftest.py).
+TRIED: dict[str, list[int]] = {}
+
+
 def expect_typed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | ReplaybenchError:
     """Call ``fn``: its result, or the replaybench typed error it raised. Any other outcome fails."""
+    counts = TRIED.setdefault(getattr(fn, "__name__", str(fn)), [0, 0])
     try:
         with _memory_cap(MEMORY_HEADROOM), _watchdog(TIMEOUT_S):
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+        counts[0] += 1
+        return result
     except ReplaybenchError as e:
         assert str(e), f"{type(e).__name__} without a message"
+        counts[1] += 1
         return e
     except Hang as e:
         raise AssertionError(f"{getattr(fn, '__name__', fn)} hung: {e}") from None
@@ -187,10 +199,10 @@ def elf_hot_positions(data: bytes) -> list[int]:
     if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2:
         return []
     hot = [0x04, 0x05, 0x10, 0x12, 0x20, 0x28, 0x36, 0x38, 0x3A, 0x3C, 0x3E]
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shnum, = struct.unpack_from("<H", data, 0x3C)
-    phoff, = struct.unpack_from("<Q", data, 0x20)
-    phnum, = struct.unpack_from("<H", data, 0x38)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    (shnum,) = struct.unpack_from("<H", data, 0x3C)
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    (phnum,) = struct.unpack_from("<H", data, 0x38)
     for i in range(shnum):
         base = shoff + 64 * i
         hot += [base + f for f in (0x00, 0x04, 0x18, 0x20, 0x28, 0x38) if base + f + 8 <= len(data)]

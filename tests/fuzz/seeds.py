@@ -206,7 +206,9 @@ def _build_dex(out: Path) -> None:
     src.parent.mkdir()
     src.write_text(_smali_source())
     subprocess.run(
-        ["smali", "assemble", "-o", str(out / "classes.dex"), str(src.parent)], check=True, capture_output=True
+        ["smali", "assemble", "-o", str(out / "classes.dex"), str(src.parent)],
+        check=True,
+        capture_output=True,
     )
 
 

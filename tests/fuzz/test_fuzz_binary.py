@@ -12,7 +12,6 @@ import zipfile
 
 import pytest
 from hypothesis import example, given
-from hypothesis import strategies as st
 
 from replaybench.errors import CorruptInputError, ReplaybenchError
 from tests.fuzz import seeds
@@ -56,8 +55,6 @@ def _parse_tflite(data: bytes) -> object:
     assert 0 <= info["_extent"] <= len(data)
     assert flatbuffer_extent(memoryview(data)) == info["_extent"]
     return info
-
-
 
 
 @given(mutated(TFLITE, max_ops=8))
@@ -161,7 +158,7 @@ def test_fuzz_elf(arch: str) -> None:
         result = expect_typed(analyze_elf, data, "libtflitejni.so")
         if not isinstance(result, ReplaybenchError):
             for emb in result["embedded"]:
-                assert 0 <= emb.file_offset and emb.file_offset + emb.size <= len(data)
+                assert emb.file_offset >= 0 and emb.file_offset + emb.size <= len(data)
 
     run()
 

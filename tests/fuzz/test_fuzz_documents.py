@@ -59,7 +59,13 @@ def json_mutated(draw: st.DrawFn, doc: Any, max_ops: int = 3) -> Any:
     for _ in range(draw(st.integers(0, max_ops))):
         node = doc
         for _ in range(draw(st.integers(0, 4))):  # walk down a random path
-            kids = list(node.items()) if isinstance(node, dict) else list(enumerate(node)) if isinstance(node, list) else []
+            kids = (
+                list(node.items())
+                if isinstance(node, dict)
+                else list(enumerate(node))
+                if isinstance(node, list)
+                else []
+            )
             kids = [(k, v) for k, v in kids if isinstance(v, dict | list)]
             if not kids:
                 break
@@ -233,7 +239,9 @@ def _table_bytes(rows: list[dict[str, Any]], suffix: str) -> bytes:
         import polars as pl
 
         buf = io.BytesIO()
-        pl.DataFrame([{k: str(v) for k, v in r.items()} for r in rows if isinstance(r, dict)]).write_parquet(buf)
+        pl.DataFrame([{k: str(v) for k, v in r.items()} for r in rows if isinstance(r, dict)]).write_parquet(
+            buf
+        )
         return buf.getvalue()
     out = io.StringIO()
     keys = sorted({str(k) for r in rows if isinstance(r, dict) for k in r})
