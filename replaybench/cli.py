@@ -45,6 +45,14 @@ STATE = _State()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Write the result document as JSON to stdout.")]
 OutDir = Annotated[Path, typer.Option("-o", "--output", help="Output folder.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible).")]
+AllowOutside = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside",
+        help="Posts: accept images named outside the dataset folder (absolute, '..', symlinks); "
+        "refused by default.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -493,6 +501,7 @@ def replay(
         typer.Option("--face-margin", help="With --faces: grow the face box by this fraction per side."),
     ] = 0.2,
     part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    allow_outside: AllowOutside = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Run a dataset through one or more bundles at high throughput; write predictions as Parquet.
@@ -527,6 +536,7 @@ def replay(
         one_face=one_face,
         face_margin=face_margin,
         part_rows=part_rows,
+        allow_outside=allow_outside,
     )
     progress = NullProgress() if json_out else RichProgress()
     STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"
@@ -717,6 +727,7 @@ def distill_label(
         Path | None,
         typer.Option("--import", help="Import labels (CSV/JSONL/Parquet: post_id, score) instead."),
     ] = None,
+    allow_outside: AllowOutside = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Score posts with a VLM teacher behind an OpenAI-compatible endpoint (cached, resumable).
@@ -742,7 +753,7 @@ def distill_label(
             posts, output, endpoint=endpoint, model=model, prompt_version=prompt_version,
             concurrency=concurrency, retries=retries,
             api_key=os.environ.get(api_key_env) if api_key_env else None,
-            progress=None if json_out else RichProgress(),
+            progress=None if json_out else RichProgress(), allow_outside=allow_outside,
         )  # fmt: skip
     if json_out:
         emit_json(result)
@@ -861,6 +872,7 @@ def distill_score(
     workers: Annotated[
         int | None, typer.Option("--workers", help="Decode processes (default: cores).")
     ] = None,
+    allow_outside: AllowOutside = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Score posts in bulk with the student bundle; Parquet with score and bucket per post.
@@ -869,10 +881,12 @@ def distill_score(
     """
     from replaybench._console import RichProgress, emit_json
     from replaybench.distill.score import score_posts
+    from replaybench.replay.posts import read_posts
 
     result = score_posts(
         bundle, posts, output, int8=int8, resume=resume, batch_size=batch_size, chunk_size=part_size,
         workers=workers, progress=None if json_out else RichProgress(),
+        items=read_posts(posts, allow_outside=allow_outside),
     )  # fmt: skip
     if json_out:
         emit_json(result)

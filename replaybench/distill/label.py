@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from replaybench._console import NullProgress, Progress
+from replaybench._json import loads_untrusted
 from replaybench.errors import (
     CorruptInputError,
     DatasetError,
@@ -50,6 +51,9 @@ DEFAULT_PROMPT_VERSION = "v1"
 LABEL_COLUMNS = ("post_id", "score", "status", "model", "prompt_version", "answer", "error")
 MAX_IMAGES_PER_POST = 4
 MAX_IMAGE_SIDE = 768  # re-encode larger images: the teacher sees ~768 px anyway, the request stays small
+# A chat completion with max_tokens=32 is a few KiB; a larger answer is a misbehaving or hostile endpoint,
+# and is refused after this many bytes instead of being read into memory.
+MAX_RESPONSE_BYTES = 1 << 20
 
 _WORDS = {
     "zero": 0,
@@ -107,7 +111,7 @@ def parse_score(text: str | None) -> float | None:
     m = re.search(r"\{[^{}]*\}", text, re.S)
     if m:
         try:
-            doc = json.loads(m.group(0))
+            doc = loads_untrusted(m.group(0))
             if isinstance(doc, dict):
                 for key in ("score", "rating", "value"):
                     v = doc.get(key)
@@ -115,7 +119,7 @@ def parse_score(text: str | None) -> float | None:
                         f = _as_score(v)
                         if f is not None:
                             return f
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, a giant integer, nesting past the recursion limit
             pass
     for pattern in (
         rf"(?:score|rating)\W{{0,5}}({_NUMBER})",
@@ -136,7 +140,7 @@ def parse_score(text: str | None) -> float | None:
 def _as_score(v: object) -> float | None:
     try:
         f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float range
         return None
     return f if 0.0 <= f <= 10.0 else None
 
@@ -175,7 +179,9 @@ class _Retryable(Exception):
     pass
 
 
-def _post_json(url: str, body: dict[str, Any], api_key: str | None, timeout: float) -> dict[str, Any]:
+def _post_json(
+    url: str, body: dict[str, Any], api_key: str | None, timeout: float, max_bytes: int = MAX_RESPONSE_BYTES
+) -> dict[str, Any]:
     data = json.dumps(body).encode("utf-8")
     headers = {"Content-Type": "application/json"}
     if api_key:
@@ -183,7 +189,12 @@ def _post_json(url: str, body: dict[str, Any], api_key: str | None, timeout: flo
     req = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            payload = resp.read()
+            declared = resp.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise _oversize(url, max_bytes, f"declares {int(declared):,} bytes")
+            payload = resp.read(max_bytes + 1)  # never more than the cap (+1 to tell that it was over)
+            if len(payload) > max_bytes:
+                raise _oversize(url, max_bytes, "sent more")
     except urllib.error.HTTPError as e:
         if e.code == 429 or e.code >= 500:
             raise _Retryable(f"HTTP {e.code}") from e
@@ -191,12 +202,19 @@ def _post_json(url: str, body: dict[str, Any], api_key: str | None, timeout: flo
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
         raise _Retryable(f"{type(e).__name__}: {e}") from e
     try:
-        doc = json.loads(payload)
-    except json.JSONDecodeError as e:
+        doc = loads_untrusted(payload)
+    except ValueError as e:  # not JSON, invalid UTF-8, a giant integer, nesting past the recursion limit
         raise _Retryable(f"response is not JSON: {payload[:80]!r}") from e
     if not isinstance(doc, dict):
         raise _Retryable("response is not a JSON object")
     return doc
+
+
+def _oversize(url: str, cap: int, what: str) -> ExternalServiceError:
+    return ExternalServiceError(
+        f"teacher endpoint {url} answered with more than the {cap:,}-byte response cap ({what}); refused",
+        hint="check --endpoint: a chat completion answer is a few KiB",
+    )
 
 
 def _answer_text(doc: dict[str, Any]) -> str | None:
@@ -218,16 +236,18 @@ def ask_teacher(
     backoff: float = 0.5,
     timeout: float = 120.0,
     sleep: Callable[[float], None] = time.sleep,
+    max_response_bytes: int = MAX_RESPONSE_BYTES,
 ) -> str | None:
     """POST one request, retrying transport errors with exponential backoff and jitter.
 
     Returns the answer text (None when the response has no message). Raises ExternalServiceError when
-    every attempt failed.
+    every attempt failed, or at once when a response is over ``max_response_bytes`` (not retried: the
+    endpoint would answer the same).
     """
     last = ""
     for attempt in range(retries + 1):
         try:
-            return _answer_text(_post_json(url, body, api_key, timeout))
+            return _answer_text(_post_json(url, body, api_key, timeout, max_response_bytes))
         except _Retryable as e:
             last = str(e)
             if attempt < retries:
@@ -294,11 +314,16 @@ def label_posts(
     api_key: str | None = None,
     cache_path: Path | None = None,
     progress: Progress | None = None,
+    max_response_bytes: int = MAX_RESPONSE_BYTES,
+    allow_outside: bool = False,
 ) -> LabelResult:
     """Label every post of a posts dataset with the teacher; write LABELS (.parquet/.csv/.jsonl).
 
     Example: ``label_posts(Path("posts"), Path("labels.parquet"), endpoint="http://localhost:8000/v1",
     model="qwen2.5-vl")``.
+
+    Every image is uploaded to the endpoint: a posts table naming images outside its folder is refused
+    (``UnsafeInputError``) unless ``allow_outside``. A response over ``max_response_bytes`` is an error row.
     """
     from replaybench.replay.posts import read_posts
 
@@ -308,7 +333,7 @@ def label_posts(
         )
     _check_output_suffix(output)
     prompt = PROMPTS[prompt_version]
-    posts = group_posts(read_posts(posts_path))
+    posts = group_posts(read_posts(posts_path, allow_outside=allow_outside))
     url = endpoint.rstrip("/")
     if not url.endswith("/chat/completions"):
         url += "/chat/completions"
@@ -342,7 +367,10 @@ def label_posts(
         except OSError as e:
             return TeacherAnswer(pid, None, "error", None, f"image unreadable: {e}")
         try:
-            text = ask_teacher(url, body, api_key=api_key, retries=retries, backoff=backoff, timeout=timeout)
+            text = ask_teacher(
+                url, body, api_key=api_key, retries=retries, backoff=backoff, timeout=timeout,
+                max_response_bytes=max_response_bytes,
+            )  # fmt: skip
         except ExternalServiceError as e:
             return TeacherAnswer(pid, None, "error", None, str(e))
         score = parse_score(text)

@@ -49,6 +49,7 @@ class ReadOptions:
     """Reader options that come from the command line."""
 
     pattern: str | None = None  # folders: e.g. "{attribute}/{race}_{gender}/*.jpg"
+    allow_outside: bool = False  # posts: accept images outside the dataset folder (--allow-outside)
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,7 @@ def read_posts_dataset(path: Path, options: ReadOptions) -> list[DatasetItem]:
         from replaybench.replay.posts import read_posts
     except ImportError as e:
         raise UnsupportedFormatError("the posts reader is not available in this installation") from e
-    return read_posts(path)
+    return read_posts(path, allow_outside=options.allow_outside)
 
 
 # ------------------------------------------------------------------------------------------- detect

@@ -69,6 +69,7 @@ class ReplayOptions:
     one_face: bool = False
     face_margin: float = 0.2
     part_rows: int = 8192
+    allow_outside: bool = False  # posts: images outside the dataset folder are refused unless set
     # Library-only (no CLI option): the bilinear resize kernel in the workers; "numpy" is the reference
     # the benchmark compares against.
     resize_backend: ResizeBackend = "onnxruntime"
@@ -531,7 +532,9 @@ def replay(
         from replaybench.replay.faces import FaceDetector
 
         FaceDetector(opts.faces)  # a bad detector bundle fails here with its typed error, not in a worker
-    fmt, items = read_dataset(dataset, opts.format, ReadOptions(pattern=opts.pattern))
+    fmt, items = read_dataset(
+        dataset, opts.format, ReadOptions(pattern=opts.pattern, allow_outside=opts.allow_outside)
+    )
 
     selected = list(items)
     if opts.shuffle:

@@ -291,3 +291,26 @@ def _read_posts(files: dict[str, bytes]) -> object:
 @example({"posts.csv": b"post_id,image\np,../outside.jpg\n"})  # a table naming an image outside
 def test_fuzz_posts(files: dict[str, bytes]) -> None:
     expect_typed(_read_posts, files)
+
+
+# -------------------------------------------------------------------------------------------- teacher
+
+ANSWER = {"choices": [{"message": {"role": "assistant", "content": '{"score": 7}'}}]}
+
+
+def _teacher_answer(doc: Any) -> float | None:
+    from replaybench.distill.label import _answer_text, parse_score
+
+    text = _answer_text(doc) if isinstance(doc, dict) else None
+    score = parse_score(text)
+    assert score is None or 0.0 <= score <= 10.0
+    return score
+
+
+@given(st.one_of(json_mutated(ANSWER, max_ops=4), json_values))
+@fuzz_settings(150)
+@example({"choices": [{"message": {"content": '{"score": ' + "9" * 400 + "}"}}]})  # found: OverflowError
+@example({"choices": [{"message": {"content": '{"score": [' + "[" * 100_000 + "}"}}]})  # RecursionError
+def test_fuzz_teacher_answer(doc: Any) -> None:
+    """The teacher's answer is untrusted text: a score in 0-10 or None, never an exception."""
+    expect_typed(_teacher_answer, doc)
