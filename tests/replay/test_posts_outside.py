@@ -8,7 +8,6 @@ leads out of the dataset folder is refused up front, naming the offending rows, 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import polars as pl
@@ -28,7 +27,7 @@ def layout(tmp_path: Path) -> dict[str, Path]:
     private.mkdir()
     Image.new("RGB", (8, 8), (10, 200, 10)).save(posts / "in.jpg")
     Image.new("RGB", (8, 8), (200, 10, 10)).save(private / "secret.jpg")
-    os.symlink(private / "secret.jpg", posts / "link.jpg")
+    (posts / "link.jpg").symlink_to(private / "secret.jpg")
     return {"posts": posts, "private": private}
 
 
