@@ -16,10 +16,12 @@ Hypothesis keeps failing inputs in ``.hypothesis/`` and replays them first on th
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import signal
 import struct
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -127,23 +129,29 @@ _WIDTH = {"B": 1, "H": 2, "I": 4, "Q": 8}
 
 
 @st.composite
-def mutated(draw: st.DrawFn, seed: bytes, hot: Sequence[int] = (), max_ops: int = 6) -> bytes:
+def mutated(
+    draw: st.DrawFn, seed: bytes, hot: Sequence[int] = (), max_ops: int = 6, protect: int = 0
+) -> bytes:
     """``seed`` with 0..max_ops mutations: bit flips, bytes, integers (interesting values, sizes and
     offsets) written at any position, at 4-byte aligned positions (flatbuffer offsets) or at ``hot``
-    positions (header fields of the format), inserts, deletes, duplicated chunks and truncation."""
+    positions (header fields of the format), inserts, deletes, duplicated chunks and truncation.
+
+    The first ``protect`` bytes (the magic number) are left alone by position draws, which favour
+    small offsets: a broken magic is one explicit example, not a quarter of the budget."""
     data = bytearray(seed)
     for _ in range(draw(st.integers(0, max_ops))):
         if not data:
             data += draw(st.binary(min_size=1, max_size=16))
             continue
         n = len(data)
+        low = protect if n > protect + 4 else 0
         where = draw(st.sampled_from(["any", "aligned", "hot"] if hot else ["any", "aligned"]))
         if where == "hot":
             pos = draw(st.sampled_from(list(hot)))
         elif where == "aligned":
-            pos = 4 * draw(st.integers(0, max(0, (n - 1) // 4)))
+            pos = 4 * draw(st.integers((low + 3) // 4, max((low + 3) // 4, (n - 1) // 4)))
         else:
-            pos = draw(st.integers(0, n - 1))
+            pos = draw(st.integers(low, n - 1))
         pos = min(pos, n - 1)
         op = draw(st.sampled_from(["flip", "byte", "int", "int", "insert", "delete", "dup", "truncate"]))
         if op == "flip":
@@ -210,6 +218,18 @@ def elf_hot_positions(data: bytes) -> list[int]:
         base = phoff + 56 * i
         hot += [base + f for f in (0x00, 0x08, 0x20, 0x28) if base + f + 8 <= len(data)]
     return hot
+
+
+def dex_with_valid_checksums(data: bytes) -> bytes:
+    """``data`` with its DEX header's file_size, SHA-1 signature and Adler-32 checksum recomputed, so a
+    mutation reaches androguard's parser instead of its checksum check."""
+    if len(data) < 0x70 or data[:4] != b"dex\n":
+        return data
+    out = bytearray(data)
+    struct.pack_into("<I", out, 0x20, len(out))
+    out[12:32] = hashlib.sha1(bytes(out[32:])).digest()
+    struct.pack_into("<I", out, 8, zlib.adler32(bytes(out[12:])))
+    return bytes(out)
 
 
 def dex_hot_positions(data: bytes) -> list[int]:

@@ -12,10 +12,18 @@ import zipfile
 
 import pytest
 from hypothesis import example, given
+from hypothesis import strategies as st
 
 from replaybench.errors import CorruptInputError, ReplaybenchError
 from tests.fuzz import seeds
-from tests.fuzz.harness import dex_hot_positions, elf_hot_positions, expect_typed, fuzz_settings, mutated
+from tests.fuzz.harness import (
+    dex_hot_positions,
+    dex_with_valid_checksums,
+    elf_hot_positions,
+    expect_typed,
+    fuzz_settings,
+    mutated,
+)
 
 TFLITE = seeds.tflite_model()
 METADATA = seeds._metadata_flatbuffer()
@@ -57,7 +65,7 @@ def _parse_tflite(data: bytes) -> object:
     return info
 
 
-@given(mutated(TFLITE, max_ops=8))
+@given(mutated(TFLITE, max_ops=8, protect=8))
 @fuzz_settings(300)
 @example(b"")
 @example(TFLITE[:8])
@@ -76,7 +84,7 @@ def _metadata_model(meta: bytes, tail: bytes) -> tuple[object, bytes]:
     return model, TFLITE[: -len(seeds.labels_zip())] + tail
 
 
-@given(mutated(METADATA, max_ops=8), mutated(seeds.labels_zip(), max_ops=4))
+@given(mutated(METADATA, max_ops=8, protect=8), mutated(seeds.labels_zip(), max_ops=4, protect=4))
 @fuzz_settings(300)
 def test_fuzz_convert_tflite_metadata(meta: bytes, tail: bytes) -> None:
     """convert's metadata reader never fails a conversion: bad metadata becomes a note."""
@@ -108,7 +116,13 @@ def _dex(data: bytes) -> object:
     return analyze_dex(data, "classes.dex")
 
 
-@given(mutated(DEX, hot=dex_hot_positions(DEX), max_ops=6))
+@given(
+    st.builds(
+        lambda data, fix: dex_with_valid_checksums(data) if fix else data,
+        mutated(DEX, hot=dex_hot_positions(DEX), max_ops=6, protect=8),
+        st.booleans(),
+    )
+)
 @fuzz_settings(200)
 @example(b"dex\n035\0" + bytes(0x68))
 def test_fuzz_dex(data: bytes) -> None:
@@ -152,7 +166,7 @@ def test_fuzz_elf(arch: str) -> None:
 
     seed = seeds.elf_library(arch)
 
-    @given(mutated(seed, hot=elf_hot_positions(seed), max_ops=6))
+    @given(mutated(seed, hot=elf_hot_positions(seed), max_ops=6, protect=4))
     @fuzz_settings(150)
     def run(data: bytes) -> None:
         result = expect_typed(analyze_elf, data, "libtflitejni.so")

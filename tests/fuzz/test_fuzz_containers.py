@@ -49,7 +49,7 @@ def test_seed_apps_scan() -> None:
         assert formats == ["tflite"] * expected, (name, formats)
 
 
-@given(mutated(APK, hot=zip_hot_positions(APK), max_ops=5))
+@given(mutated(APK, hot=zip_hot_positions(APK), max_ops=5, protect=4))
 @fuzz_settings(60)
 @example(APK[: len(APK) // 2])
 @example(seeds.make_zip([("", b"x", zipfile.ZIP_STORED)]))  # found: IndexError in ZipInfo.is_dir
@@ -57,13 +57,13 @@ def test_fuzz_apk(data: bytes) -> None:
     expect_typed(_scan_and_extract, data, "app.apk")
 
 
-@given(mutated(XAPK, hot=zip_hot_positions(XAPK), max_ops=5))
+@given(mutated(XAPK, hot=zip_hot_positions(XAPK), max_ops=5, protect=4))
 @fuzz_settings(60)
 def test_fuzz_xapk_nested_apk_and_obb(data: bytes) -> None:
     expect_typed(_scan_and_extract, data, "app.xapk")
 
 
-@given(mutated(APKM, hot=zip_hot_positions(APKM), max_ops=5))
+@given(mutated(APKM, hot=zip_hot_positions(APKM), max_ops=5, protect=4))
 @fuzz_settings(40)
 def test_fuzz_apkm_deflated_nested_apk(data: bytes) -> None:
     expect_typed(_scan_and_extract, data, "app.apkm")

@@ -135,7 +135,7 @@ def _read_trace(lines: list[bytes]) -> object:
 
 
 @given(st.lists(st.one_of(*(document_bytes(e) for e in EVENTS)), min_size=1, max_size=12))
-@fuzz_settings(200)
+@fuzz_settings(100)
 @example([b"9" * 5000, as_bytes(EVENTS[0])])  # found: int-string limit escaped as a bare ValueError
 @example([b"[" * 200_000, as_bytes(EVENTS[0])])  # found: RecursionError from json.loads
 def test_fuzz_trace_jsonl(lines: list[bytes]) -> None:
@@ -212,7 +212,7 @@ def _read_bundle(doc: bytes) -> object:
 
 
 @given(document_bytes(BUNDLE))
-@fuzz_settings(200)
+@fuzz_settings(100)
 @example(b"\xff")  # found: invalid UTF-8 escaped as UnicodeDecodeError
 @example(b"[" * 200_000)  # found: RecursionError from json.loads in read_spec
 def test_fuzz_bundle_json(doc: bytes) -> None:
@@ -283,7 +283,7 @@ def _read_posts(files: dict[str, bytes]) -> object:
 
 
 @given(posts_folder())
-@fuzz_settings(200)
+@fuzz_settings(100)
 @example({"post0.json": b'{"edge_media_to_caption": [1]}'})  # found: AttributeError on a list
 @example({"post0.json": b'{"edge_media_to_caption": {"edges": ["x"]}}'})  # found: AttributeError on a str
 @example({"post0.json": b'{"images": ["a\\u0000b.jpg"]}'})  # found: ValueError (NUL) from Path.resolve
