@@ -21,23 +21,41 @@ class FlatbufferError(CorruptInputError, ValueError):
     A typed replaybench error (exit code 5); still a ``ValueError`` for callers that catch those."""
 
 
+# Reads allowed per byte of buffer (plus a floor). A well-formed flatbuffer is a tree read about once per
+# byte; offsets are free to point at one table many times (a vector of 100k entries naming one subgraph
+# whose tensor vector names one tensor 100k times), which turns a 1 MB buffer into 10^10 reads.
+READS_PER_BYTE = 32
+READS_FLOOR = 1 << 16
+
+
 @dataclass
 class Reader:
-    """Bounds-checked access to ``buf``; ``end`` is the furthest byte any read touched."""
+    """Bounds-checked access to ``buf``; ``end`` is the furthest byte any read touched.
+
+    Every read counts against a budget proportional to the buffer's size, so hostile offsets that
+    revisit the same objects raise ``FlatbufferError`` instead of looping for hours."""
 
     buf: bytes | bytearray | memoryview
     end: int = 0
     limit: int = field(default=-1)
+    reads: int = 0
 
     def __post_init__(self) -> None:
         if self.limit < 0:
             self.limit = len(self.buf)
+        self.budget = READS_FLOOR + READS_PER_BYTE * self.limit
 
     def _check(self, pos: int, n: int) -> None:
         if pos < 0 or n < 0 or pos + n > self.limit:
             raise FlatbufferError(f"read of {n} bytes at {pos} outside buffer of {self.limit}")
         if pos + n > self.end:
             self.end = pos + n
+        self.reads += 1
+        if self.reads > self.budget:
+            raise FlatbufferError(
+                f"more than {self.budget:,} reads in a {self.limit:,}-byte flatbuffer: its offsets "
+                "revisit the same objects over and over (malformed or hostile)"
+            )
 
     def u8(self, pos: int) -> int:
         self._check(pos, 1)

@@ -25,6 +25,10 @@ ASSOCIATED_FILE_TYPES = [
 ]  # fmt: skip
 NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union member
 MAX_LABELS = 2000
+# The associated files are labels and vocabularies: a few files of a few KiB. Beyond these, an appended
+# zip of thousands of highly compressed entries would inflate gigabytes.
+MAX_ASSOCIATED_FILES = 64
+MAX_ASSOCIATED_BYTES = 16 << 20
 
 
 @lru_cache(maxsize=1)
@@ -153,11 +157,13 @@ def _appended_zip(data: bytes | bytearray | memoryview, start: int) -> tuple[int
     if end > len(data):  # a comment running past the data: not an archive that ends here
         return start, {}
     labels: dict[str, list[str]] = {}
+    budget = MAX_ASSOCIATED_BYTES
     try:
         with zipfile.ZipFile(io.BytesIO(view[: end - start])) as z:
-            for info in z.infolist():
-                if info.file_size > 4 << 20:  # a label file, not a payload: refuse anything large
+            for info in z.infolist()[:MAX_ASSOCIATED_FILES]:
+                if info.file_size > min(4 << 20, budget):  # label files, not payloads: nothing large
                     continue
+                budget -= info.file_size
                 text = z.read(info).decode("utf-8", "replace")
                 labels[info.filename] = text.splitlines()[:MAX_LABELS]
     except Exception:  # a damaged label archive (zlib, CRC...): the model is still the model

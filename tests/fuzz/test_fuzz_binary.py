@@ -75,6 +75,45 @@ def test_fuzz_tflite_flatbuffer(data: bytes) -> None:
     expect_typed(_parse_tflite, data)
 
 
+def _revisiting_model(n: int) -> bytes:
+    """A TFLite flatbuffer whose subgraph vector names one subgraph ``n`` times, whose tensor vector
+    names one tensor ``n`` times: valid offsets, ``n * n`` tensors to walk in ``4 * n``-ish bytes."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(0)
+    name = b.CreateString("t")
+    b.StartObject(8)
+    b.PrependUOffsetTRelativeSlot(3, name, 0)
+    tensor = b.EndObject()
+    b.StartVector(4, n, 4)
+    for _ in range(n):
+        b.PrependUOffsetTRelative(tensor)
+    tensors = b.EndVector()
+    b.StartObject(5)
+    b.PrependUOffsetTRelativeSlot(0, tensors, 0)
+    subgraph = b.EndObject()
+    b.StartVector(4, n, 4)
+    for _ in range(n):
+        b.PrependUOffsetTRelative(subgraph)
+    subgraphs = b.EndVector()
+    b.StartObject(8)
+    b.PrependUint32Slot(0, 3, 0)
+    b.PrependUOffsetTRelativeSlot(2, subgraphs, 0)
+    b.Finish(b.EndObject(), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def test_tflite_offsets_revisiting_one_table_are_refused() -> None:
+    """Found while fuzzing the reader's cost: shared offsets made the walk quadratic (4 million tensor
+    reads for 16 KB here; hours for a hostile model embedded in a native library)."""
+    from replaybench.extract.flatbuf import FlatbufferError
+    from replaybench.extract.tflite import parse_tflite
+
+    assert parse_tflite(_revisiting_model(3))["tensors"] == 9  # shared offsets are legal in moderation
+    result = expect_typed(parse_tflite, _revisiting_model(2000))
+    assert isinstance(result, FlatbufferError) and "revisit" in result.message
+
+
 def _metadata_model(meta: bytes, tail: bytes) -> tuple[object, bytes]:
     """The seed model object with ``meta`` as its TFLITE_METADATA buffer and ``tail`` appended."""
     from ai_edge_litert import schema_py_generated as s
