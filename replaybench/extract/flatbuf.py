@@ -24,8 +24,11 @@ class FlatbufferError(CorruptInputError, ValueError):
 # Reads allowed per byte of buffer (plus a floor). A well-formed flatbuffer is a tree read about once per
 # byte; offsets are free to point at one table many times (a vector of 100k entries naming one subgraph
 # whose tensor vector names one tensor 100k times), which turns a 1 MB buffer into 10^10 reads.
+# The ceiling keeps one hostile header inside a large buffer (a fake model at the start of a 100 MB
+# .rodata) to seconds; real models, even with 100k tensors, need a few million reads.
 READS_PER_BYTE = 32
 READS_FLOOR = 1 << 16
+READS_CEILING = 8 << 20
 
 
 @dataclass
@@ -43,7 +46,7 @@ class Reader:
     def __post_init__(self) -> None:
         if self.limit < 0:
             self.limit = len(self.buf)
-        self.budget = READS_FLOOR + READS_PER_BYTE * self.limit
+        self.budget = min(READS_CEILING, READS_FLOOR + READS_PER_BYTE * self.limit)
 
     def _check(self, pos: int, n: int) -> None:
         if pos < 0 or n < 0 or pos + n > self.limit:

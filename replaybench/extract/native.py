@@ -25,6 +25,7 @@ BLOB_SECTIONS = (".rodata", ".data", ".data.rel.ro", ".lrodata", ".ldata")
 STRING_SCAN_CAP = 8 << 20  # per section: beyond this a section holds tables/weights, not strings
 EMBED_SCAN_MAX = 64  # candidate offsets tried per magic per library
 MAX_LISTED = 50  # ML-related symbols listed per library in the inventory
+MAX_SCANNED_SECTIONS = 32  # string or blob sections searched per library (real ones have a handful)
 
 
 class ElfFormatError(CorruptInputError, ValueError):
@@ -267,8 +268,8 @@ def _analyze_elf(
     exported = [s for s in binary.dynamic_symbols if s.name and s.exported]
     needed = [str(n) for n in binary.libraries]
     chunks = []
-    for name, off, size, _, nobits in sections:
-        if name in STRING_SECTIONS and not nobits and off + size <= len(data):
+    for _name, off, size, _, nobits in _distinct(sections, STRING_SECTIONS, len(data)):
+        if not nobits:
             chunks.append(section_strings(view[off : off + min(size, STRING_SCAN_CAP)]))
     strings_text = b"\n".join(chunks)
     runtimes = match_runtimes(lib_name, needed, symbols, strings_text)
@@ -295,6 +296,24 @@ def _analyze_elf(
     }
 
 
+def _distinct(
+    sections: list[tuple[str, int, int, int, bool]], names: tuple[str, ...], file_size: int
+) -> list[tuple[str, int, int, int, bool]]:
+    """The sections named in ``names`` that lie inside the file, each byte range once and at most
+    MAX_SCANNED_SECTIONS of them: a hostile header may declare 65535 sections called .rodata that all
+    cover the whole file, which would scan it 65535 times."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for sec in sections:
+        name, off, size = sec[0], sec[1], sec[2]
+        if name in names and off + size <= file_size and (off, size) not in seen:
+            seen.add((off, size))
+            out.append(sec)
+            if len(out) >= MAX_SCANNED_SECTIONS:
+                break
+    return out
+
+
 def _find_all(hay: Haystack, needle: bytes, start: int, end: int) -> list[int]:
     out: list[int] = []
     i = hay.find(needle, start, end)
@@ -315,8 +334,8 @@ def find_embedded(
     from replaybench.extract.tflite import flatbuffer_extent, is_tflite
 
     found: list[Embedded] = []
-    for name, off, size, vaddr, nobits in sections:
-        if name not in BLOB_SECTIONS or nobits or off + size > len(view):
+    for name, off, size, vaddr, nobits in _distinct(sections, BLOB_SECTIONS, len(view)):
+        if nobits:
             continue
         end = off + size
         for pos in _find_all(hay, b"TFL3", off + 4, end):
@@ -372,4 +391,8 @@ def find_embedded(
                 Embedded("onnx", name, pos, vaddr + (pos - off), sym[1],
                          [f"ONNX ModelProto header (producer {m.group(1).decode()})", f"size from symbol {sym[0]}"])
             )  # fmt: skip
-    return found
+    # Overlapping sections (a hostile header, or .data.rel.ro inside .data) find one blob twice: keep one.
+    unique: dict[tuple[str, int], Embedded] = {}
+    for emb in found:
+        unique.setdefault((emb.format, emb.file_offset), emb)
+    return list(unique.values())
