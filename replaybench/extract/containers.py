@@ -268,6 +268,8 @@ class ByteWindow(io.RawIOBase):
 def stored_data_offset(f: BinaryIO, info: zipfile.ZipInfo, base: int = 0) -> int:
     """Offset of an entry's data (relative to the zip's start at ``base`` in ``f``): after its local
     header, whose extra field may differ from the central directory's."""
+    if base + info.header_offset < 0:  # a central directory offset past its real place: negative seek
+        raise CorruptInputError(f"bad local header offset {info.header_offset} for {info.filename}")
     f.seek(base + info.header_offset)
     head = f.read(30)
     if len(head) < 30 or head[:4] != ZIP_MAGIC:

@@ -8,6 +8,7 @@ output folder.
 
 from __future__ import annotations
 
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -49,10 +50,21 @@ def test_seed_apps_scan() -> None:
         assert formats == ["tflite"] * expected, (name, formats)
 
 
+def _shifted_central_directory(data: bytes, by: int) -> bytes:
+    """The end record claims the central directory starts ``by`` bytes later than it does: zipfile
+    then puts every local header ``by`` bytes before its real place (negative for the first ones)."""
+    out = bytearray(data)
+    eocd = out.rfind(b"PK\x05\x06")
+    (offset,) = struct.unpack_from("<I", out, eocd + 16)
+    struct.pack_into("<I", out, eocd + 16, offset + by)
+    return bytes(out)
+
+
 @given(mutated(APK, hot=zip_hot_positions(APK), max_ops=5, protect=4))
 @fuzz_settings(60)
 @example(APK[: len(APK) // 2])
 @example(seeds.make_zip([("", b"x", zipfile.ZIP_STORED)]))  # found: IndexError in ZipInfo.is_dir
+@example(_shifted_central_directory(APK, 100))  # found: OSError (EINVAL) seeking to a negative offset
 def test_fuzz_apk(data: bytes) -> None:
     expect_typed(_scan_and_extract, data, "app.apk")
 
