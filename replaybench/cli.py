@@ -778,14 +778,24 @@ def distill_train(
     patience: Annotated[int, typer.Option("--patience", help="Early stopping patience (epochs).")] = 20,
     seed: Seed = 0,
     split: Annotated[
-        Path | None, typer.Option("--split", help="JSON {train:[ids], val:[ids]} or CSV post_id,split.")
+        Path | None,
+        typer.Option("--split", help="JSON {train:[ids], val:[ids], test:[ids]} or CSV post_id,split."),
     ] = None,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of posts for early stopping (seeded split).")
+    ] = 0.15,
+    test_fraction: Annotated[
+        float, typer.Option("--test-fraction", help="Share of posts held out for the reported test figures.")
+    ] = 0.15,
     finetune_last_blocks: Annotated[
         int, typer.Option("--finetune-last-blocks", help="Also train the last N encoder blocks (0-4).")
     ] = 0,
     json_out: JsonFlag = False,
 ) -> None:
     """Train the image+text student on teacher labels.
+
+    The posts are split by post id into train, validation (early stopping) and test; the figures reported
+    are the test split's, which training never saw.
 
     Example: replaybench distill train posts/ labels.parquet -o student/
     """
@@ -799,25 +809,35 @@ def distill_train(
     result = train_student(
         posts, labels, output, image_weights=image_encoder_weights, text_encoder=text_encoder,
         random_init=random_init, text_arch=text_arch,  # type: ignore[arg-type]
-        epochs=epochs, patience=patience, seed=seed, split=split, finetune_last_blocks=finetune_last_blocks,
+        epochs=epochs, patience=patience, seed=seed, split=split, val_fraction=val_fraction,
+        test_fraction=test_fraction, finetune_last_blocks=finetune_last_blocks,
         progress=None if json_out else RichProgress(),
     )  # fmt: skip
     if json_out:
         emit_json(result)
         return
-    v = result.validation
+    t, v = result.test, result.validation
     _render_doc(
         "student training",
         {
             "output": result.output,
-            "posts used": f"{result.posts_used} ({result.train_posts} train, {result.val_posts} val)",
+            "posts used": f"{result.posts_used} ({result.train_posts} train, {result.val_posts} validation, "
+            f"{result.test_posts} test; {result.split})",
             "skipped posts": len(result.skipped),
-            "epochs": f"{result.epochs_run} (best {result.best_epoch})",
-            "val MAE": f"{v['mae']:.3f} (predict-the-mean {result.baseline_val_mae:.3f})",
-            "within 1 / 2": f"{v['within_1']:.1%} / {v['within_2']:.1%}",
-            "pearson / spearman": f"{v['pearson']} / {v['spearman']}",
+            "epochs": f"{result.epochs_run} (best {result.best_epoch} on validation)",
+            "test MAE": f"{t['mae']:.3f} (predict-the-mean {result.baseline_test_mae:.3f}, "
+            f"{result.test_posts} held-out posts)",
+            "test within 1 / 2": f"{t['within_1']:.1%} / {t['within_2']:.1%}",
+            "test pearson / spearman": f"{_fmt_corr(t['pearson'])} / {_fmt_corr(t['spearman'])}",
+            "validation MAE (early stopping, optimistic)": f"{v['mae']:.3f} "
+            f"(predict-the-mean {result.baseline_val_mae:.3f})",
+            **({"warnings": "; ".join(result.warnings)} if result.warnings else {}),
         },
     )
+
+
+def _fmt_corr(r: float | None) -> str:
+    return "n/a (constant)" if r is None else f"{r:.3f}"
 
 
 @distill_app.command("export")
@@ -825,7 +845,12 @@ def distill_export(
     student: Annotated[Path, typer.Argument(help="A trained student folder.")],
     output: OutDir,
     calibration: Annotated[
-        Path | None, typer.Option("--calibration", help="Posts to calibrate int8 on (default: kept samples).")
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="Posts for int8: the first half calibrates, the rest measures the int8 error "
+            "(default: the student's training posts calibrate, its held-out posts measure).",
+        ),
     ] = None,
     no_int8: Annotated[bool, typer.Option("--no-int8", help="Skip the int8 variant.")] = False,
     json_out: JsonFlag = False,
@@ -844,7 +869,11 @@ def distill_export(
     if json_out:
         emit_json(result)
         return
-    _render_doc("student export", result.model_dump())
+    doc = result.model_dump(exclude={"calibration_posts", "int8_eval_posts", "int8_eval_source"})
+    doc["int8 calibrated on"] = f"{len(result.calibration_posts)} posts"
+    if result.int8_eval_source is not None:
+        doc["int8 measured on"] = f"{len(result.int8_eval_posts)} other posts: {result.int8_eval_source}"
+    _render_doc("student export", doc)
 
 
 @distill_app.command("score")
