@@ -29,10 +29,9 @@ MAX_LABELS = 2000
 
 @lru_cache(maxsize=1)
 def _builtin_names() -> dict[int, str]:
-    try:  # the generated schema ships with ai-edge-litert (and tensorflow); it only needs flatbuffers
-        from ai_edge_litert.schema_py_generated import BuiltinOperator
-    except ImportError:  # pragma: no cover - names fall back to numbers
-        return {}
+    # The generated schema ships with ai-edge-litert (a required dependency); it only needs flatbuffers.
+    from ai_edge_litert.schema_py_generated import BuiltinOperator
+
     return {v: k for k, v in vars(BuiltinOperator).items() if isinstance(v, int) and not k.startswith("_")}
 
 

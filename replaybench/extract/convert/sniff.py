@@ -79,10 +79,8 @@ def _looks_like_graphdef(path: Path) -> bool:
         first = f.read(1)
     if first != b"\x0a":
         return False
-    try:
-        from tensorflow.core.framework import graph_pb2
-    except ImportError:
-        return False
+    from tensorflow.core.framework import graph_pb2
+
     g = graph_pb2.GraphDef()
     try:
         g.ParseFromString(path.read_bytes())
