@@ -714,7 +714,9 @@ def _save_calibration(
     from replaybench.distill.images import try_decode
 
     def pick(ids: list[str], limit: int) -> tuple[list[np.ndarray], list[str], list[str]]:
-        images, captions, kept = [], [], []
+        images: list[np.ndarray] = []
+        captions: list[str] = []
+        kept: list[str] = []
         for pid in ids:
             if len(images) >= limit:
                 break
