@@ -190,8 +190,18 @@ def convert(
     ] = False,
     input_shape: Annotated[
         str | None,
-        typer.Option("--input-shape", help="Input shape for TorchScript models, e.g. 1,3,224,224."),
+        typer.Option(
+            "--input-shape", help="Input shape where the model records none (TorchScript, .ptl, NCNN), e.g. 1,3,224,224."
+        ),
     ] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="auto: ONNX, else the app's own engine when there is no converter or parity fails; "
+            "onnx: ONNX or fail; native: keep the original for its engine (tflite, ncnn, mnn, pytorch_lite).",
+        ),
+    ] = "auto",
     keep_quantized_io: Annotated[
         bool,
         typer.Option(
@@ -229,6 +239,7 @@ def convert(
         allow_mismatch=allow_mismatch,
         input_shape=shape,
         keep_quantized_io=keep_quantized_io,
+        runtime=runtime,
     )
     if json_out:
         emit_json(bundle)
@@ -260,6 +271,14 @@ def _render_bundle(bundle: Any, title: str) -> None:
                 f"{q.scale:g} @ {q.zero_point}" if q else "",
             )
     console.print(io)
+    rt = bundle.runtime
+    console.print(
+        Text.assemble(
+            ("replay runtime: ", "bold"),
+            f"{rt.name}{' ' + rt.version if rt.version else ''} ({', '.join(rt.files)})",
+            f"  why: {rt.reason}" if rt.reason else "",
+        )
+    )
     p = bundle.preprocess
     if p is not None:
         pre = Table("field", "value", "provenance", title="preprocessing")

@@ -40,6 +40,8 @@ SOURCE_EXTENSIONS = {
     "pytorch_lite": ".ptl",
     "savedmodel": "",  # a folder: copied as source.savedmodel/
     "tf_graphdef": ".pb",
+    "ncnn_param": ".param",  # with its weights as source.bin
+    "mnn": ".mnn",
 }
 
 

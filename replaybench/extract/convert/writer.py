@@ -25,6 +25,7 @@ from replaybench.bundle import (
     Provenance,
     QuantParams,
     ResizeSpec,
+    RuntimeInfo,
     SourceInfo,
     TensorSpec,
 )
@@ -35,6 +36,7 @@ from replaybench.extract.convert.registry import (
     ConvertOptions,
     SourceTensor,
     get_converter,
+    registered_formats,
 )
 from replaybench.extract.convert.sniff import sniff_format
 
@@ -179,8 +181,13 @@ def convert_model(
     input_shape: Sequence[int] | None = None,
     n_random: int = 3,
     tolerance: float | None = None,
+    runtime: str = "auto",
 ) -> Bundle:
     """Convert ``model`` to ONNX, check parity against its own runtime, and write the bundle in ``out``.
+
+    ``runtime``: ``onnx`` converts or fails; ``native`` keeps the original model for its own engine
+    (``replaybench.replay.runtimes``); ``auto`` (default) tries ONNX first and falls back to the native
+    engine, with the reason in ``bundle.runtime.reason``, when there is no converter or parity fails.
 
     ``trace_inputs``: captured input tensors, each a bare array (single-input model) or one array per
     input; they are tried in parity next to ``n_random`` random inputs. ``preprocess`` given here is recorded with Provenance.USER for fields the spec does not already
@@ -194,9 +201,46 @@ def convert_model(
     """
     import onnx
 
+    from replaybench.replay.runtimes import native_runtime_for
+
     model = Path(model)
     out = Path(out)
     fmt = source.format if source is not None else sniff_format(model)
+    native = native_runtime_for(fmt)
+    if runtime not in ("auto", "onnx", "native"):
+        raise UsageError(f"unknown runtime choice {runtime!r}; use auto, onnx or native")
+    if runtime == "native" or (runtime == "auto" and native is not None and fmt not in registered_formats()):
+        if native is None:
+            raise UsageError(f"no native runtime runs {fmt} models on the host; use --runtime onnx")
+        reason = (
+            "asked for with --runtime native"
+            if runtime == "native"
+            else f"no converter from {fmt} to ONNX: replay runs the original in {native.name}"
+        )
+        return write_native_bundle(
+            model, out, native.name, reason, fmt=fmt, preprocess=preprocess, postprocess=postprocess,
+            labels=labels, source=source, input_shape=input_shape,
+        )  # fmt: skip
+    if runtime == "auto" and native is not None:
+        # ONNX first; where it cannot be made, or disagrees with the original, the app's own engine.
+        try:
+            onnx_bundle = convert_model(
+                model, out, preprocess=preprocess, postprocess=postprocess, labels=labels, opset=opset,
+                allow_mismatch=allow_mismatch, source=source, trace_inputs=trace_inputs,
+                keep_quantized_io=keep_quantized_io, input_shape=input_shape, n_random=n_random,
+                tolerance=tolerance, runtime="onnx",
+            )  # fmt: skip
+            cut = onnx_bundle.conversion.cut_at if onnx_bundle.conversion else []
+            if not cut:
+                return onnx_bundle
+            why = f"the ONNX graph is cut before custom op(s) {', '.join(cut)}"
+        except (ConversionError, ParityError) as e:
+            why = e.message
+        return write_native_bundle(
+            model, out, native.name, f"no faithful ONNX route ({why}): replay runs the whole original in "
+            f"{native.name}", fmt=fmt, preprocess=preprocess, postprocess=postprocess, labels=labels,
+            source=source, input_shape=input_shape,
+        )  # fmt: skip
     converter = get_converter(fmt)
     if preprocess is not None:
         provenance = {
@@ -278,6 +322,79 @@ def convert_model(
             f"(report in {out / 'bundle.json'})",
             hint="inspect it with: replaybench inspect " + str(out) + "  (or accept with --allow-mismatch)",
         )
+    return bundle
+
+
+def write_native_bundle(
+    model: Path,
+    out: Path,
+    runtime: str,
+    reason: str,
+    *,
+    fmt: str,
+    preprocess: PreprocessSpec | None = None,
+    postprocess: PostprocessSpec | None = None,
+    labels: list[str] | None = None,
+    source: SourceInfo | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> Bundle:
+    """A bundle whose replay runtime is the app's own engine on the original files (nothing converted).
+
+    The engine opens and runs the model once before anything is written, so a file it rejects (a
+    truncated NCNN ``.bin``, a corrupt MNN file) is a typed error and ``out`` holds nothing new.
+    """
+    from replaybench.replay.runtimes import ncnn_pair, open_native, runtime_version
+
+    files = list(ncnn_pair([model])) if fmt == "ncnn_param" else [model]
+    if input_shape is None and preprocess is not None:
+        shapes = _input_shapes(preprocess, None)  # H, W, C from the spec, placed by its layout
+        input_shape = shapes[0] if shapes else None
+    nm = open_native(runtime, files, input_shape=input_shape, threads=1)
+    names = [f"source{f.suffix}" for f in files]
+    quant = getattr(nm.engine, "quantization", {}).get(nm.input_name)
+    inp = SourceTensor(nm.input_name, list(nm.input_shape), nm.input_dtype.name, quant)
+    if preprocess is None:
+        preprocess = default_preprocess(inp)
+    else:
+        provenance = {
+            f: preprocess.provenance.get(f, Provenance.USER)
+            for f in ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
+        }
+        preprocess = preprocess.model_copy(update={"provenance": provenance})
+    io = IOSpec(
+        inputs=[
+            TensorSpec(
+                name=inp.name, shape=inp.shape, dtype=inp.dtype, layout=_layout(inp.shape), quantization=quant  # type: ignore[arg-type]
+            )
+        ],
+        outputs=[
+            TensorSpec(name=n, shape=list(shape), dtype=dt, layout=_layout(shape))  # type: ignore[arg-type]
+            for n, shape, dt in zip(nm.output_names, nm.output_shapes, nm.output_dtypes, strict=True)
+        ],
+    )
+    post = _bind_decoders(postprocess or PostprocessSpec(), nm.output_names)
+    if labels and post.labels is None:
+        post = post.model_copy(update={"labels": list(labels)})
+    src_info = (source or SourceInfo(format=fmt, sha256="")).model_copy(
+        update={"sha256": _sha256(model), "file": names[0], "format": fmt}
+    )
+    if src_info.entry is None and source is None:
+        src_info = src_info.model_copy(update={"entry": model.name})
+    bundle = Bundle(
+        name=model.stem,
+        source=src_info,
+        io=io,
+        preprocess=preprocess,
+        postprocess=post,
+        runtime=RuntimeInfo(name=runtime, files=names, version=runtime_version(runtime), reason=reason),  # type: ignore[arg-type]
+    )
+    _prepare_out(out)
+    (out / MODEL_ONNX).unlink(missing_ok=True)  # an ONNX attempt that failed parity left one
+    for f, name in zip(files, names, strict=True):
+        shutil.copyfile(f, out / name)
+    if labels:
+        (out / LABELS_TXT).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    bundle.write(out)
     return bundle
 
 
