@@ -234,13 +234,22 @@ def convert_model(
             if not cut:
                 return onnx_bundle
             why = f"the ONNX graph is cut before custom op(s) {', '.join(cut)}"
+            onnx_error: ReplaybenchError | None = None
         except (ConversionError, ParityError) as e:
-            why = e.message
-        return write_native_bundle(
-            model, out, native.name, f"no faithful ONNX route ({why}): replay runs the whole original in "
-            f"{native.name}", fmt=fmt, preprocess=preprocess, postprocess=postprocess, labels=labels,
-            source=source, input_shape=input_shape,
-        )  # fmt: skip
+            why, onnx_error = e.message, e
+        try:
+            return write_native_bundle(
+                model, out, native.name, f"no faithful ONNX route ({why}): replay runs the whole original "
+                f"in {native.name}", fmt=fmt, preprocess=preprocess, postprocess=postprocess, labels=labels,
+                source=source, input_shape=input_shape,
+            )  # fmt: skip
+        except ReplaybenchError as native_error:
+            if onnx_error is None:  # the cut ONNX bundle stands, and says where it was cut
+                onnx_bundle.conversion.notes.append(f"{native.name} cannot run the whole model here: {native_error}")  # type: ignore[union-attr]
+                onnx_bundle.write(out)
+                return onnx_bundle
+            onnx_error.message += f"; {native.name} on the host cannot run the original either: {native_error}"
+            raise onnx_error from native_error
     converter = get_converter(fmt)
     if preprocess is not None:
         provenance = {
