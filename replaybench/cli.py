@@ -191,7 +191,8 @@ def convert(
     input_shape: Annotated[
         str | None,
         typer.Option(
-            "--input-shape", help="Input shape where the model records none (TorchScript, .ptl, NCNN), e.g. 1,3,224,224."
+            "--input-shape",
+            help="Input shape where the model records none (TorchScript, .ptl, NCNN), e.g. 1,3,224,224.",
         ),
     ] = None,
     runtime: Annotated[

@@ -540,7 +540,9 @@ def replay(
             "fingerprint": _fingerprint(fmt, items),
             "items": len(items),
         },
-        "bundles": [{"name": lb.bundle.name, "model_sha256": _file_sha256(lb.runtime_paths[0])} for lb in bundles],
+        "bundles": [
+            {"name": lb.bundle.name, "model_sha256": _file_sha256(lb.runtime_paths[0])} for lb in bundles
+        ],
         "settings": {
             "limit": opts.limit,
             "shuffle": opts.shuffle,

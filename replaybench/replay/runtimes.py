@@ -287,12 +287,21 @@ register_runtime(
     Runtime("onnxruntime", ("onnx",), "onnxruntime", "onnxruntime", "a converted model.onnx (default)")
 )
 register_runtime(
-    Runtime("tflite", ("tflite",), "ai_edge_litert.interpreter", "ai-edge-litert", "TFLite (LiteRT)", TfliteEngine)
+    Runtime(
+        "tflite", ("tflite",), "ai_edge_litert.interpreter", "ai-edge-litert", "TFLite (LiteRT)", TfliteEngine
+    )
 )
 register_runtime(Runtime("ncnn", ("ncnn_param",), "ncnn", "ncnn", "Tencent NCNN (.param + .bin)", NcnnEngine))
 register_runtime(Runtime("mnn", ("mnn",), "MNN", "MNN", "Alibaba MNN (.mnn)", MnnEngine))
 register_runtime(
-    Runtime("pytorch_lite", ("pytorch_lite",), "torch", "torch", "PyTorch Mobile lite interpreter", TorchLiteEngine)
+    Runtime(
+        "pytorch_lite",
+        ("pytorch_lite",),
+        "torch",
+        "torch",
+        "PyTorch Mobile lite interpreter",
+        TorchLiteEngine,
+    )
 )
 
 
@@ -311,7 +320,11 @@ class NativeModel:
 
 
 def open_native(
-    runtime: str, files: Sequence[Path], *, input_shape: Sequence[int] | None = None, threads: int | None = None
+    runtime: str,
+    files: Sequence[Path],
+    *,
+    input_shape: Sequence[int] | None = None,
+    threads: int | None = None,
 ) -> NativeModel:
     """Open ``files`` in the engine ``runtime`` and probe it once with zeros, so the model's outputs are
     known and a file the engine rejects fails here, before anything is written or replayed.
@@ -343,7 +356,9 @@ def open_native(
         raise
     except Exception as e:  # the engine's own error type (a wrong input shape, a missing op)
         raise CorruptInputError(f"{runtime} cannot run {files[0].name} on a {shape} input: {e}") from e
-    outputs = engine.output_names or [f"output_{i}" if len(probe) > 1 else "output" for i in range(len(probe))]
+    outputs = engine.output_names or [
+        f"output_{i}" if len(probe) > 1 else "output" for i in range(len(probe))
+    ]
     if not engine.output_names:
         engine.output_names = outputs
     return NativeModel(

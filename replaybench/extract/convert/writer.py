@@ -245,10 +245,14 @@ def convert_model(
             )  # fmt: skip
         except ReplaybenchError as native_error:
             if onnx_error is None:  # the cut ONNX bundle stands, and says where it was cut
-                onnx_bundle.conversion.notes.append(f"{native.name} cannot run the whole model here: {native_error}")  # type: ignore[union-attr]
+                onnx_bundle.conversion.notes.append(
+                    f"{native.name} cannot run the whole model here: {native_error}"
+                )  # type: ignore[union-attr]
                 onnx_bundle.write(out)
                 return onnx_bundle
-            onnx_error.message += f"; {native.name} on the host cannot run the original either: {native_error}"
+            onnx_error.message += (
+                f"; {native.name} on the host cannot run the original either: {native_error}"
+            )
             raise onnx_error from native_error
     converter = get_converter(fmt)
     if preprocess is not None:
@@ -373,7 +377,11 @@ def write_native_bundle(
     io = IOSpec(
         inputs=[
             TensorSpec(
-                name=inp.name, shape=inp.shape, dtype=inp.dtype, layout=_layout(inp.shape), quantization=quant  # type: ignore[arg-type]
+                name=inp.name,
+                shape=inp.shape,
+                dtype=inp.dtype,
+                layout=_layout(inp.shape),
+                quantization=quant,  # type: ignore[arg-type]
             )
         ],
         outputs=[
