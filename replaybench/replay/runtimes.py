@@ -399,7 +399,9 @@ def open_bundle_model(
     if any(p.lower() not in ("cpu", "cpuexecutionprovider") for p in providers):
         raise UsageError(f"bundle {b.name} runs in {b.runtime.name}, which replay runs on the CPU only")
     shape = b.io.inputs[0].shape if b.io.inputs else None
-    concrete = [int(d) for d in shape] if shape and all(isinstance(d, int) for d in shape) else None
+    concrete = [d for d in shape if isinstance(d, int)] if shape else None
+    if concrete is not None and shape is not None and len(concrete) != len(shape):
+        concrete = None
     nm = open_native(b.runtime.name, lb.runtime_paths, input_shape=concrete, threads=threads or 1)
     sizes = {n: int(np.prod(s[1:])) for n, s in zip(nm.output_names, nm.output_shapes, strict=True)}
     return ModelSession(

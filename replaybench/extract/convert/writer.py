@@ -31,7 +31,6 @@ from replaybench.bundle import (
 )
 from replaybench.errors import ConversionError, ParityError, ReplaybenchError, UnsafeInputError, UsageError
 from replaybench.extract.convert.registry import (
-    SOURCE_EXTENSIONS,
     Converted,
     ConvertOptions,
     SourceTensor,
@@ -39,6 +38,7 @@ from replaybench.extract.convert.registry import (
     registered_formats,
 )
 from replaybench.extract.convert.sniff import sniff_format
+from replaybench.extract.formats import file_extension
 
 
 def _sha256(path: Path) -> str:
@@ -182,9 +182,11 @@ def convert_model(
     n_random: int = 3,
     tolerance: float | None = None,
     runtime: str = "auto",
+    weights: Path | None = None,
 ) -> Bundle:
     """Convert ``model`` to ONNX, check parity against its own runtime, and write the bundle in ``out``.
 
+    ``weights``: an NCNN ``.param``'s ``.bin`` when it is not beside it with the same stem.
     ``runtime``: ``onnx`` converts or fails; ``native`` keeps the original model for its own engine
     (``replaybench.replay.runtimes``); ``auto`` (default) tries ONNX first and falls back to the native
     engine, with the reason in ``bundle.runtime.reason``, when there is no converter or parity fails.
@@ -219,7 +221,7 @@ def convert_model(
         )
         return write_native_bundle(
             model, out, native.name, reason, fmt=fmt, preprocess=preprocess, postprocess=postprocess,
-            labels=labels, source=source, input_shape=input_shape,
+            labels=labels, source=source, input_shape=input_shape, weights=weights,
         )  # fmt: skip
     if runtime == "auto" and native is not None:
         # ONNX first; where it cannot be made, or disagrees with the original, the app's own engine.
@@ -231,9 +233,13 @@ def convert_model(
                 tolerance=tolerance, runtime="onnx",
             )  # fmt: skip
             cut = onnx_bundle.conversion.cut_at if onnx_bundle.conversion else []
-            if not cut:
+            parity = onnx_bundle.parity
+            if parity is not None and not parity.passed:  # written anyway (allow_mismatch): not faithful
+                why = f"the ONNX model disagrees with {parity.reference_runtime}"
+            elif cut:
+                why = f"the ONNX graph is cut before custom op(s) {', '.join(cut)}"
+            else:
                 return onnx_bundle
-            why = f"the ONNX graph is cut before custom op(s) {', '.join(cut)}"
             onnx_error: ReplaybenchError | None = None
         except (ConversionError, ParityError) as e:
             why, onnx_error = e.message, e
@@ -241,13 +247,14 @@ def convert_model(
             return write_native_bundle(
                 model, out, native.name, f"no faithful ONNX route ({why}): replay runs the whole original "
                 f"in {native.name}", fmt=fmt, preprocess=preprocess, postprocess=postprocess, labels=labels,
-                source=source, input_shape=input_shape,
+                source=source, input_shape=input_shape, weights=weights,
             )  # fmt: skip
         except ReplaybenchError as native_error:
-            if onnx_error is None:  # the cut ONNX bundle stands, and says where it was cut
-                onnx_bundle.conversion.notes.append(
-                    f"{native.name} cannot run the whole model here: {native_error}"
-                )  # type: ignore[union-attr]
+            if onnx_error is None:  # the ONNX bundle stands, and says why the engine could not replace it
+                if onnx_bundle.conversion is not None:
+                    onnx_bundle.conversion.notes.append(
+                        f"{native.name} cannot run the model here: {native_error}"
+                    )
                 onnx_bundle.write(out)
                 return onnx_bundle
             onnx_error.message += (
@@ -291,9 +298,7 @@ def convert_model(
     if labels and post.labels is None:
         post = post.model_copy(update={"labels": list(labels)})
     opset_used = next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), None)
-    src_name = "source" + SOURCE_EXTENSIONS.get(fmt, "")
-    if fmt == "savedmodel":
-        src_name = "source.savedmodel"
+    src_name = "source.savedmodel" if fmt == "savedmodel" else "source" + file_extension(fmt)
     src_info = (source or SourceInfo(format=fmt, sha256="")).model_copy(
         update={"sha256": _sha256(model), "file": src_name, "format": fmt}
     )
@@ -350,6 +355,7 @@ def write_native_bundle(
     labels: list[str] | None = None,
     source: SourceInfo | None = None,
     input_shape: Sequence[int] | None = None,
+    weights: Path | None = None,
 ) -> Bundle:
     """A bundle whose replay runtime is the app's own engine on the original files (nothing converted).
 
@@ -358,7 +364,7 @@ def write_native_bundle(
     """
     from replaybench.replay.runtimes import ncnn_pair, open_native, runtime_version
 
-    files = list(ncnn_pair([model])) if fmt == "ncnn_param" else [model]
+    files = list(ncnn_pair([model, *([weights] if weights else [])])) if fmt == "ncnn_param" else [model]
     if input_shape is None and preprocess is not None:
         shapes = _input_shapes(preprocess, None)  # H, W, C from the spec, placed by its layout
         input_shape = shapes[0] if shapes else None
