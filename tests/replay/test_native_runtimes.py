@@ -243,3 +243,44 @@ def test_mediapipe_task_lists_its_models_in_scan_and_convert(realdata, tmp_path)
     }
     assert set(inside) == {"face_detector.tflite", "face_landmarks_detector.tflite"}
     assert all(b.format == "tflite" for b in inside.values())
+
+
+def test_ptl_replays_in_torchs_lite_interpreter(tmp_path):
+    """A bytecode-only .ptl (no TorchScript code to export) replayed as the lite interpreter runs it."""
+    import torch
+    from torch.jit.mobile import _load_for_lite_interpreter
+
+    from tests.fixtures.models import torch_models
+
+    _, ptl = torch_models()
+    lite_only = tmp_path / "lite.ptl"
+    with zipfile.ZipFile(ptl) as src, zipfile.ZipFile(lite_only, "w") as dst:
+        for info in src.infolist():
+            if "/code/" not in info.filename and not info.filename.endswith("constants.pkl"):
+                dst.writestr(info, src.read(info))
+    spec = {**FACE_SPEC, "resize": {"width": 32, "height": 32, "method": "bilinear_pil"}}
+    assert (
+        main(
+            [
+                "convert",
+                str(lite_only),
+                "-o",
+                str(tmp_path / "b"),
+                "--preprocess",
+                str(_spec_file(tmp_path, spec)),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["runtime"]["name"] == "pytorch_lite"
+    rng = np.random.default_rng(3)
+    images = []
+    for i in range(5):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)).save(p)
+        images.append(p)
+    rows = _replayed(tmp_path / "b", _manifest(tmp_path / "ds", images), tmp_path / "preds")
+    module = _load_for_lite_interpreter(str(lite_only))
+    for img, row in zip(images, rows.iter_rows(named=True), strict=True):
+        want = module(torch.from_numpy(_pillow_input(img, spec))).detach().numpy().ravel()
+        np.testing.assert_allclose(np.asarray(row["raw__output"]), want, rtol=0, atol=1e-6)
