@@ -85,7 +85,7 @@ def _import(runtime: str) -> Any:
     try:
         return importlib.import_module(rt.module)
     except ImportError as e:
-        raise missing_dependency(rt.package, extra=None if rt.name == "onnxruntime" else "engines") from e
+        raise missing_dependency(rt.module, package=rt.package) from e
 
 
 # --- engine adapters: run(output_names, {input_name: array with a leading batch axis of 1}) ---------
