@@ -701,11 +701,21 @@ def _render_evaluation(summary: Any) -> None:
             )
         console.print(table)
     if summary.comparison:
-        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "worst group")
+        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "max |diff|", "worst group")
         table.title = f"agreement with {summary.comparison.other}"
+
+        def g(x: float | None) -> str:  # raw tensors of two engines differ by float noise: show it
+            return "-" if x is None else f"{x:.3g}"
+
         for a in summary.comparison.fields:
             table.add_row(
-                a.field, str(a.n), f(a.agreement), f(a.kappa), f(a.mean_abs_diff), a.worst_group or "-"
+                a.field,
+                str(a.n),
+                f(a.agreement),
+                f(a.kappa),
+                g(a.mean_abs_diff),
+                g(a.max_abs_diff),
+                a.worst_group or "-",
             )
         console.print(table)
     for w in summary.warnings:

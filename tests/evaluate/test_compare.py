@@ -66,4 +66,4 @@ def test_compare_raw_tensors_of_two_runtimes():
     assert row["field"] == "raw__scores" and row["kind"] == "tensor" and row["n"] == 3
     assert row["max_abs_diff"] == pytest.approx(0.5)
     assert row["mean_abs_diff"] == pytest.approx((0.0 + 0.5 + 1e-5) / 3)
-    assert row["agreement"] == pytest.approx(2 / 3)  # within 1e-4 of the range 8: items a and c
+    assert row["agreement"] == pytest.approx(2 / 3)  # within 1e-3 of the range 8: items a and c
