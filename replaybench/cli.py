@@ -442,7 +442,8 @@ def inspect(
     if json_out:
         emit_json(bundle)
         return
-    _render_bundle(bundle, title="bundle" if bundle.parity is not None else "model (not converted)")
+    is_bundle = bundle.parity is not None or (target / "bundle.json").is_file()
+    _render_bundle(bundle, title="bundle" if is_bundle else "model (not converted)")
 
 
 # ---------------------------------------------------------------------------------------------- replay

@@ -160,6 +160,15 @@ def _input_shapes(
     return None
 
 
+def _given_by_user(preprocess: PreprocessSpec) -> PreprocessSpec:
+    """A spec given to convert: fields it does not attribute themselves are the user's."""
+    provenance = {
+        f: preprocess.provenance.get(f, Provenance.USER)
+        for f in ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
+    }
+    return preprocess.model_copy(update={"provenance": provenance})
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UnsafeInputError(f"output {out} exists and is not a folder")
@@ -263,11 +272,7 @@ def convert_model(
             raise onnx_error from native_error
     converter = get_converter(fmt)
     if preprocess is not None:
-        provenance = {
-            f: preprocess.provenance.get(f, Provenance.USER)
-            for f in ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
-        }
-        preprocess = preprocess.model_copy(update={"provenance": provenance})
+        preprocess = _given_by_user(preprocess)
     opts = ConvertOptions(
         opset=opset, keep_quantized_io=keep_quantized_io, input_shapes=_input_shapes(preprocess, input_shape)
     )
@@ -343,6 +348,31 @@ def convert_model(
     return bundle
 
 
+def native_io(runtime: str, files: Sequence[Path], input_shape: Sequence[int] | None) -> tuple[Any, IOSpec]:
+    """Open ``files`` in the engine ``runtime`` (one probe run) and describe its inputs and outputs."""
+    from replaybench.replay.runtimes import open_native
+
+    nm = open_native(runtime, files, input_shape=input_shape, threads=1)
+    quant = getattr(nm.engine, "quantization", {}).get(nm.input_name)
+    shape: list[int | str | None] = list(nm.input_shape)
+    io = IOSpec(
+        inputs=[
+            TensorSpec(
+                name=nm.input_name,
+                shape=shape,
+                dtype=nm.input_dtype.name,
+                layout=_layout(shape),  # type: ignore[arg-type]
+                quantization=quant,
+            )
+        ],
+        outputs=[
+            TensorSpec(name=n, shape=list(sh), dtype=dt, layout=_layout(sh))  # type: ignore[arg-type]
+            for n, sh, dt in zip(nm.output_names, nm.output_shapes, nm.output_dtypes, strict=True)
+        ],
+    )
+    return nm, io
+
+
 def write_native_bundle(
     model: Path,
     out: Path,
@@ -362,39 +392,19 @@ def write_native_bundle(
     The engine opens and runs the model once before anything is written, so a file it rejects (a
     truncated NCNN ``.bin``, a corrupt MNN file) is a typed error and ``out`` holds nothing new.
     """
-    from replaybench.replay.runtimes import ncnn_pair, open_native, runtime_version
+    from replaybench.replay.runtimes import ncnn_pair, runtime_version
 
     files = list(ncnn_pair([model, *([weights] if weights else [])])) if fmt == "ncnn_param" else [model]
     if input_shape is None and preprocess is not None:
         shapes = _input_shapes(preprocess, None)  # H, W, C from the spec, placed by its layout
         input_shape = shapes[0] if shapes else None
-    nm = open_native(runtime, files, input_shape=input_shape, threads=1)
+    nm, io = native_io(runtime, files, input_shape)
     names = [f"source{f.suffix}" for f in files]
-    quant = getattr(nm.engine, "quantization", {}).get(nm.input_name)
-    inp = SourceTensor(nm.input_name, list(nm.input_shape), nm.input_dtype.name, quant)
     if preprocess is None:
-        preprocess = default_preprocess(inp)
+        t = io.inputs[0]
+        preprocess = default_preprocess(SourceTensor(t.name, t.shape, t.dtype, t.quantization))
     else:
-        provenance = {
-            f: preprocess.provenance.get(f, Provenance.USER)
-            for f in ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
-        }
-        preprocess = preprocess.model_copy(update={"provenance": provenance})
-    io = IOSpec(
-        inputs=[
-            TensorSpec(
-                name=inp.name,
-                shape=inp.shape,
-                dtype=inp.dtype,
-                layout=_layout(inp.shape),
-                quantization=quant,  # type: ignore[arg-type]
-            )
-        ],
-        outputs=[
-            TensorSpec(name=n, shape=list(shape), dtype=dt, layout=_layout(shape))  # type: ignore[arg-type]
-            for n, shape, dt in zip(nm.output_names, nm.output_shapes, nm.output_dtypes, strict=True)
-        ],
-    )
+        preprocess = _given_by_user(preprocess)
     post = _bind_decoders(postprocess or PostprocessSpec(), nm.output_names)
     if labels and post.labels is None:
         post = post.model_copy(update={"labels": list(labels)})
