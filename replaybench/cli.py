@@ -190,8 +190,19 @@ def convert(
     ] = False,
     input_shape: Annotated[
         str | None,
-        typer.Option("--input-shape", help="Input shape for TorchScript models, e.g. 1,3,224,224."),
+        typer.Option(
+            "--input-shape",
+            help="Input shape where the model records none (TorchScript, .ptl, NCNN), e.g. 1,3,224,224.",
+        ),
     ] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="auto: ONNX, else the app's own engine when there is no converter or parity fails; "
+            "onnx: ONNX or fail; native: keep the original for its engine (tflite, ncnn, mnn, pytorch_lite).",
+        ),
+    ] = "auto",
     keep_quantized_io: Annotated[
         bool,
         typer.Option(
@@ -229,6 +240,7 @@ def convert(
         allow_mismatch=allow_mismatch,
         input_shape=shape,
         keep_quantized_io=keep_quantized_io,
+        runtime=runtime,
     )
     if json_out:
         emit_json(bundle)
@@ -260,6 +272,14 @@ def _render_bundle(bundle: Any, title: str) -> None:
                 f"{q.scale:g} @ {q.zero_point}" if q else "",
             )
     console.print(io)
+    rt = bundle.runtime
+    console.print(
+        Text.assemble(
+            ("replay runtime: ", "bold"),
+            f"{rt.name}{' ' + rt.version if rt.version else ''} ({', '.join(rt.files)})",
+            f"  why: {rt.reason}" if rt.reason else "",
+        )
+    )
     p = bundle.preprocess
     if p is not None:
         pre = Table("field", "value", "provenance", title="preprocessing")
@@ -422,7 +442,8 @@ def inspect(
     if json_out:
         emit_json(bundle)
         return
-    _render_bundle(bundle, title="bundle" if bundle.parity is not None else "model (not converted)")
+    is_bundle = bundle.parity is not None or (target / "bundle.json").is_file()
+    _render_bundle(bundle, title="bundle" if is_bundle else "model (not converted)")
 
 
 # ---------------------------------------------------------------------------------------------- replay
@@ -681,11 +702,21 @@ def _render_evaluation(summary: Any) -> None:
             )
         console.print(table)
     if summary.comparison:
-        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "worst group")
+        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "max |diff|", "worst group")
         table.title = f"agreement with {summary.comparison.other}"
+
+        def g(x: float | None) -> str:  # raw tensors of two engines differ by float noise: show it
+            return "-" if x is None else f"{x:.3g}"
+
         for a in summary.comparison.fields:
             table.add_row(
-                a.field, str(a.n), f(a.agreement), f(a.kappa), f(a.mean_abs_diff), a.worst_group or "-"
+                a.field,
+                str(a.n),
+                f(a.agreement),
+                f(a.kappa),
+                g(a.mean_abs_diff),
+                g(a.max_abs_diff),
+                a.worst_group or "-",
             )
         console.print(table)
     for w in summary.warnings:
