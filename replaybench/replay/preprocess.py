@@ -87,18 +87,13 @@ def _skia_bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, 
     return lo, hi, weight
 
 
-def _q15_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # Rounding Q15 multiply (ARM vqrdmulh / x86 pmulhrsw), as Skia's lowp ``scaled_mult``.
-    out: np.ndarray = (a * b + (1 << 14)) >> 15
-    return out
-
-
 def _skia_bilinear(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """``Bitmap.createScaledBitmap(src, width, height, true)`` on an opaque ARGB_8888 bitmap.
 
     Skia's lowp ``bilerp_clamp_8888``: each tap is scaled to 15 bits (``<< 7``); the horizontal lerp
     keeps one extra bit, ``(q15(tx, r - l) + r + l + 1) >> 1``; the vertical one rounds back to 8 bits,
-    ``(q15(ty, b - t) + b + t + 128) >> 8``. Bit-exact with skia-python 144 (Skia m144) on real photos,
+    ``(q15(ty, b - t) + b + t + 128) >> 8``, where ``q15(a, b) = (a * b + 2^14) >> 15`` is the rounding
+    Q15 multiply (ARM vqrdmulh, x86 pmulhrsw). Bit-exact with skia-python 144 (Skia m144) on real photos,
     up- and downscaling by integer and non-integer factors (tests/replay/test_kernel_references.py).
 
     Which Android versions this is: ``Bitmap.createScaledBitmap`` -> ``createBitmap(src, 0, 0, w, h, m,
@@ -114,17 +109,37 @@ def _skia_bilinear(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """
     y0, y1, ty = _skia_bilinear_axis(img.shape[0], height)
     x0, x1, tx = _skia_bilinear_axis(img.shape[1], width)
-    rows0, rows1 = np.take(img, y0, axis=0), np.take(img, y1, axis=0)
     wx = tx[None, :, None]
 
+    # In-place int32 arithmetic on output-sized arrays (no product can overflow: |weight| <= 2^15 and
+    # |tap difference << 7| < 2^15). 1080x1440 -> 224: 12 ms, against 20 ms with temporaries.
     def horizontal(rows: np.ndarray) -> np.ndarray:
-        left = np.take(rows, x0, axis=1).astype(np.int32)
-        right = np.take(rows, x1, axis=1).astype(np.int32)
-        return (_q15_mul(wx, (right - left) << 7) + ((right + left) << 7) + 1) >> 1
+        r = np.take(img, rows, axis=0)
+        left = np.take(r, x0, axis=1).astype(np.int32)
+        d = np.take(r, x1, axis=1).astype(np.int32)
+        d -= left  # right - left
+        left <<= 1
+        left += d
+        left <<= 7  # (right + left) << 7
+        d <<= 7
+        d *= wx
+        d += 1 << 14
+        d >>= 15  # q15(tx, (right - left) << 7)
+        d += left
+        d += 1
+        d >>= 1
+        return d
 
-    top, bottom = horizontal(rows0), horizontal(rows1)
-    out = (_q15_mul(ty[:, None, None], bottom - top) + bottom + top + 128) >> 8
-    return out.astype(np.float32)
+    top, bottom = horizontal(y0), horizontal(y1)
+    total = top + bottom
+    bottom -= top
+    bottom *= ty[:, None, None]
+    bottom += 1 << 14
+    bottom >>= 15  # q15(ty, bottom - top)
+    bottom += total
+    bottom += 128
+    bottom >>= 8
+    return bottom.astype(np.float32)
 
 
 def _bilinear(img: np.ndarray, width: int, height: int, half_pixel: bool) -> np.ndarray:
