@@ -44,10 +44,10 @@ class Provenance(StrEnum):
 ResizeMethod = Literal[
     "nearest",  # nearest neighbour (Android createScaledBitmap filter=false)
     "bilinear_android",  # Android createScaledBitmap(filter=true) / Skia bilinear
-    "bilinear_tf",  # tf.image.resize bilinear, half_pixel_centers (TFLite support ResizeOp)
+    "bilinear_tf",  # tf.image.resize bilinear, half_pixel_centers (TFLite RESIZE_BILINEAR)
     "bilinear_tf_legacy",  # tf.compat.v1 resize_bilinear, align_corners=False, no half pixel
     "bilinear_pil",  # PIL Image.BILINEAR (antialiased when downscaling)
-    "area",  # area averaging / antialiased (OpenCV INTER_AREA, PIL BOX)
+    "area",  # OpenCV INTER_AREA (area averaging down, bilinear up)
     "bicubic_pil",
 ]
 

@@ -14,13 +14,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from replaybench.bundle import load_bundle
+from replaybench.bundle import Decoder, PostprocessSpec, load_bundle
 from replaybench.cli import main
 from replaybench.demo import sample_app
 from replaybench.demo.pipeline import PATTERN
 from replaybench.demo.synthetic import write_face_dataset
 from replaybench.errors import UnfaithfulBundleError
+from replaybench.extract.fidelity import check_fidelity
 from replaybench.extract.pipeline import extract_app
+from replaybench.extract.trace import read_trace
+from replaybench.extract.trace_match import traced_invokes
 from replaybench.replay.admission import check_bundle_admissible
 
 SAMPLE = Path(sample_app.__file__).parent / "sample"
@@ -100,7 +103,17 @@ def test_wrong_spec_fails_fidelity_and_replay_refuses_it(tmp_path, faces, capsys
     bundle = out / entry["bundle"]
     assert load_bundle(bundle).bundle.fidelity.verdict == "failed"  # type: ignore[union-attr]
 
-    replay = ["replay", str(bundle), str(faces), "--format", "folders", "--pattern", PATTERN, "--workers", "0"]
+    replay = [
+        "replay",
+        str(bundle),
+        str(faces),
+        "--format",
+        "folders",
+        "--pattern",
+        PATTERN,
+        "--workers",
+        "0",
+    ]
     assert main([*replay, "-o", str(tmp_path / "refused")]) == 15
     err = capsys.readouterr().err
     assert "--allow-unfaithful" in err
@@ -138,7 +151,9 @@ def test_admission_refuses_only_failed_fidelity(faithful):
     assert check_bundle_admissible(bundle, allow_unfaithful=False, accept_unresolved=False) == []
     assert bundle.fidelity is not None
     failed = bundle.model_copy(
-        update={"fidelity": bundle.fidelity.model_copy(update={"verdict": "failed", "reason": "output y off"})}
+        update={
+            "fidelity": bundle.fidelity.model_copy(update={"verdict": "failed", "reason": "output y off"})
+        }
     )
     with pytest.raises(UnfaithfulBundleError, match="output y off"):
         check_bundle_admissible(failed, allow_unfaithful=False, accept_unresolved=False)
@@ -146,3 +161,37 @@ def test_admission_refuses_only_failed_fidelity(faithful):
     assert len(notes) == 1 and "--allow-unfaithful" in notes[0]
     unchecked = bundle.model_copy(update={"fidelity": None})
     assert check_bundle_admissible(unchecked, allow_unfaithful=False, accept_unresolved=False) == []
+
+
+@pytest.mark.parametrize("colour", ["RGB", "BGR"])
+def test_decoded_fields_are_compared_where_the_bundle_has_decoders(faithful, tmp_path, colour):
+    """The app's decoding (index 0 is male, as examples/postprocess-gender.json) applied to both sides."""
+    import shutil
+
+    out, result = faithful
+    ran = next(m for m in result.models if m.origin == "trace_dump")
+    folder = tmp_path / "bundle"
+    shutil.copytree(out / str(ran.bundle), folder)
+    lb = load_bundle(folder)
+    output = lb.bundle.io.outputs[0].name
+    post = PostprocessSpec(
+        task="classification",
+        decoders=[
+            Decoder(output=output, field="gender_pred", kind="softmax_argmax", labels=["male", "female"]),
+            Decoder(output=output, field="p_raw_female", kind="scale", index=1),
+        ],
+    )
+    assert lb.bundle.preprocess is not None
+    pre = lb.bundle.preprocess.model_copy(update={"color_order": colour})
+    lb.bundle.model_copy(update={"postprocess": post, "preprocess": pre}).write(folder)
+    invokes = traced_invokes(read_trace(SAMPLE / "trace"))[ran.sha256]
+    report = check_fidelity(folder, invokes)
+    fields = {f.field: f for f in report.fields}
+    assert set(fields) == {"gender_pred", "p_raw_female"}
+    assert all(f.total == 6 for f in fields.values())
+    assert fields["gender_pred"].kind == "label" and fields["p_raw_female"].kind == "number"
+    if colour == "RGB":
+        assert report.verdict == "passed" and all(f.passed and f.agreed == 6 for f in fields.values())
+    else:  # the swapped colour order moves the probabilities far beyond tolerance
+        assert report.verdict == "failed" and not fields["p_raw_female"].passed
+        assert fields["p_raw_female"].max_abs_diff > fields["p_raw_female"].tolerance  # type: ignore[operator]
