@@ -221,6 +221,8 @@ class FidelityReport(Strict):
     atol: float
     quant_steps: float
     output_match: Literal["name", "order"] | None = None  # how bundle outputs were paired with the app's
+    # informational: max |replay's input tensor - the app's captured one| (in the tensor's own units)
+    input_max_abs_diff: float | None = None
     resize_backend: str | None = None  # the resize kernel backend replay's workers use
     outputs: list[OutputFidelity] = Field(default_factory=list)
     fields: list[FieldAgreement] = Field(default_factory=list)

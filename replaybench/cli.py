@@ -131,11 +131,12 @@ def extract(
         bool, typer.Option("--allow-mismatch", help="Exit 0 even when a bundle fails parity.")
     ] = False,
     preprocess: Annotated[
-        Path | None,
+        list[str] | None,
         typer.Option(
             "--preprocess",
-            help="A PreprocessSpec JSON file (or a bundle to take it from) for every converted model, "
-            "instead of what the trace or the app's code suggest.",
+            metavar="MODEL=SPEC",
+            help="Preprocessing for one model (blob file name, stem or sha256 prefix) from a spec file or "
+            "bundle; wins over the trace. Repeat for several models.",
         ),
     ] = None,
     allow_unfaithful: Annotated[
@@ -151,7 +152,7 @@ def extract(
     Writes OUTPUT/blobs/ (byte-exact, with manifest.json), OUTPUT/bundles/NAME/ and OUTPUT/extract.json.
     With --trace, models the app decrypted in memory are recovered from the trace's dumps, the
     preprocessing is solved from the captured bitmaps and input tensors, and every bundle is run end to
-    end on the traced bitmaps and compared with the app's own outputs (its fidelity; exit 15 when a
+    end on the traced bitmaps and compared with the app's own outputs (its fidelity; exit 16 when a
     bundle fails it, and replay refuses that bundle without --allow-unfaithful).
 
     Example: replaybench extract app.apk --trace trace/ -o extracted/
@@ -161,7 +162,15 @@ def extract(
     from replaybench.errors import ParityError, UnfaithfulBundleError
     from replaybench.extract.pipeline import extract_app
 
-    spec = read_spec(preprocess, PreprocessSpec) if preprocess is not None else None
+    overrides: dict[str, PreprocessSpec] = {}
+    for item in preprocess or []:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise UsageError(
+                f"--preprocess takes MODEL=SPEC, got {item!r}",
+                hint="e.g. --preprocess face.tflite=spec.json (MODEL: blob file name, stem or sha256 prefix)",
+            )
+        overrides[key] = read_spec(Path(path), PreprocessSpec)
     result = extract_app(
         [app_path],
         output,
@@ -169,8 +178,8 @@ def extract(
         convert=not no_convert,
         code=not no_code,
         allow_mismatch=allow_mismatch,
-        preprocess=spec,
         progress=NullProgress() if json_out else RichProgress(),
+        preprocess=overrides,
     )
     if json_out:
         emit_json(result)
@@ -376,6 +385,8 @@ def _render_fidelity(console: Any, fid: Any) -> None:
         console.print(t)
     for f in fid.fields:
         console.print(f"  decoded {f.field}: agrees on {f.agreed}/{f.total}" + ("" if f.passed else "  NO"))
+    if fid.input_max_abs_diff is not None:
+        console.print(f"  input tensor vs the app's: max |diff| {fid.input_max_abs_diff:.3g}")
     if fid.reason:
         console.print(f"  {fid.reason}", style=colour)
 
@@ -567,7 +578,7 @@ def replay(
 ) -> None:
     """Run a dataset through one or more bundles at high throughput; write predictions as Parquet.
 
-    A bundle whose fidelity check against the app's trace failed is refused (exit 15) unless
+    A bundle whose fidelity check against the app's trace failed is refused (exit 16) unless
     --allow-unfaithful; run.json and every Parquet part's metadata then record each bundle's verdict.
 
     Example: replaybench replay bundles/age bundles/gender UTKFace/ --format utkface -o preds/

@@ -149,12 +149,18 @@ def check_fidelity(bundle_folder: Path, invokes: Sequence[TracedInvoke]) -> Fide
     app_outs: dict[str, list[np.ndarray]] = {n: [] for n in ms.output_names}
     steps: dict[str, float | None] = {}
     traced_names: dict[str, str | None] = {}
+    input_diff: float | None = None
     for inv in usable:
         pairs = _pair_outputs(ms.output_names, inv.outputs)
         if pairs is None:
             return not_checked(f"invoke {inv.seq}: outputs cannot be paired", invokes_traced=n_traced)
         assert inv.bitmap is not None
         x = apply_preprocess(inv.bitmap, spec, RESIZE_BACKEND)
+        if inv.inputs:
+            captured = min(inv.inputs, key=lambda t: t.index).array
+            if captured.size == x.size:
+                d = float(np.max(np.abs(captured.astype(np.float64).reshape(x.shape) - x)))
+                input_diff = d if input_diff is None else max(input_diff, d)
         outs = ms.run(x[None])
         for name, traced in pairs[1].items():
             got = np.asarray(outs[name])
@@ -225,6 +231,7 @@ def check_fidelity(bundle_folder: Path, invokes: Sequence[TracedInvoke]) -> Fide
         invokes_traced=n_traced,
         invokes_checked=len(usable),
         output_match=match,
+        input_max_abs_diff=input_diff,
         outputs=outputs,
         fields=fields,
     )

@@ -107,15 +107,15 @@ def extract_app(
     convert: bool = True,
     code: bool = True,
     allow_mismatch: bool = False,
-    preprocess: PreprocessSpec | None = None,
     progress: Progress | None = None,
+    preprocess: dict[str, PreprocessSpec] | None = None,
 ) -> ExtractResult:
     """Scan ``paths``, write every blob byte-exact, match ``trace`` (if any), infer preprocessing and
     convert each convertible model to a bundle. A model that fails to convert is recorded, not fatal.
 
-    ``preprocess``: a spec given by the user, used for every converted model instead of what the trace
-    or the app's code suggest. With a trace, every bundle's end-to-end fidelity is checked on the traced
-    invokes (``ExtractedModel.fidelity``, and the bundle's ``fidelity`` block).
+    ``preprocess`` maps a model (its blob file name or stem, its name in the app, or a sha256 prefix) to
+    a spec given by hand; it wins over the trace. With a trace, every bundle's end-to-end fidelity is
+    checked on the traced invokes (``ExtractedModel.fidelity``, and the bundle's ``fidelity`` block).
 
     Example::
 
@@ -162,6 +162,14 @@ def extract_app(
     if trace is not None:
         traced_by_sha = {}
         _use_trace(trace, inv, out_dir, result, candidates, pairs_by_sha, inputs_by_sha, traced_by_sha)
+    for key, given in (preprocess or {}).items():
+        if not any(_override({key: given}, m) for _, m, _ in candidates):
+            from replaybench.errors import UsageError
+
+            raise UsageError(
+                f"--preprocess {key}=...: no model of the app is called {key}",
+                hint="name a model by its blob file (see blobs/manifest.json), file stem or sha256 prefix",
+            )
 
     if convert:
         _convert(
@@ -172,7 +180,7 @@ def extract_app(
             inputs_by_sha,
             allow_mismatch,
             progress,
-            user_preprocess=preprocess,
+            overrides=preprocess or {},
             traced_by_sha=traced_by_sha,
         )
     result.models = [m for _, m, _ in candidates]
@@ -287,7 +295,7 @@ def _convert(
     allow_mismatch: bool,
     progress: Progress,
     *,
-    user_preprocess: PreprocessSpec | None = None,
+    overrides: dict[str, PreprocessSpec] | None = None,
     traced_by_sha: dict[str, list[Any]] | None = None,
 ) -> None:
     from replaybench.errors import ParityError
@@ -301,11 +309,10 @@ def _convert(
     for path, model, src in candidates:
         if model.format not in CONVERTIBLE:
             continue
+        user = _override(overrides or {}, model)
         spec: PreprocessSpec | None = None
-        if user_preprocess is not None:
-            spec = user_preprocess.model_copy(
-                update={"provenance": user_preprocess.provenance or _user_provenance()}
-            )
+        if user is not None:
+            spec = user.model_copy(update={"provenance": user.provenance or _user_provenance()})
             model.preprocess_from = "user"
         elif model.sha256 in pairs_by_sha:
             try:
@@ -313,7 +320,7 @@ def _convert(
                 model.preprocess_from = "trace"
             except TraceError as e:
                 log.warning("preprocessing not recoverable from the trace for %s: %s", model.file, e)
-        if spec is None and user_preprocess is None and model.sha256 in blobs_by_sha:
+        if spec is None and user is None and model.sha256 in blobs_by_sha:
             spec = _static_preprocess(inv, blobs_by_sha[model.sha256])
             if spec is not None:
                 model.preprocess_from = "app_code"
@@ -344,6 +351,18 @@ def _convert(
             model.status = "converted"
         if traced_by_sha is not None:
             _check_fidelity(out_dir / "bundles" / name, model, traced_by_sha)
+
+
+def _override(overrides: dict[str, PreprocessSpec], model: ExtractedModel) -> PreprocessSpec | None:
+    """The hand-given spec for this model: by blob file name or stem, the name it has in the app
+    (assets/face.tflite: face.tflite or face), or a sha256 prefix of 8+ characters."""
+    name = Path(model.file).name
+    entry = model.location.split("@", 1)[0].replace("!", "/").rsplit("/", 1)[-1]
+    names = {name, Path(name).stem, entry, Path(entry).stem}
+    for key, spec in overrides.items():
+        if key in names or (len(key) >= 8 and model.sha256.startswith(key.lower())):
+            return spec
+    return None
 
 
 def _user_provenance() -> dict[str, Provenance]:

@@ -16,7 +16,7 @@ def check_bundle_admissible(bundle: Bundle, *, allow_unfaithful: bool, accept_un
     """Raise a typed error when replay must refuse ``bundle``; return the notes of what was accepted.
 
     - fidelity ``failed`` (replay does not reproduce the app's outputs on the traced invokes): refused
-      with ``UnfaithfulBundleError`` (exit 15) unless ``allow_unfaithful``;
+      with ``UnfaithfulBundleError`` (exit 16) unless ``allow_unfaithful``;
     - unresolved preprocessing: see the block below (``accept_unresolved``).
 
     Example::

@@ -49,6 +49,7 @@ def test_fidelity_passes_on_the_demo_sample(faithful):
     assert fid.verdict == "passed" and fid.reason is None
     assert fid.invokes_checked == fid.invokes_traced == 6  # every traced invoke had a bitmap and outputs
     assert fid.output_match == "name"
+    assert fid.input_max_abs_diff is not None and fid.input_max_abs_diff < 1e-5  # the app's own tensors
     (o,) = fid.outputs
     assert o.passed and o.max_abs_diff <= 1e-4 < o.tolerance  # the same numbers as the app, to float error
     # the block is in the bundle and in extract.json
@@ -86,9 +87,9 @@ def test_wrong_spec_fails_fidelity_and_replay_refuses_it(tmp_path, faces, capsys
     spec_file.write_text(spec.model_dump_json())
     out = tmp_path / "extract"
     argv = ["extract", str(SAMPLE / "sample.apk"), "--trace", str(SAMPLE / "trace"), "-o", str(out)]
-    rc = main([*argv, "--preprocess", str(spec_file)])
+    rc = main([*argv, "--preprocess", f"fa_decrypted={spec_file}"])
     captured = capsys.readouterr()
-    assert rc == UnfaithfulBundleError.exit_code == 15
+    assert rc == UnfaithfulBundleError.exit_code == 16
     assert "do not reproduce the app's own outputs" in captured.err
     assert "fidelity" in captured.out and "failed" in captured.out  # printed per model
 
@@ -114,7 +115,7 @@ def test_wrong_spec_fails_fidelity_and_replay_refuses_it(tmp_path, faces, capsys
         "--workers",
         "0",
     ]
-    assert main([*replay, "-o", str(tmp_path / "refused")]) == 15
+    assert main([*replay, "-o", str(tmp_path / "refused")]) == 16
     err = capsys.readouterr().err
     assert "--allow-unfaithful" in err
     assert not (tmp_path / "refused").exists()  # refused before anything is written
@@ -138,7 +139,7 @@ def test_the_right_spec_given_by_hand_passes(tmp_path, capsys):
     spec_file.write_text(sample_app.APP_PREPROCESS.model_dump_json())
     out = tmp_path / "extract"
     argv = ["extract", str(SAMPLE / "sample.apk"), "--trace", str(SAMPLE / "trace"), "-o", str(out), "--json"]
-    assert main([*argv, "--preprocess", str(spec_file)]) == 0
+    assert main([*argv, "--preprocess", f"fa_decrypted.tflite={spec_file}"]) == 0
     doc = json.loads(capsys.readouterr().out)
     entry = next(m for m in doc["models"] if m["origin"] == "trace_dump")
     assert entry["status"] == "converted" and entry["fidelity"]["verdict"] == "passed"
