@@ -62,7 +62,8 @@ def _skia_centres(n_in: int, n_out: int) -> np.ndarray:
 
 @lru_cache(maxsize=256)
 def _nearest_axis(n_in: int, n_out: int) -> np.ndarray:
-    # Skia's nearest sampling (SkFilterMode::kNearest) picks the pixel containing the mapped centre, and a
+    # createScaledBitmap(.., filter=false): hwui draws with SkFilterMode::kNearest (the same Android 12+
+    # path as _skia_bilinear's docstring). Skia picks the pixel containing the mapped centre, and a
     # centre exactly on a pixel boundary goes to the pixel before it: ceil(x) - 1, not floor(x) (measured
     # against skia-python 144: 200 -> 5 samples columns 19, 59, ...; floor would give 20, 60, ...).
     idx = np.ceil(_skia_centres(n_in, n_out)).astype(np.int64) - 1
