@@ -25,6 +25,7 @@ from replaybench.extract.pipeline import extract_app
 from replaybench.extract.trace import read_trace
 from replaybench.extract.trace_match import traced_invokes
 from replaybench.replay.admission import check_bundle_admissible
+from tests.fixtures.references import create_scaled_bitmap
 
 SAMPLE = Path(sample_app.__file__).parent / "sample"
 TRACED = "fa_decrypted"  # the model the sample app decrypts and runs (the only one in the trace)
@@ -196,3 +197,17 @@ def test_decoded_fields_are_compared_where_the_bundle_has_decoders(faithful, tmp
     else:  # the swapped colour order moves the probabilities far beyond tolerance
         assert report.verdict == "failed" and not fields["p_raw_female"].passed
         assert fields["p_raw_female"].max_abs_diff > fields["p_raw_female"].tolerance  # type: ignore[operator]
+
+
+def test_demo_trace_holds_what_android_computes():
+    """The sample trace's input tensors are Skia's createScaledBitmap of its bitmaps, normalised as
+    NormalizeOp(127.5f, 127.5f) does: made by the references, not by replaybench's kernels."""
+    import numpy as np
+
+    calls = next(iter(traced_invokes(read_trace(SAMPLE / "trace")).values()))
+    assert len(calls) == 6
+    for call in calls:
+        assert call.bitmap is not None
+        scaled = create_scaled_bitmap(call.bitmap, 64, 64, filter=True).astype(np.float32)
+        expected = (scaled - np.float32(127.5)) / np.float32(127.5)
+        np.testing.assert_array_equal(call.inputs[0].array[0], expected)

@@ -20,7 +20,7 @@ from replaybench.extract.fidelity import QUANT_STEPS, check_fidelity
 from replaybench.extract.trace import Quantization
 from replaybench.extract.trace_match import TracedInvoke, TracedTensor
 from tests.fixtures.cache import cached_build
-from tests.replay.test_kernel_references import create_scaled_bitmap
+from tests.fixtures.references import create_scaled_bitmap
 
 MODEL = "age_classifier_quant_radualexandrub/AndroidAge_quant.tflite"
 RIGHT = PreprocessSpec(

@@ -14,6 +14,7 @@ from PIL import Image
 from replaybench.replay.preprocess import resize
 from replaybench.replay.yuv import nv21_to_rgb, yuv420_to_rgb
 from tests.conftest import REALDATA
+from tests.fixtures.references import create_scaled_bitmap
 
 PHOTOS = REALDATA / "utkface_300" / "images"
 
@@ -33,36 +34,6 @@ def photos() -> list[np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------- Skia
-
-
-def create_scaled_bitmap(img: np.ndarray, width: int, height: int, filter: bool) -> np.ndarray:
-    """What ``Bitmap.createScaledBitmap(src, width, height, filter)`` draws, with Skia (skia-python).
-
-    Android's Bitmap.createScaledBitmap -> createBitmap(src, 0, 0, w, h, m, filter): m.setScale(dstW /
-    (float) w, dstH / (float) h); a new ARGB_8888 bitmap; Paint.setFilterBitmap(filter); canvas.concat(m);
-    canvas.drawBitmap(src, srcR, dstR, paint) -> hwui drawImageRect(.., SkSamplingOptions(kLinear or
-    kNearest), .., kFast_SrcRectConstraint).
-    """
-    import skia
-
-    h, w = img.shape[:2]
-    rgba = np.concatenate([img, np.full((h, w, 1), 255, np.uint8)], axis=2)
-    src = skia.Image.fromarray(rgba, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType)
-    surface = skia.Surface.MakeRaster(
-        skia.ImageInfo.Make(width, height, skia.kRGBA_8888_ColorType, skia.kPremul_AlphaType)
-    )
-    canvas = surface.getCanvas()
-    sx = float(np.float32(width) / np.float32(w))  # Java float division
-    sy = float(np.float32(height) / np.float32(h))
-    canvas.concat(skia.Matrix.Scale(sx, sy))
-    sampling = skia.SamplingOptions(skia.FilterMode.kLinear if filter else skia.FilterMode.kNearest)
-    paint = skia.Paint()
-    rect = skia.Rect.MakeWH(w, h)
-    canvas.drawImageRect(src, rect, rect, sampling, paint, skia.Canvas.kFast_SrcRectConstraint)
-    out = surface.makeImageSnapshot().toarray(
-        colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType
-    )
-    return out[..., :3]
 
 
 @pytest.mark.parametrize("size", SIZES)
