@@ -44,10 +44,10 @@ class Provenance(StrEnum):
 ResizeMethod = Literal[
     "nearest",  # nearest neighbour (Android createScaledBitmap filter=false)
     "bilinear_android",  # Android createScaledBitmap(filter=true) / Skia bilinear
-    "bilinear_tf",  # tf.image.resize bilinear, half_pixel_centers (TFLite support ResizeOp)
+    "bilinear_tf",  # tf.image.resize bilinear, half_pixel_centers (TFLite RESIZE_BILINEAR)
     "bilinear_tf_legacy",  # tf.compat.v1 resize_bilinear, align_corners=False, no half pixel
     "bilinear_pil",  # PIL Image.BILINEAR (antialiased when downscaling)
-    "area",  # area averaging / antialiased (OpenCV INTER_AREA, PIL BOX)
+    "area",  # OpenCV INTER_AREA (area averaging down, bilinear up)
     "bicubic_pil",
 ]
 
@@ -192,6 +192,59 @@ class RuntimeInfo(Strict):
     reason: str | None = None  # why not onnxruntime (no converter, parity failed, asked with --runtime)
 
 
+class OutputFidelity(Strict):
+    """One model output: replay's value against the app's own, over every checked invoke."""
+
+    name: str  # the bundle's (ONNX) output name
+    traced_name: str | None = None  # the app's tensor it was compared with
+    max_abs_diff: float
+    max_rel_diff: float  # max_abs_diff / max |app output| (relative to the output's magnitude)
+    max_quant_steps: float | None = None  # integer outputs: the largest difference in quantisation steps
+    tolerance: float  # the largest max_abs_diff that passes (see FidelityReport.rtol / atol)
+    passed: bool
+
+
+class FieldAgreement(Strict):
+    """One decoded field (a postprocess decoder's column): does replay decode what the app's outputs do."""
+
+    field: str
+    kind: Literal["label", "number", "other"]
+    agreed: int  # invokes on which the two agree
+    total: int
+    max_abs_diff: float | None = None  # numeric fields
+    tolerance: float | None = None
+    passed: bool
+
+
+class FidelityReport(Strict):
+    """End-to-end fidelity on the traced invokes: replay's preprocessing + ``model.onnx`` run on the
+    bitmaps the app fed its model, against the output tensors the app computed from them.
+
+    ``verdict``: ``passed`` (every output within tolerance, every decoded field agrees on every invoke),
+    ``failed`` (``reason`` says which), ``not_checked`` (``reason`` says why: no traced invoke with both a
+    bitmap and outputs, no preprocess spec, a model replay cannot feed). Tolerance per output:
+    ``atol + rtol * max |app output|``, or ``quant_steps`` steps for integer outputs.
+    """
+
+    verdict: Literal["passed", "failed", "not_checked"]
+    reason: str | None = None
+    invokes_traced: int = 0  # invokes of this model in the trace
+    invokes_checked: int = 0  # of which had a source bitmap and output tensors
+    rtol: float
+    atol: float
+    quant_steps: float
+    output_match: Literal["name", "order"] | None = None  # how bundle outputs were paired with the app's
+    # informational: max |replay's input tensor - the app's captured one| (in the tensor's own units)
+    input_max_abs_diff: float | None = None
+    resize_backend: str | None = None  # the resize kernel backend replay's workers use
+    outputs: list[OutputFidelity] = Field(default_factory=list)
+    fields: list[FieldAgreement] = Field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "failed"
+
+
 class ConversionInfo(Strict):
     converter: str  # tf2onnx.from_tflite, torch.onnx.export, passthrough, ...
     converter_version: str | None = None
@@ -248,6 +301,7 @@ class Bundle(Strict):
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
     runtime: RuntimeInfo = Field(default_factory=RuntimeInfo)
     parity: ParityReport | None = None
+    fidelity: FidelityReport | None = None  # end-to-end check on traced invokes (extract --trace)
     conversion: ConversionInfo | None = None
     text: TextPreprocessSpec | None = None  # set for models with a caption input (the student)
     parts: list[GraphPart] = Field(default_factory=list)  # split graphs, when the bundle has them

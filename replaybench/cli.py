@@ -130,19 +130,47 @@ def extract(
     allow_mismatch: Annotated[
         bool, typer.Option("--allow-mismatch", help="Exit 0 even when a bundle fails parity.")
     ] = False,
+    preprocess: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--preprocess",
+            metavar="MODEL=SPEC",
+            help="Preprocessing for one model (blob file name, stem or sha256 prefix) from a spec file or "
+            "bundle; wins over the trace. Repeat for several models.",
+        ),
+    ] = None,
+    allow_unfaithful: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unfaithful",
+            help="Exit 0 even when a bundle fails its end-to-end fidelity check against the trace.",
+        ),
+    ] = False,
 ) -> None:
     """Pull model blobs (and trace dumps), infer preprocessing, convert, write bundles.
 
     Writes OUTPUT/blobs/ (byte-exact, with manifest.json), OUTPUT/bundles/NAME/ and OUTPUT/extract.json.
-    With --trace, models the app decrypted in memory are recovered from the trace's dumps and the
-    preprocessing is solved from the captured bitmaps and input tensors.
+    With --trace, models the app decrypted in memory are recovered from the trace's dumps, the
+    preprocessing is solved from the captured bitmaps and input tensors, and every bundle is run end to
+    end on the traced bitmaps and compared with the app's own outputs (its fidelity; exit 16 when a
+    bundle fails it, and replay refuses that bundle without --allow-unfaithful).
 
     Example: replaybench extract app.apk --trace trace/ -o extracted/
     """
     from replaybench._console import NullProgress, RichProgress, emit_json
-    from replaybench.errors import ParityError
+    from replaybench.bundle import PreprocessSpec, read_spec
+    from replaybench.errors import ParityError, UnfaithfulBundleError
     from replaybench.extract.pipeline import extract_app
 
+    overrides: dict[str, PreprocessSpec] = {}
+    for item in preprocess or []:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise UsageError(
+                f"--preprocess takes MODEL=SPEC, got {item!r}",
+                hint="e.g. --preprocess face.tflite=spec.json (MODEL: blob file name, stem or sha256 prefix)",
+            )
+        overrides[key] = read_spec(Path(path), PreprocessSpec)
     result = extract_app(
         [app_path],
         output,
@@ -151,6 +179,7 @@ def extract(
         code=not no_code,
         allow_mismatch=allow_mismatch,
         progress=NullProgress() if json_out else RichProgress(),
+        preprocess=overrides,
     )
     if json_out:
         emit_json(result)
@@ -163,6 +192,14 @@ def extract(
         raise ParityError(
             f"{len(mismatched)} bundle(s) disagree with the source runtime: {', '.join(mismatched)}",
             hint="see the parity block with 'replaybench inspect BUNDLE', or accept with --allow-mismatch",
+        )
+    unfaithful = [m.bundle or m.file for m in result.models if m.status == "fidelity_failed"]
+    if unfaithful and not allow_unfaithful:
+        raise UnfaithfulBundleError(
+            f"{len(unfaithful)} bundle(s) do not reproduce the app's own outputs on the traced invokes: "
+            f"{', '.join(unfaithful)}",
+            hint="see the fidelity block with 'replaybench inspect BUNDLE'; check or drop --preprocess, record "
+            "more invokes, or accept with --allow-unfaithful (replay then needs --allow-unfaithful too)",
         )
 
 
@@ -326,6 +363,8 @@ def _render_bundle(bundle: Any, title: str) -> None:
                 "yes" if o.passed else "NO",
             )
         console.print(t)
+    if getattr(bundle, "fidelity", None) is not None:
+        _render_fidelity(console, bundle.fidelity)
     c = bundle.conversion
     if c is not None:
         console.print(f"converter: {c.converter} {c.converter_version or ''}  opset {c.opset}  {c.seconds}s")
@@ -335,6 +374,41 @@ def _render_bundle(bundle: Any, title: str) -> None:
             )
         for n in c.notes:
             console.print(f"  note: {n}")
+
+
+def _render_fidelity(console: Any, fid: Any) -> None:
+    """The bundle's end-to-end fidelity block: verdict, per-output differences, decoded-field agreement."""
+    from rich.table import Table
+    from rich.text import Text
+
+    colour = {"passed": "green", "failed": "red", "not_checked": "yellow"}[fid.verdict]
+    head = Text.assemble(
+        "fidelity vs the app's outputs: ",
+        (fid.verdict.upper() if fid.verdict == "failed" else fid.verdict, colour),
+        f" ({fid.invokes_checked} of {fid.invokes_traced} traced invokes checked; "
+        f"tolerance {fid.atol:g} + {fid.rtol:g} x max|app|, {fid.quant_steps:g} steps for integers)",
+    )
+    if not fid.outputs:
+        console.print(head)
+    else:
+        t = Table("output", "app tensor", "max abs", "max rel", "q-steps", "tolerance", "ok", title=head)
+        for o in fid.outputs:
+            t.add_row(
+                o.name,
+                o.traced_name or "",
+                f"{o.max_abs_diff:.3g}",
+                f"{o.max_rel_diff:.3g}",
+                "" if o.max_quant_steps is None else f"{o.max_quant_steps:.3g}",
+                f"{o.tolerance:.3g}",
+                "yes" if o.passed else "NO",
+            )
+        console.print(t)
+    for f in fid.fields:
+        console.print(f"  decoded {f.field}: agrees on {f.agreed}/{f.total}" + ("" if f.passed else "  NO"))
+    if fid.input_max_abs_diff is not None:
+        console.print(f"  input tensor vs the app's: max |diff| {fid.input_max_abs_diff:.3g}")
+    if fid.reason:
+        console.print(f"  {fid.reason}", style=colour)
 
 
 @app.command()
@@ -431,7 +505,7 @@ def inspect(
     target: Annotated[Path, typer.Argument(help="A bundle folder or a model file.")],
     json_out: JsonFlag = False,
 ) -> None:
-    """Show a bundle's or model's inputs/outputs, preprocessing with provenance, and parity.
+    """Show a bundle's or model's inputs/outputs, preprocessing with provenance, parity and fidelity.
 
     Example: replaybench inspect bundles/age --json
     """
@@ -514,9 +588,19 @@ def replay(
         typer.Option("--face-margin", help="With --faces: grow the face box by this fraction per side."),
     ] = 0.2,
     part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    allow_unfaithful: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unfaithful",
+            help="Replay a bundle whose end-to-end fidelity check failed (recorded in the predictions).",
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Run a dataset through one or more bundles at high throughput; write predictions as Parquet.
+
+    A bundle whose fidelity check against the app's trace failed is refused (exit 16) unless
+    --allow-unfaithful; run.json and every Parquet part's metadata then record each bundle's verdict.
 
     Example: replaybench replay bundles/age bundles/gender UTKFace/ --format utkface -o preds/
     """
@@ -548,6 +632,7 @@ def replay(
         one_face=one_face,
         face_margin=face_margin,
         part_rows=part_rows,
+        allow_unfaithful=allow_unfaithful,
     )
     progress = NullProgress() if json_out else RichProgress()
     STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"

@@ -21,6 +21,7 @@ Exit codes (also in the README):
 12  TraceError                 the Frida trace cannot be used (or a capture failed)
 13  ExternalServiceError       a teacher endpoint or device did not answer usefully
 14  EvaluationError            predictions lack what the requested evaluation needs
+16  UnfaithfulBundleError      a bundle's end-to-end fidelity check against the trace failed
 ==  =========================  ==========================================================
 """
 
@@ -93,6 +94,12 @@ class EvaluationError(ReplaybenchError):
     exit_code = 14
 
 
+class UnfaithfulBundleError(ReplaybenchError):
+    """A bundle whose replay does not reproduce the app's own outputs on the traced invokes."""
+
+    exit_code = 16  # 15 is UnresolvedPreprocessError (branch preproc)
+
+
 ALL_ERRORS: tuple[type[ReplaybenchError], ...] = (
     ReplaybenchError,
     UsageError,
@@ -108,6 +115,7 @@ ALL_ERRORS: tuple[type[ReplaybenchError], ...] = (
     TraceError,
     ExternalServiceError,
     EvaluationError,
+    UnfaithfulBundleError,
 )
 
 

@@ -4,8 +4,12 @@ Replay runs it for every image; trace-based preprocessing inference (``extract/p
 same kernels to test candidate settings against captured tensors, so the two can never disagree.
 
 Input images are ``uint8`` arrays of shape (H, W, 3) in RGB order. Resize kernels return ``float32``
-(H', W', C); the kernels that model an 8-bit intermediate image (an Android Bitmap, a PIL image) round to
-integers, the TF kernels do not.
+(H', W', C); the kernels that model an 8-bit intermediate image (an Android Bitmap, a PIL image, an OpenCV
+``Mat``) are integers, the TF kernels are not.
+
+Each kernel is checked against the library it names, on real photos (tests/replay/test_kernel_references.py):
+``bilinear_android`` / ``nearest`` against Skia (skia-python, drawn as ``Bitmap.createScaledBitmap`` draws),
+``bilinear_tf*`` against TensorFlow, the PIL kernels against Pillow, ``area`` against OpenCV.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 
 from replaybench.bundle import PreprocessSpec, ResizeMethod, ResizeSpec
 
-_PIL_FILTERS = {"bilinear_pil": "BILINEAR", "area": "BOX", "bicubic_pil": "BICUBIC"}
+_PIL_FILTERS = {"bilinear_pil": "BILINEAR", "bicubic_pil": "BICUBIC"}
 RESIZE_METHODS: tuple[ResizeMethod, ...] = (
     "nearest",
     "bilinear_android",
@@ -44,9 +48,99 @@ def _bilinear_axis(n_in: int, n_out: int, half_pixel: bool) -> tuple[np.ndarray,
 
 
 @lru_cache(maxsize=256)
+def _skia_centres(n_in: int, n_out: int) -> np.ndarray:
+    """Source-space x of each output pixel centre, in Skia's float32 arithmetic.
+
+    ``Bitmap.createScaledBitmap`` sets ``Matrix.setScale(dstWidth / (float) width, ...)``; Skia inverts it
+    (1 / scale, float32) and maps each destination pixel centre ``x + 0.5`` through the inverse.
+    """
+    f32 = np.float32
+    inverse = f32(1) / (f32(n_out) / f32(n_in))
+    centres: np.ndarray = (np.arange(n_out, dtype=f32) + f32(0.5)) * inverse
+    return centres
+
+
+@lru_cache(maxsize=256)
 def _nearest_axis(n_in: int, n_out: int) -> np.ndarray:
-    # Skia / Android nearest: sample at pixel centres.
-    return np.minimum(np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+    # createScaledBitmap(.., filter=false): hwui draws with SkFilterMode::kNearest (the same Android 12+
+    # path as _skia_bilinear's docstring). Skia picks the pixel containing the mapped centre, and a
+    # centre exactly on a pixel boundary goes to the pixel before it: ceil(x) - 1, not floor(x) (measured
+    # against skia-python 144: 200 -> 5 samples columns 19, 59, ...; floor would give 20, 60, ...).
+    idx = np.ceil(_skia_centres(n_in, n_out)).astype(np.int64) - 1
+    return np.clip(idx, 0, n_in - 1)
+
+
+@lru_cache(maxsize=256)
+def _skia_bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Taps (lo, hi) and the signed Q15 weight of one axis of Skia's 8-bit bilinear sampler.
+
+    Skia's raster pipeline samples an 8888 image with ``SkFilterMode::kLinear`` in its low-precision
+    stage ``bilerp_clamp_8888`` (src/opts/SkRasterPipeline_opts.h): the sample coordinate ``x - 0.5`` is
+    quantised to 16.16 fixed point, the integer part picks the taps (clamped to the image: clamp tiling),
+    and the 16-bit fraction, offset by -0.5 (``q ^ 0x8000`` read as int16), is the Q15 weight.
+    """
+    q = np.floor(np.float32(65536) * _skia_centres(n_in, n_out) + np.float32(0.5)).astype(np.int64) - 32768
+    whole = q >> 16
+    frac = (q & 0xFFFF) ^ 0x8000
+    weight = np.where(frac >= 32768, frac - 65536, frac).astype(np.int32)
+    lo = np.clip(whole, 0, n_in - 1)
+    hi = np.clip(whole + 1, 0, n_in - 1)
+    return lo, hi, weight
+
+
+def _skia_bilinear(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``Bitmap.createScaledBitmap(src, width, height, true)`` on an opaque ARGB_8888 bitmap.
+
+    Skia's lowp ``bilerp_clamp_8888``: each tap is scaled to 15 bits (``<< 7``); the horizontal lerp
+    keeps one extra bit, ``(q15(tx, r - l) + r + l + 1) >> 1``; the vertical one rounds back to 8 bits,
+    ``(q15(ty, b - t) + b + t + 128) >> 8``, where ``q15(a, b) = (a * b + 2^14) >> 15`` is the rounding
+    Q15 multiply (ARM vqrdmulh, x86 pmulhrsw). Bit-exact with skia-python 144 (Skia m144) on real photos,
+    up- and downscaling by integer and non-integer factors (tests/replay/test_kernel_references.py).
+
+    Which Android versions this is: ``Bitmap.createScaledBitmap`` -> ``createBitmap(src, 0, 0, w, h, m,
+    filter)`` draws with ``Paint.setFilterBitmap(filter)`` on a ``Canvas`` over a new software bitmap
+    (frameworks/base graphics/java/android/graphics/Bitmap.java, read in Android 16's copy,
+    github.com/bluestacks/frameworks-base-a16); hwui's ``SkiaCanvas::drawBitmap(src rect, dst rect)``
+    calls ``drawImageRect(image, src, dst, paint.sampling(), ..., kFast_SrcRectConstraint)``, where the
+    filter flag becomes ``SkSamplingOptions(SkFilterMode::kLinear)`` (libs/hwui/SkiaCanvas.cpp, read in
+    Android 15's copy, github.com/muhomorr/platform_frameworks_base-15). Android 12 and later pass
+    sampling options this way; older releases used SkFilterQuality and Skia's legacy SkBitmapProcState
+    sampler (4-bit weights), which this kernel does not model. Within 12+, a device's Skia milestone
+    may differ from m144 in this stage's arithmetic; that was not measured on devices.
+    """
+    y0, y1, ty = _skia_bilinear_axis(img.shape[0], height)
+    x0, x1, tx = _skia_bilinear_axis(img.shape[1], width)
+    wx = tx[None, :, None]
+
+    # In-place int32 arithmetic on output-sized arrays (no product can overflow: |weight| <= 2^15 and
+    # |tap difference << 7| < 2^15). 1080x1440 -> 224: 12 ms, against 20 ms with temporaries.
+    def horizontal(rows: np.ndarray) -> np.ndarray:
+        r = np.take(img, rows, axis=0)
+        left = np.take(r, x0, axis=1).astype(np.int32)
+        d = np.take(r, x1, axis=1).astype(np.int32)
+        d -= left  # right - left
+        left <<= 1
+        left += d
+        left <<= 7  # (right + left) << 7
+        d <<= 7
+        d *= wx
+        d += 1 << 14
+        d >>= 15  # q15(tx, (right - left) << 7)
+        d += left
+        d += 1
+        d >>= 1
+        return d
+
+    top, bottom = horizontal(y0), horizontal(y1)
+    total = top + bottom
+    bottom -= top
+    bottom *= ty[:, None, None]
+    bottom += 1 << 14
+    bottom >>= 15  # q15(ty, bottom - top)
+    bottom += total
+    bottom += 128
+    bottom >>= 8
+    return bottom.astype(np.float32)
 
 
 def _bilinear(img: np.ndarray, width: int, height: int, half_pixel: bool) -> np.ndarray:
@@ -137,12 +231,18 @@ def resize(
 ) -> np.ndarray:
     """Resize an (H, W, C) uint8 image to (height, width, C) float32 with the named kernel.
 
-    ``bilinear_tf`` is ``tf.image.resize(..., "bilinear")`` (half-pixel centres, no antialiasing), which the
-    TFLite support library's ``ResizeOp`` uses; ``bilinear_android`` is the same geometry rounded to 8 bits,
-    as ``Bitmap.createScaledBitmap(.., filter=true)`` produces a new 8-bit Bitmap.
+    - ``bilinear_tf``: ``tf.image.resize(..., "bilinear")`` (half-pixel centres, no antialiasing; TFLite's
+      ``RESIZE_BILINEAR`` with ``half_pixel_centers=True``);
+    - ``bilinear_tf_legacy``: ``tf.compat.v1.image.resize_bilinear(align_corners=False)``;
+    - ``bilinear_android`` / ``nearest``: ``Bitmap.createScaledBitmap(.., filter=true / false)``, i.e.
+      Skia's 8-bit bilinear / nearest sampling (see ``_skia_bilinear``); the TFLite Support library's
+      ``ResizeOp`` on a Bitmap calls exactly this;
+    - ``bilinear_pil`` / ``bicubic_pil``: Pillow's ``Image.resize`` (antialiased when downscaling);
+    - ``area``: OpenCV's ``cv2.resize(..., interpolation=cv2.INTER_AREA)`` (pixel-area averaging when
+      downscaling, bilinear when upscaling).
 
-    ``backend="onnxruntime"`` runs the bilinear kernels of uint8 images in onnxruntime's ``Resize`` (about
-    3x faster, within 0.03 pixel steps of the numpy reference); replay's workers use it.
+    ``backend="onnxruntime"`` runs the TF bilinear kernels of uint8 images in onnxruntime's ``Resize``
+    (about 3x faster, within 0.03 pixel steps of the numpy reference); replay's workers use it.
     """
     if img.ndim != 3:
         raise ValueError(f"expected an (H, W, C) image, got shape {img.shape}")
@@ -152,13 +252,19 @@ def resize(
         return img[_nearest_axis(img.shape[0], height)][:, _nearest_axis(img.shape[1], width)].astype(
             np.float32
         )
-    if method in ("bilinear_tf", "bilinear_android", "bilinear_tf_legacy"):
-        half_pixel = method != "bilinear_tf_legacy"
+    if method == "bilinear_android":
+        return _skia_bilinear(img, width, height)
+    if method in ("bilinear_tf", "bilinear_tf_legacy"):
+        half_pixel = method == "bilinear_tf"
         if backend == "onnxruntime" and img.dtype == np.uint8:
-            out = _OrtBilinear.run(img, width, height, half_pixel)
-        else:
-            out = _bilinear(img, width, height, half_pixel=half_pixel)
-        return np.rint(out, out=out) if method == "bilinear_android" else out
+            return _OrtBilinear.run(img, width, height, half_pixel)
+        return _bilinear(img, width, height, half_pixel=half_pixel)
+    if method == "area":
+        import cv2
+
+        # cv2 takes (width, height); a 1-channel result loses its channel axis, so keep (H, W, C).
+        out = cv2.resize(np.ascontiguousarray(img), (width, height), interpolation=cv2.INTER_AREA)
+        return out.reshape(height, width, img.shape[2]).astype(np.float32)
     if method in _PIL_FILTERS:
         from PIL import Image
 

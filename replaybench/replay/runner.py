@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from replaybench._console import NullProgress, Progress
 from replaybench.bundle import LoadedBundle, PreprocessSpec, load_bundle
 from replaybench.errors import ReplaybenchError, UsageError
+from replaybench.replay.admission import check_bundle_admissible
 from replaybench.replay.items import DatasetItem
 from replaybench.replay.preprocess import ResizeBackend
 
@@ -73,6 +75,9 @@ class ReplayOptions:
     # the benchmark compares against.
     resize_backend: ResizeBackend = "onnxruntime"
     simplejpeg: bool = True  # library-only: plain JPEGs through simplejpeg (same pixels as Pillow)
+    # replay a bundle whose end-to-end fidelity failed (recorded in run.json and the parts' metadata)
+    allow_unfaithful: bool = False
+    accept_unresolved: bool = False  # replay a bundle whose preprocessing is unresolved (admission.py)
 
 
 class BundleRun(BaseModel):
@@ -300,9 +305,23 @@ def _mp_context() -> Any:
         "onnx",
         "onnxruntime",
         "simplejpeg",
+        "cv2",  # the "area" resize kernel
     ]
     ctx.set_forkserver_preload(["__main__", __name__, *preload])  # a module that is not installed is skipped
     return ctx
+
+
+def _parts_metadata(bundles: Sequence[LoadedBundle], opts: ReplayOptions) -> dict[str, str]:
+    """Key/values stored in every Parquet part: each bundle's fidelity verdict and whether unfaithful
+    bundles were allowed, so a predictions file says how far its numbers are the app's."""
+    verdicts = {
+        lb.bundle.name: (lb.bundle.fidelity.verdict if lb.bundle.fidelity else None) for lb in bundles
+    }
+    return {
+        "replaybench.fidelity": json.dumps(verdicts, sort_keys=True),
+        "replaybench.allow_unfaithful": json.dumps(opts.allow_unfaithful),
+        "replaybench.unfaithful_bundles": json.dumps(sorted(n for n, v in verdicts.items() if v == "failed")),
+    }
 
 
 def _group_specs(bundles: Sequence[LoadedBundle]) -> tuple[list[PreprocessSpec], list[int]]:
@@ -517,6 +536,12 @@ def replay(
         raise UsageError("--batch-size must be at least 1")
     t0 = time.perf_counter()
     bundles = [load_bundle(Path(p)) for p in bundle_paths]
+    admitted = [
+        check_bundle_admissible(
+            lb.bundle, allow_unfaithful=opts.allow_unfaithful, accept_unresolved=opts.accept_unresolved
+        )
+        for lb in bundles
+    ]
     names = [lb.bundle.name for lb in bundles]
     if len(set(names)) != len(names):
         raise UsageError(f"two bundles share a name ({', '.join(names)}); rows are keyed by bundle name")
@@ -541,7 +566,12 @@ def replay(
             "items": len(items),
         },
         "bundles": [
-            {"name": lb.bundle.name, "model_sha256": _file_sha256(lb.runtime_paths[0])} for lb in bundles
+            {
+                "name": lb.bundle.name,
+                "model_sha256": _file_sha256(lb.runtime_paths[0]),
+                "fidelity": lb.bundle.fidelity.verdict if lb.bundle.fidelity else None,
+            }
+            for lb in bundles
         ],
         "settings": {
             "limit": opts.limit,
@@ -551,6 +581,7 @@ def replay(
             "faces": str(opts.faces) if opts.faces else None,
             "one_face": opts.one_face,
             "face_margin": opts.face_margin if opts.faces else None,
+            "allow_unfaithful": opts.allow_unfaithful,
         },
     }
     check_or_write_manifest(output, manifest, opts.resume)
@@ -583,7 +614,9 @@ def replay(
         if opts.faces is not None:
             extra.update(FACE_COLUMNS)
         schema = build_schema({label_cols[k]: t for k, t in ltypes.items()}, extra, decoded)
-        writer = PartWriter(output, max(opts.part_rows, len(bundles)))
+        writer = PartWriter(
+            output, max(opts.part_rows, len(bundles)), metadata=_parts_metadata(bundles, opts)
+        )
 
         counts = {"ok": 0, "error": 0, "skipped": 0}
         rows_written = 0
@@ -674,9 +707,9 @@ def replay(
                 folder=str(lb.folder),
                 batch_mode=ms.batch_mode,
                 preprocess_group=g,
-                notes=ms.notes,
+                notes=[*accepted, *ms.notes],
             )
-            for lb, ms, g in zip(bundles, sessions, groups, strict=True)
+            for lb, ms, g, accepted in zip(bundles, sessions, groups, admitted, strict=True)
         ],
         preprocess_groups=len(specs),
         workers=n_workers,

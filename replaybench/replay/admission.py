@@ -1,0 +1,44 @@
+"""Which bundles replay accepts: one check of a bundle's verdicts before any item runs.
+
+A bundle carries verdicts from extract: its end-to-end ``fidelity`` against the app's own outputs, and
+the provenance of its preprocessing. Replay refuses a bundle whose numbers would not be what the app
+computes unless the user says they accept that, and then the predictions record it (``run.json`` and the
+Parquet parts' metadata, see ``replaybench.replay.runner``).
+"""
+
+from __future__ import annotations
+
+from replaybench.bundle import Bundle
+from replaybench.errors import UnfaithfulBundleError
+
+
+def check_bundle_admissible(bundle: Bundle, *, allow_unfaithful: bool, accept_unresolved: bool) -> list[str]:
+    """Raise a typed error when replay must refuse ``bundle``; return the notes of what was accepted.
+
+    - fidelity ``failed`` (replay does not reproduce the app's outputs on the traced invokes): refused
+      with ``UnfaithfulBundleError`` (exit 16) unless ``allow_unfaithful``;
+    - unresolved preprocessing: see the block below (``accept_unresolved``).
+
+    Example::
+
+        notes = check_bundle_admissible(lb.bundle, allow_unfaithful=False, accept_unresolved=False)
+    """
+    notes: list[str] = []
+
+    # --- fidelity (kernels) ---
+    fid = bundle.fidelity
+    if fid is not None and fid.verdict == "failed":
+        if not allow_unfaithful:
+            raise UnfaithfulBundleError(
+                f"bundle {bundle.name} does not reproduce the app's own outputs on the traced invokes: "
+                f"{fid.reason}",
+                hint="see 'replaybench inspect' on the bundle; fix its preprocessing (extract --preprocess), "
+                "or replay it anyway with --allow-unfaithful (the predictions then record that)",
+            )
+        notes.append(f"fidelity failed, replayed with --allow-unfaithful: {fid.reason}")
+
+    # --- unresolved preprocessing (preproc) ---
+    # preproc fills this in: refuse a bundle whose preprocessing provenance is ``trace_unresolved`` with
+    # its typed error unless ``accept_unresolved``, and append a note when it is accepted.
+
+    return notes
