@@ -39,6 +39,10 @@ class Provenance(StrEnum):
     APP_CODE = "app_code"  # constants read from the app's code (new NormalizeOp(127.5f, 127.5f))
     USER = "user"  # given on the command line / in a spec file
     DEFAULT = "default"  # documented default, nothing better known
+    # Solved from a trace but NOT accepted: the best candidate does not reproduce the captured tensors
+    # within the acceptance rule (see ``replaybench.extract.preprocess.acceptance_tolerance``). Replay
+    # refuses such a bundle unless told ``--accept-unresolved``.
+    TRACE_UNRESOLVED = "trace_unresolved"
 
 
 ResizeMethod = Literal[
@@ -59,13 +63,35 @@ class QuantParams(Strict):
     zero_point: int
 
 
+PREPROCESS_SPEC_VERSION = 2  # 2: letterbox pad/placement, shorter side, rotation/mirror, source format
+
+
 class ResizeSpec(Strict):
+    """The geometry from the (oriented) source image to the tensor's width x height, in this order:
+
+    1. ``crop_box`` (fractions of the source, before orientation) when set;
+    2. one of: ``shorter_side`` S set: resize so the shorter side is S (the longer ``int(S * long /
+       short)``, torchvision ``Resize(S)``), then centre-crop width x height (torchvision
+       ``CenterCrop``); ``keep_aspect`` (letterbox): scale to fit inside, place the content at
+       ``placement``, pad the rest with ``pad_value``; ``crop == "center"``: centre-crop the source to the
+       target aspect, then resize; otherwise stretch to width x height.
+    """
+
     width: int
     height: int
     method: ResizeMethod = "bilinear_tf"
-    keep_aspect: bool = False  # letterbox-free: scale the short side, then crop (see crop)
+    keep_aspect: bool = False  # letterbox: scale to fit inside width x height, pad the rest
     crop: Literal["none", "center"] = "none"  # centre-crop to the target aspect before resizing
     crop_box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) as fractions of the image
+    # Letterbox only: where the content goes, how its size rounds (Java's (int) cast floors, Python's
+    # round() rounds), and the padding colour in 0..255 pixel units per RGB channel (one value: all).
+    placement: Literal["center", "top_left"] = "center"
+    rounding: Literal["round", "floor"] = "round"
+    pad_value: list[float] = Field(default_factory=lambda: [0.0])
+    shorter_side: int | None = None  # torchvision Resize(S) + CenterCrop(width, height)
+    # The app crops a different region of every frame (a detected face) and only that crop reaches the
+    # model: replay must be given such crops (a dataset of crops, or --faces); no fixed box reproduces it.
+    roi: Literal["fixed", "per_image"] = "fixed"
 
 
 class PreprocessSpec(Strict):
@@ -76,6 +102,15 @@ class PreprocessSpec(Strict):
     Equivalent mean/std form: ``mean = -offset / scale``, ``std = 1 / scale``.
     """
 
+    version: int = PREPROCESS_SPEC_VERSION
+    # What the app's source image is: an ARGB Bitmap ("rgb") or a camera frame (NV21 / I420 planes,
+    # BT.601 limited range) the app converts to RGB first. Replay of RGB photos through a "nv21"/"i420"
+    # spec round-trips them through that YUV format (chroma subsampling and limited range included).
+    source_format: Literal["rgb", "nv21", "i420"] = "rgb"
+    # Orientation applied to the source (after crop_box, before resizing): rotate clockwise by
+    # ``rotation`` degrees, then mirror left-right when ``mirror`` (front-camera frames).
+    rotation: Literal[0, 90, 180, 270] = 0
+    mirror: bool = False
     resize: ResizeSpec
     color_order: Literal["RGB", "BGR", "GRAY"] = "RGB"
     layout: Literal["NHWC", "NCHW"] = "NHWC"
@@ -91,6 +126,11 @@ class PreprocessSpec(Strict):
     @property
     def mean(self) -> list[float]:
         return [-o / s for o, s in zip(self.offset, self.scale, strict=True)]
+
+    @property
+    def unresolved(self) -> bool:
+        """True when the trace did not determine this spec (see ``Provenance.TRACE_UNRESOLVED``)."""
+        return Provenance.TRACE_UNRESOLVED in self.provenance.values()
 
     @property
     def std(self) -> list[float]:
