@@ -130,19 +130,48 @@ def extract(
     allow_mismatch: Annotated[
         bool, typer.Option("--allow-mismatch", help="Exit 0 even when a bundle fails parity.")
     ] = False,
+    preprocess: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--preprocess",
+            metavar="MODEL=SPEC",
+            help="Preprocessing for one model (blob file name, stem or sha256 prefix) from a spec file or "
+            "bundle; wins over the trace. Repeat for several models.",
+        ),
+    ] = None,
+    accept_unresolved: Annotated[
+        bool,
+        typer.Option(
+            "--accept-unresolved",
+            help="Exit 0 even when the trace does not determine a model's preprocessing (the bundle stays "
+            "marked trace_unresolved; replay still asks for --accept-unresolved).",
+        ),
+    ] = False,
 ) -> None:
     """Pull model blobs (and trace dumps), infer preprocessing, convert, write bundles.
 
     Writes OUTPUT/blobs/ (byte-exact, with manifest.json), OUTPUT/bundles/NAME/ and OUTPUT/extract.json.
     With --trace, models the app decrypted in memory are recovered from the trace's dumps and the
-    preprocessing is solved from the captured bitmaps and input tensors.
+    preprocessing is solved from the captured bitmaps and input tensors. A model whose preprocessing the
+    trace does not determine (no candidate reproduces the captured tensors within 1 quantisation step or
+    1e-3 of their range) is written marked trace_unresolved and extract exits 15.
 
     Example: replaybench extract app.apk --trace trace/ -o extracted/
     """
     from replaybench._console import NullProgress, RichProgress, emit_json
-    from replaybench.errors import ParityError
-    from replaybench.extract.pipeline import extract_app
+    from replaybench.bundle import PreprocessSpec, read_spec
+    from replaybench.errors import ParityError, UnresolvedPreprocessError
+    from replaybench.extract.pipeline import extract_app, unresolved_models
 
+    overrides: dict[str, PreprocessSpec] = {}
+    for item in preprocess or []:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise UsageError(
+                f"--preprocess takes MODEL=SPEC, got {item!r}",
+                hint="e.g. --preprocess face.tflite=spec.json (MODEL: blob file name, stem or sha256 prefix)",
+            )
+        overrides[key] = read_spec(Path(path), PreprocessSpec)
     result = extract_app(
         [app_path],
         output,
@@ -151,6 +180,7 @@ def extract(
         code=not no_code,
         allow_mismatch=allow_mismatch,
         progress=NullProgress() if json_out else RichProgress(),
+        preprocess=overrides,
     )
     if json_out:
         emit_json(result)
@@ -158,6 +188,21 @@ def extract(
         from replaybench.extract.render import print_extract_result
 
         print_extract_result(result)
+    unresolved = unresolved_models(result)
+    if unresolved and not accept_unresolved:
+        worst = ", ".join(
+            f"{m.file} (max error {(m.preprocess_residual or {}).get('max_error', float('nan')):.3g}, "
+            f"tolerance {(m.preprocess_residual or {}).get('tolerance', float('nan')):.3g})"
+            for m in unresolved
+        )
+        first = Path(unresolved[0].file).name
+        raise UnresolvedPreprocessError(
+            f"the trace does not determine the preprocessing of {len(unresolved)} model(s): {worst}. "
+            f"Their bundles and extract.json are written, marked trace_unresolved, with the best "
+            f"candidates and residuals",
+            hint="record more invokes with 'replaybench trace', or give the preprocessing with "
+            f"--preprocess {first}=SPEC.json, or accept the best candidate with --accept-unresolved",
+        )
     mismatched = [m.file for m in result.models if m.status == "parity_mismatch"]
     if mismatched and not allow_mismatch:
         raise ParityError(
@@ -493,9 +538,20 @@ def replay(
         typer.Option("--face-margin", help="With --faces: grow the face box by this fraction per side."),
     ] = 0.2,
     part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    accept_unresolved: Annotated[
+        bool,
+        typer.Option(
+            "--accept-unresolved",
+            help="Replay bundles whose preprocessing the trace did not determine (trace_unresolved); "
+            "run.json records it.",
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Run a dataset through one or more bundles at high throughput; write predictions as Parquet.
+
+    A bundle whose preprocessing is marked trace_unresolved is refused (exit 15) unless
+    --accept-unresolved.
 
     Example: replaybench replay bundles/age bundles/gender UTKFace/ --format utkface -o preds/
     """
@@ -527,6 +583,7 @@ def replay(
         one_face=one_face,
         face_margin=face_margin,
         part_rows=part_rows,
+        accept_unresolved=accept_unresolved,
     )
     progress = NullProgress() if json_out else RichProgress()
     STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"

@@ -42,7 +42,12 @@ class ExtractedModel(BaseModel):
     sha256: str
     location: str  # where it lives in the app (for a dump: the encrypted entry it came from, if known)
     ran_in_trace: bool | None = None  # None without a trace
-    preprocess_from: str | None = None  # trace / app_code / metadata-or-default
+    # trace / trace_unresolved / user / app_code / metadata-or-default
+    preprocess_from: str | None = None
+    # Trace-solved preprocessing: the best candidate's residuals (max_error against tolerance) and the
+    # best candidates, so an unresolved spec shows how close the search came.
+    preprocess_residual: dict[str, float] | None = None
+    preprocess_candidates: list[dict[str, Any]] | None = None
     bundle: str | None = None  # bundle folder, relative to the output folder
     status: Literal["converted", "parity_mismatch", "failed", "not_converted"]
     error: str | None = None
@@ -106,9 +111,15 @@ def extract_app(
     code: bool = True,
     allow_mismatch: bool = False,
     progress: Progress | None = None,
+    preprocess: dict[str, PreprocessSpec] | None = None,
 ) -> ExtractResult:
     """Scan ``paths``, write every blob byte-exact, match ``trace`` (if any), infer preprocessing and
     convert each convertible model to a bundle. A model that fails to convert is recorded, not fatal.
+
+    ``preprocess`` maps a model (its blob file name, file stem or a sha256 prefix of 8+ characters) to
+    a spec given by hand; it wins over the trace. A trace-solved spec that misses the captured tensors
+    is written with provenance ``trace_unresolved`` (``preprocess_from`` says so too); the caller
+    decides whether that is fatal (the CLI exits 15 after writing everything).
 
     Example::
 
@@ -153,9 +164,21 @@ def extract_app(
     inputs_by_sha: dict[str, list[Any]] = {}
     if trace is not None:
         _use_trace(trace, inv, out_dir, result, candidates, pairs_by_sha, inputs_by_sha)
+    for key in preprocess or {}:
+        if not any(
+            _override({key: PreprocessSpec(resize={"width": 1, "height": 1})}, m) for _, m, _ in candidates
+        ):
+            from replaybench.errors import UsageError
+
+            raise UsageError(
+                f"--preprocess {key}=...: no model of the app is called {key}",
+                hint="name a model by its blob file (see blobs/manifest.json), file stem or sha256 prefix",
+            )
 
     if convert:
-        _convert(inv, out_dir, candidates, pairs_by_sha, inputs_by_sha, allow_mismatch, progress)
+        _convert(
+            inv, out_dir, candidates, pairs_by_sha, inputs_by_sha, allow_mismatch, progress, preprocess or {}
+        )
     result.models = [m for _, m, _ in candidates]
     (out_dir / "extract.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return result
@@ -178,7 +201,6 @@ def _use_trace(
         AppIdentity,
         InventoryBlob,
         match_trace,
-        preprocessing_pairs,
         traced_invokes,
     )
 
@@ -248,12 +270,53 @@ def _use_trace(
         )
     invokes = traced_invokes(tr)
     for sha, calls in invokes.items():
-        pairs = preprocessing_pairs(tr, sha)
-        if pairs:
-            pairs_by_sha[sha] = pairs
+        with_images = [c for c in calls if c.bitmap is not None and c.inputs]
+        if with_images:
+            pairs_by_sha[sha] = with_images
         inputs_by_sha[sha] = [
             [t.array for t in sorted(c.inputs, key=lambda t: t.index)] for c in calls if c.inputs
         ]
+
+
+def _override(overrides: dict[str, PreprocessSpec], model: ExtractedModel) -> PreprocessSpec | None:
+    """The hand-given spec for this model: by blob file name, file stem or sha256 prefix."""
+    name = Path(model.file).name
+    for key, spec in overrides.items():
+        if key in (name, Path(name).stem) or (len(key) >= 8 and model.sha256.startswith(key.lower())):
+            return spec
+    return None
+
+
+def _best_candidate(spec: PreprocessSpec) -> dict[str, Any]:
+    r = spec.resize
+    geometry = (
+        "shorter_side"
+        if r.shorter_side is not None
+        else "letterbox"
+        if r.keep_aspect
+        else "center"
+        if r.crop == "center"
+        else "stretch"
+    )
+    return {
+        "geometry": geometry,
+        "rotation": spec.rotation,
+        "mirror": spec.mirror,
+        "method": r.method,
+        "color_order": spec.color_order,
+        "layout": spec.layout,
+        "shorter_side": r.shorter_side,
+        "scale": spec.scale,
+        "offset": spec.offset,
+        "max_error": spec.residual.get("max_error"),
+        "mean_error": spec.residual.get("mean_error"),
+        "best": True,
+    }
+
+
+def unresolved_models(result: ExtractResult) -> list[ExtractedModel]:
+    """The models whose preprocessing the trace did not determine (``trace_unresolved``)."""
+    return [m for m in result.models if m.preprocess_from == "trace_unresolved"]
 
 
 def _convert(
@@ -264,11 +327,12 @@ def _convert(
     inputs_by_sha: dict[str, list[Any]],
     allow_mismatch: bool,
     progress: Progress,
+    overrides: dict[str, PreprocessSpec],
 ) -> None:
     from replaybench.errors import ParityError
     from replaybench.extract.containers import safe_file_name
     from replaybench.extract.convert.writer import ConversionJob, convert_many
-    from replaybench.extract.preprocess import infer_preprocess
+    from replaybench.extract.preprocess import infer_from_invokes
 
     blobs_by_sha = {b.sha256: b for b in inv.model_blobs}
     jobs, models = [], []
@@ -276,11 +340,22 @@ def _convert(
     for path, model, src in candidates:
         if model.format not in CONVERTIBLE:
             continue
-        spec: PreprocessSpec | None = None
-        if model.sha256 in pairs_by_sha:
+        spec: PreprocessSpec | None = _override(overrides, model)
+        if spec is not None:
+            model.preprocess_from = "user"
+        elif model.sha256 in pairs_by_sha:
             try:
-                spec = infer_preprocess(pairs_by_sha[model.sha256])
-                model.preprocess_from = "trace"
+                spec = infer_from_invokes(pairs_by_sha[model.sha256])
+                model.preprocess_from = "trace_unresolved" if spec.unresolved else "trace"
+                model.preprocess_residual = dict(spec.residual)
+                model.preprocess_candidates = [_best_candidate(spec), *spec.alternatives[:4]]
+                if spec.unresolved:
+                    log.warning(
+                        "%s: preprocessing unresolved (max error %.3g, tolerance %.3g)",
+                        model.file,
+                        spec.residual.get("max_error", float("nan")),
+                        spec.residual.get("tolerance", float("nan")),
+                    )
             except TraceError as e:
                 log.warning("preprocessing not recoverable from the trace for %s: %s", model.file, e)
         if spec is None and model.sha256 in blobs_by_sha:

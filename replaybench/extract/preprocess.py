@@ -202,15 +202,18 @@ def _fit_channels(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     """Closed-form per-channel least squares ``y = p * scale + offset`` on (N, C) arrays.
 
     Returns scale, offset and the sum of squared residuals. A constant channel (no variance in the
-    pixels) gets scale 0 and the mean as offset.
+    pixels) gets scale 0 and the mean as offset. Sums run on (C, N) rows (contiguous reductions).
     """
-    pm, ym = p.mean(axis=0), y.mean(axis=0)
-    dp, dy = p - pm, y - ym
-    var = (dp * dp).sum(axis=0)
-    cov = (dp * dy).sum(axis=0)
+    pt, yt = np.ascontiguousarray(p.T), np.ascontiguousarray(y.T)
+    n = pt.shape[1]
+    pm, ym = pt.mean(axis=1), yt.mean(axis=1)
+    dp, dy = pt - pm[:, None], yt - ym[:, None]
+    var = np.einsum("cn,cn->c", dp, dp)
+    cov = np.einsum("cn,cn->c", dp, dy)
     scale = np.where(var > 0, cov / np.where(var > 0, var, 1.0), 0.0)
     offset = ym - scale * pm
-    sse = float(((dy - dp * scale) ** 2).sum())
+    yy = np.einsum("cn,cn->c", dy, dy)
+    sse = float(np.maximum(yy - scale * cov, 0.0).sum()) if n else 0.0
     return scale, offset, sse
 
 
@@ -367,8 +370,13 @@ def _colors(channels: int) -> list[ColorOrder]:
     return ["GRAY"] if channels == 1 else ["RGB", "BGR"]
 
 
+def _sample_step(t: np.ndarray, samples: int = 4096) -> int:
+    """Pixel stride that leaves about ``samples`` pixels of a tensor for the coarse fits."""
+    return max(1, int(np.sqrt(t.shape[0] * t.shape[1] / samples)))
+
+
 def _coarse_score(
-    renderers: list[_CoarseRenderer], targets: list[np.ndarray], g: Geometry, channels: int
+    renderers: list[_CoarseRenderer], targets: list[np.ndarray], g: Geometry, channels: int, spread: float
 ) -> float:
     """Relative RMS (of the tensor's standard deviation) of the best linear fit, over cheap kernels."""
     best = np.inf
@@ -379,9 +387,8 @@ def _coarse_score(
         masks = [x[1] for x in rendered if x is not None]
         for color in _colors(channels):
             px = [to_color_order(x[0], color) for x in rendered if x is not None]
-            _, _, rms, _ = _fit(px, targets, masks, step=2)
+            _, _, rms, _ = _fit(px, targets, masks, step=_sample_step(targets[0]))
             best = min(best, rms)
-    spread = float(np.concatenate([t.ravel() for t in targets]).std()) or 1.0
     return best / spread
 
 
@@ -396,10 +403,11 @@ def _search_geometry(
     tgts = targets[:2]
     channels = tgts[0].shape[-1]
     scored: dict[Geometry, float] = {}
+    spread = float(np.concatenate([t.ravel() for t in tgts]).std()) or 1.0
 
     def score(g: Geometry) -> float:
         if g not in scored:
-            scored[g] = _coarse_score(renderers, tgts, g, channels)
+            scored[g] = _coarse_score(renderers, tgts, g, channels, spread)
         return scored[g]
 
     for rot, mir in _ORIENTATIONS:
@@ -414,7 +422,7 @@ def _search_geometry(
     # to 1.6x the crop (Resize(256)+CenterCrop(224) is 1.14x), coarse then to one pixel.
     lo = max(width, height)
     hi = int(1.6 * max(width, height))
-    step = max(1, round(max(width, height) / 56))
+    step = max(1, round(max(width, height) / 28))
     best_orients = sorted(scored, key=lambda g: scored[g])[:2]
     orients = {(g.rotation, g.mirror) for g in best_orients} | {(0, False)}
     for rot, mir in orients:
@@ -544,12 +552,21 @@ def infer_preprocess(
 
     fits: list[_Fit] = []
     searched = 0
+    rank_step = 1
     for layout in layouts:
         hwc = [_hwc(r, layout) for r in raw]
         height, width, channels = hwc[0].shape
         reals = [_dequantize(t, q) for t in hwc]
         geometries, n = _search_geometry(images, reals, width, height)
         searched += n
+        # The cheap kernels can place S one pixel off: give the exact ranking its neighbours too.
+        for g in list(geometries):
+            if g.kind == "shorter_side" and g is geometries[0] and g.shorter_side is not None:
+                for d in (-1, 1):
+                    nb = Geometry(g.kind, g.rotation, g.mirror, shorter_side=g.shorter_side + d)
+                    if nb not in geometries:
+                        geometries.append(nb)
+        rank_step = _sample_step(reals[0], 16384)
         for g in geometries:
             for method in methods:
                 rendered = [_render(img, g, method, width, height) for img in images]
@@ -558,8 +575,8 @@ def infer_preprocess(
                 masks = [x[1] for x in rendered if x is not None]
                 for color in _colors(channels):
                     px = [to_color_order(x[0], color) for x in rendered if x is not None]
-                    scale, offset, rms, pad_t = _fit(px, reals, masks)
-                    f = _Fit(Candidate(g, method, color, layout), scale, offset, rms, pixels=px, masks=masks)
+                    scale, offset, rms, pad_t = _fit(px, reals, masks, step=rank_step)
+                    f = _Fit(Candidate(g, method, color, layout), scale, offset, rms)
                     if g.kind == "letterbox":
                         f.pad = _pad_pixels(pad_t, scale, offset, color)
                     fits.append(f)
@@ -571,7 +588,13 @@ def infer_preprocess(
     for f in finalists:
         h, w = (shape[0], shape[1]) if f.cand.layout == "NHWC" else (shape[1], shape[2])
         hwc_real = [_dequantize(_hwc(r, f.cand.layout), q) for r in raw]
-        assert f.pixels is not None and f.masks is not None
+        rendered = [_render(img, f.cand.geometry, f.cand.method, w, h) for img in images]
+        f.pixels = [to_color_order(x[0], f.cand.color_order) for x in rendered if x is not None]
+        f.masks = [x[1] for x in rendered if x is not None]
+        if rank_step > 1:  # the ranking fitted a sample of the pixels: refit the finalists on all
+            f.scale, f.offset, f.rms, pad_t = _fit(f.pixels, hwc_real, f.masks)
+            if f.cand.geometry.kind == "letterbox":
+                f.pad = _pad_pixels(pad_t, f.scale, f.offset, f.cand.color_order)
         p, y, _ = _masked(f.pixels, hwc_real, f.masks)
         content_rms = float(np.sqrt(np.mean((p * f.scale + f.offset - y) ** 2)))
         f.scale, f.offset, _, snapped = _snap(f.scale, f.offset, p, y, content_rms)
@@ -672,6 +695,58 @@ def infer_preprocess(
             f" (tolerance {accept:.3g}); no searched pipeline reproduces what the app computes"
         )
     log.info("preprocessing: %s (fit rms %.3g, resolved %s)", best.cand, best.rms, resolved)
+    return spec
+
+
+class InvokeLike(Protocol):
+    """A traced invoke (``trace_match.TracedInvoke`` is one)."""
+
+    @property
+    def bitmap(self) -> np.ndarray | None: ...
+    @property
+    def inputs(self) -> Sequence[Any]: ...
+    @property
+    def crop(self) -> tuple[float, float, float, float] | None: ...
+    @property
+    def source_format(self) -> str: ...
+
+
+def infer_from_invokes(invokes: Sequence[InvokeLike], **kwargs: Any) -> PreprocessSpec:
+    """``infer_preprocess`` on a model's traced invokes (image, first input tensor), then what the
+    trace says beyond the pairs: the crop the app passed (one box for every image: ``crop_box``; a box
+    per image, such as a detected face: ``roi: per_image``) and a camera-frame source format.
+    """
+    used = [inv for inv in invokes if inv.bitmap is not None and inv.inputs]
+    pairs = [(inv.bitmap, min(inv.inputs, key=lambda t: t.index)) for inv in used]
+    spec = infer_preprocess(pairs, **kwargs)  # type: ignore[arg-type]
+    crops = [inv.crop for inv in used]
+    if any(c is not None for c in crops):
+        boxes = [c or (0.0, 0.0, 1.0, 1.0) for c in crops]
+        sizes = [inv.bitmap.shape[:2] for inv in used if inv.bitmap is not None]
+        # One pixel of the (cropped) images' size: the app's box, captured in whole pixels.
+        tol = max(1.0 / min(min(s) for s in sizes), 1e-6)
+        same = all(np.abs(np.subtract(b, boxes[0])).max() <= tol for b in boxes)
+        if same:
+            spec.resize.crop_box = tuple(float(x) for x in boxes[0])  # type: ignore[assignment]
+            spec.notes.append(f"crop box {list(np.round(boxes[0], 4))} (fractions) passed by the app")
+        else:
+            spec.resize.roi = "per_image"
+            spec.notes.append(
+                "the app crops a different region of every image (captured per call): replay must be "
+                "given such crops (a dataset of crops, or --faces)"
+            )
+        spec.provenance["resize.crop_box"] = spec.provenance.get("resize", Provenance.TRACE)
+    formats = {inv.source_format for inv in used}
+    if formats and formats != {"rgb"}:
+        if len(formats) > 1:
+            spec.notes.append(f"the app fed images of several formats: {sorted(formats)}")
+        fmt = sorted(formats - {"rgb"})[0]
+        spec.source_format = fmt  # type: ignore[assignment]
+        spec.provenance["source_format"] = spec.provenance.get("resize", Provenance.TRACE)
+        spec.notes.append(
+            f"source: camera frames ({fmt}), converted to RGB with BT.601 limited range (libyuv); replay "
+            "round-trips RGB photos through that format"
+        )
     return spec
 
 

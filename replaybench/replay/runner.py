@@ -73,6 +73,9 @@ class ReplayOptions:
     # the benchmark compares against.
     resize_backend: ResizeBackend = "onnxruntime"
     simplejpeg: bool = True  # library-only: plain JPEGs through simplejpeg (same pixels as Pillow)
+    # Replay bundles whose preprocessing the trace did not determine (provenance trace_unresolved);
+    # run.json records it per bundle.
+    accept_unresolved: bool = False
 
 
 class BundleRun(BaseModel):
@@ -305,6 +308,15 @@ def _mp_context() -> Any:
     return ctx
 
 
+def _manifest_bundle(lb: LoadedBundle) -> dict[str, Any]:
+    """A bundle's entry in run.json; an unresolved preprocessing replayed anyway is recorded there."""
+    entry: dict[str, Any] = {"name": lb.bundle.name, "model_sha256": _file_sha256(lb.model_path)}
+    if lb.bundle.preprocess is not None and lb.bundle.preprocess.unresolved:
+        entry["preprocess_unresolved"] = True
+        entry["accepted_unresolved"] = True  # only reachable with --accept-unresolved
+    return entry
+
+
 def _group_specs(bundles: Sequence[LoadedBundle]) -> tuple[list[PreprocessSpec], list[int]]:
     """Distinct preprocess specs (compared on what changes the tensor) and each bundle's group index."""
     specs: list[PreprocessSpec] = []
@@ -526,6 +538,24 @@ def replay(
     names = [lb.bundle.name for lb in bundles]
     if len(set(names)) != len(names):
         raise UsageError(f"two bundles share a name ({', '.join(names)}); rows are keyed by bundle name")
+    unresolved = [
+        lb for lb in bundles if lb.bundle.preprocess is not None and lb.bundle.preprocess.unresolved
+    ]
+    if unresolved and not opts.accept_unresolved:
+        from replaybench.errors import UnresolvedPreprocessError
+
+        raise UnresolvedPreprocessError(
+            "the preprocessing of "
+            + ", ".join(
+                f"{lb.bundle.name} (max error {lb.bundle.preprocess.residual.get('max_error', float('nan')):.3g}, "
+                f"tolerance {lb.bundle.preprocess.residual.get('tolerance', float('nan')):.3g})"
+                for lb in unresolved
+                if lb.bundle.preprocess is not None
+            )
+            + " was not determined by its trace: its predictions would not be what the app computes",
+            hint="give the preprocessing ('replaybench extract ... --preprocess MODEL=SPEC' or 'replaybench "
+            "convert ... --preprocess SPEC'), record more invokes, or replay anyway with --accept-unresolved",
+        )
     specs, groups = _group_specs(bundles)
     if opts.faces is not None:
         from replaybench.replay.faces import FaceDetector
@@ -546,7 +576,7 @@ def replay(
             "fingerprint": _fingerprint(fmt, items),
             "items": len(items),
         },
-        "bundles": [{"name": lb.bundle.name, "model_sha256": _file_sha256(lb.model_path)} for lb in bundles],
+        "bundles": [_manifest_bundle(lb) for lb in bundles],
         "settings": {
             "limit": opts.limit,
             "shuffle": opts.shuffle,
@@ -678,7 +708,12 @@ def replay(
                 folder=str(lb.folder),
                 batch_mode=ms.batch_mode,
                 preprocess_group=g,
-                notes=ms.notes,
+                notes=ms.notes
+                + (
+                    ["preprocessing unresolved by its trace: replayed with --accept-unresolved"]
+                    if lb.bundle.preprocess is not None and lb.bundle.preprocess.unresolved
+                    else []
+                ),
             )
             for lb, ms, g in zip(bundles, sessions, groups, strict=True)
         ],

@@ -199,7 +199,7 @@ def convert_model(
     fmt = source.format if source is not None else sniff_format(model)
     converter = get_converter(fmt)
     if preprocess is not None:
-        provenance = {
+        provenance = dict(preprocess.provenance) | {
             f: preprocess.provenance.get(f, Provenance.USER)
             for f in ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
         }
