@@ -51,7 +51,7 @@ class _Event(BaseModel):
 
     v: int = TRACE_SCHEMA_VERSION
     t: float = 0.0  # ms since the agent started
-    tid: int | None = None  # the thread the event happened on (agent >= 0.4; pairs bitmaps with invokes)
+    tid: int | None = None  # the thread the event happened on (pairs bitmaps with the invokes they fed)
 
 
 class Quantization(BaseModel):

@@ -65,7 +65,9 @@ function admit(essential) {
 
 function emit(kind, fields, data, essential, admitted) {
   if (!admitted && !admit(essential)) return false;
-  const ev = Object.assign({ v: SCHEMA_VERSION, t: Date.now() - t0, kind: kind }, fields);
+  // tid: hooks run on the app's calling thread, so a bitmap can be paired with the invoke it fed on the
+  // same thread (two models on two threads interleave their invokes).
+  const ev = Object.assign({ v: SCHEMA_VERSION, t: Date.now() - t0, kind: kind, tid: Process.getCurrentThreadId() }, fields);
   if (data !== undefined && data !== null) send(ev, data);
   else send(ev);
   return true;
@@ -1060,10 +1062,45 @@ function installJava(J) {
         return ov.call(this, src, w, h, filter);
       };
     });
+    // A crop the app cuts out of a frame (a face box) before scaling it: the source is captured with the
+    // crop rectangle, so the box is read, not guessed.
+    tryHook('Bitmap.createBitmap(crop)', function () {
+      const Bitmap = J.use('android.graphics.Bitmap');
+      const ov = Bitmap.createBitmap.overload('android.graphics.Bitmap', 'int', 'int', 'int', 'int');
+      ov.implementation = function (src, x, y, w, h) {
+        try {
+          captureBitmap(src, 'createBitmap(' + x + ',' + y + ',' + w + ',' + h + ')', [x, y, w, h]);
+        } catch (e) {
+          noteError('bitmap crop', e);
+        }
+        return ov.call(this, src, x, y, w, h);
+      };
+    });
+    // Camera frames: NV21 bytes handed to YuvImage (the usual CameraX/Camera1 -> Bitmap route). The
+    // planes go out as they are (Y then VU, no row padding when strides are absent).
+    tryHook('YuvImage', function () {
+      const YuvImage = J.use('android.graphics.YuvImage');
+      const ov = YuvImage.$init.overload('[B', 'int', 'int', 'int', '[I');
+      ov.implementation = function (data, format, w, h, strides) {
+        try {
+          if (format === 17 && strides === null && w * h >= cfg.bitmapMinPixels) { // ImageFormat.NV21
+            const n = w * h + 2 * Math.ceil(w / 2) * Math.ceil(h / 2);
+            if (n <= cfg.maxTensorBytes && data.length >= n) {
+              const out = new Uint8Array(n);
+              for (let i = 0; i < n; i++) out[i] = data[i] & 255;
+              emit('bitmap', { width: w, height: h, format: 'NV21', invoke: invokeSeq + 1, api: 'YuvImage(NV21)' }, out.buffer);
+            }
+          }
+        } catch (e) {
+          noteError('yuv frame', e);
+        }
+        return ov.call(this, data, format, w, h, strides);
+      };
+    });
   });
 }
 
-function captureBitmap(bmp, api) {
+function captureBitmap(bmp, api, crop) {
   const w = bmp.getWidth();
   const h = bmp.getHeight();
   if (w * h < cfg.bitmapMinPixels || w * h * 4 > cfg.maxTensorBytes) return;
@@ -1078,7 +1115,9 @@ function captureBitmap(bmp, api) {
     out[4 * i + 2] = v & 255;
     out[4 * i + 3] = (v >>> 24) & 255;
   }
-  emit('bitmap', { width: w, height: h, format: 'RGBA_8888', premultiplied: false, invoke: invokeSeq + 1, api: api }, out.buffer);
+  const fields = { width: w, height: h, format: 'RGBA_8888', premultiplied: false, invoke: invokeSeq + 1, api: api };
+  if (crop) fields.crop = crop;
+  emit('bitmap', fields, out.buffer);
 }
 
 // --------------------------------------------------------------------------------------------- main
