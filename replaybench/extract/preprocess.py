@@ -451,6 +451,105 @@ def _search_geometry(
     return keep, len(scored)
 
 
+# ----------------------------------------------------------------------------------- crop box search
+
+
+def _gray(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float64).mean(axis=-1)  # channel mean: the same for RGB and BGR
+
+
+def _ncc_best(source: np.ndarray, template: np.ndarray) -> tuple[float, int, int]:
+    """Best normalised cross-correlation of ``template`` inside ``source`` (2-D): (score, x, y)."""
+    from scipy.signal import fftconvolve
+
+    th, tw = template.shape
+    t0 = template - template.mean()
+    tnorm = float(np.sqrt((t0 * t0).sum()))
+    if tnorm == 0 or th > source.shape[0] or tw > source.shape[1]:
+        return -1.0, 0, 0
+    corr = fftconvolve(source, t0[::-1, ::-1], mode="valid")
+    ones = np.ones((th, tw))
+    s1 = fftconvolve(source, ones, mode="valid")
+    s2 = fftconvolve(source * source, ones, mode="valid")
+    var = np.maximum(s2 - s1 * s1 / (th * tw), 1e-9)
+    ncc = corr / (np.sqrt(var) * tnorm)
+    y, x = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+    return float(ncc[y, x]), int(x), int(y)
+
+
+def _box_residual(
+    img: np.ndarray, box: tuple[int, int, int, int], target: np.ndarray, method: ResizeMethod
+) -> float:
+    x0, y0, x1, y1 = box
+    h, w = target.shape[:2]
+    px = resize(img[y0:y1, x0:x1], w, h, method)
+    best = np.inf
+    for color in _colors(target.shape[-1]):
+        _, _, rms, _ = _fit([to_color_order(px, color)], [target], None, step=_sample_step(target, 8192))
+        best = min(best, rms)
+    return best
+
+
+def _find_box(
+    img: np.ndarray,
+    target: np.ndarray,
+    method: ResizeMethod = "area",
+    start: tuple[int, int, int, int] | None = None,
+) -> tuple[tuple[int, int, int, int], float]:
+    """The source region (x0, y0, x1, y1 in pixels) that, stretched to the tensor, explains it best.
+
+    Coarse: normalised cross-correlation of the tensor (shrunk to each candidate box size, the tensor's
+    aspect, sizes 2% apart) against the source shrunk to ~160 px. Fine: coordinate descent on the four
+    edges at full resolution with the real resize and a linear fit, steps halving down to one pixel.
+    Returns the box and its relative residual (RMS / tensor standard deviation).
+    """
+    from PIL import Image
+
+    H, W = img.shape[:2]
+    h, w = target.shape[:2]
+    spread = float(target.std()) or 1.0
+    if start is None:
+        f = min(1.0, 160.0 / max(H, W))
+        small = np.asarray(
+            Image.fromarray(img).resize((max(1, round(W * f)), max(1, round(H * f))), Image.Resampling.BOX)
+        )
+        sg = _gray(small)
+        tg = Image.fromarray(_gray(target).astype(np.float32), mode="F")
+        best = (-2.0, 0, 0, W, H)
+        bw = float(W)
+        while bw * f >= 6:
+            bh = bw * h / w
+            if bh <= H:
+                tw_, th_ = max(2, round(bw * f)), max(2, round(bh * f))
+                tmpl = np.asarray(tg.resize((tw_, th_), Image.Resampling.BOX), dtype=np.float64)
+                score, x, y = _ncc_best(sg, tmpl)
+                if score > best[0]:
+                    best = (score, x, y, tw_, th_)
+            bw /= 1.02
+        _, x, y, tw_, th_ = best
+        box = [round(x / f), round(y / f), round((x + tw_) / f), round((y + th_) / f)]
+        step = max(1, int(round(1 / f)))
+    else:
+        box, step = list(start), 1
+    box = [min(max(box[0], 0), W - 1), min(max(box[1], 0), H - 1), min(box[2], W), min(box[3], H)]
+    cur = _box_residual(img, tuple(box), target, method)  # type: ignore[arg-type]
+    while step >= 1:
+        improved = True
+        while improved:
+            improved = False
+            for i in range(4):
+                for d in (-step, step):
+                    cand = list(box)
+                    cand[i] += d
+                    if not (0 <= cand[0] < cand[2] <= W and 0 <= cand[1] < cand[3] <= H):
+                        continue
+                    r = _box_residual(img, tuple(cand), target, method)  # type: ignore[arg-type]
+                    if r < cur - 1e-12:
+                        box, cur, improved = cand, r, True
+        step //= 2
+    return (box[0], box[1], box[2], box[3]), cur / spread
+
+
 # ---------------------------------------------------------------------------------------- inference
 
 
@@ -511,6 +610,7 @@ def infer_preprocess(
     *,
     methods: Sequence[ResizeMethod] = RESIZE_METHODS,
     top: int = 8,
+    allow_box: bool = True,
 ) -> PreprocessSpec:
     """Solve for the preprocessing from (source image, captured input tensor) pairs.
 
@@ -523,7 +623,8 @@ def infer_preprocess(
     every resize kernel x colour order x layout on all pairs, with a closed-form least-squares
     ``tensor = pixel * scale + offset`` per channel (a letterbox's padding is fitted as a constant and
     reported as ``resize.pad_value``). The finalists are ranked by how exactly the full spec (with
-    quantisation) reproduces the captured tensors.
+    quantisation) reproduces the captured tensors. When no whole-image geometry passes (``allow_box``),
+    the region of each image the app cut out is searched for (``_find_box``) and the solve repeated on it.
 
     The winner is accepted only when it reproduces every captured tensor within ``acceptance_tolerance``
     (1 quantisation step, or 1e-3 of the tensor range). Otherwise the returned spec is the best candidate
@@ -543,11 +644,95 @@ def infer_preprocess(
     shapes = {r.shape for r in raw}
     if len(shapes) != 1:
         raise TraceError(f"the pairs' tensors differ in shape: {sorted(shapes)}")
-    shape = raw[0].shape
     dtype = str(raw[0].dtype)
     if dtype not in _DTYPES:
         raise TraceError(f"cannot infer preprocessing for a {dtype} input tensor")
     q = _quant(pairs[0][1].quantization) if np.issubdtype(raw[0].dtype, np.integer) else None
+    spec = _solve(images, raw, q, methods, top)
+    if spec.unresolved and allow_box:
+        boxed = _solve_with_boxes(images, raw, q, methods, top, spec)
+        if boxed is not None:
+            spec = boxed
+    return spec
+
+
+def _solve_with_boxes(
+    images: list[np.ndarray],
+    raw: list[np.ndarray],
+    q: QuantParams | None,
+    methods: Sequence[ResizeMethod],
+    top: int,
+    plain: PreprocessSpec,
+) -> PreprocessSpec | None:
+    """No whole-image geometry explains the tensors: look for the region of each image the app cut out
+    (a face fed to a classifier), solve on those crops, and keep that when it explains the tensors better.
+    One box for every image (as fractions) becomes ``crop_box``; boxes that differ ``roi: per_image``."""
+    layout = _layouts(raw[0].shape)[0]
+    targets = [_dequantize(_hwc(r, layout), q) for r in raw]
+    found = [_find_box(img, t) for img, t in zip(images, targets, strict=True)]
+    if any(rel > 0.5 for _, rel in found):  # nothing in the image resembles the tensor
+        return None
+    boxes = [b for b, _ in found]
+    spec: PreprocessSpec | None = None
+    for _ in range(2):  # the coarse kernel can leave an edge one pixel off: refine with the solved one
+        cropped = [img[y0:y1, x0:x1] for img, (x0, y0, x1, y1) in zip(images, boxes, strict=True)]
+        spec = _solve(cropped, raw, q, methods, top)
+        if not spec.unresolved:
+            break
+        boxes = [
+            _find_box(img, t, spec.resize.method, b)[0]
+            for img, t, b in zip(images, targets, boxes, strict=True)
+        ]
+    assert spec is not None
+    if spec.residual.get("max_error", np.inf) >= plain.residual.get("max_error", np.inf):
+        return None
+    fractions = [
+        (x0 / img.shape[1], y0 / img.shape[0], x1 / img.shape[1], y1 / img.shape[0])
+        for img, (x0, y0, x1, y1) in zip(images, boxes, strict=True)
+    ]
+    tol = 1.0 / min(min(img.shape[:2]) for img in images)
+    prov = spec.provenance.get("resize", Provenance.TRACE)
+    spec.provenance["resize.crop_box"] = prov
+    if all(np.abs(np.subtract(f, fractions[0])).max() <= tol for f in fractions):
+        spec.resize.crop_box = tuple(float(x) for x in fractions[0])  # type: ignore[assignment]
+        spec.notes.append(f"crop box {[round(x, 4) for x in fractions[0]]} (fractions) solved from the pairs")
+        # Re-check on the whole images: the box's edges round to whole pixels on each image.
+        _recheck(spec, images, raw, q)
+    else:
+        spec.resize.roi = "per_image"
+        spec.notes.append(
+            "the app crops a different region of every image (solved per pair: "
+            + "; ".join(str(b) for b in boxes[:4])
+            + "): replay must be given such crops (a dataset of crops, or --faces)"
+        )
+    return spec
+
+
+def _recheck(
+    spec: PreprocessSpec, images: list[np.ndarray], raw: list[np.ndarray], q: QuantParams | None
+) -> None:
+    """Recompute the reproduction error of a spec on the pairs and re-apply the acceptance rule."""
+    errs = [
+        np.abs(apply_preprocess(img, spec).astype(np.float64) - r.astype(np.float64)).max()
+        for img, r in zip(images, raw, strict=True)
+    ]
+    spec.residual["max_error"] = float(max(errs))
+    accept = acceptance_tolerance(raw, str(raw[0].dtype))
+    prov = Provenance.TRACE if spec.residual["max_error"] <= accept else Provenance.TRACE_UNRESOLVED
+    for k in spec.provenance:
+        spec.provenance[k] = prov
+
+
+def _solve(
+    images: list[np.ndarray],
+    raw: list[np.ndarray],
+    q: QuantParams | None,
+    methods: Sequence[ResizeMethod],
+    top: int,
+) -> PreprocessSpec:
+    """``infer_preprocess`` on prepared images and squeezed tensors (see there)."""
+    shape = raw[0].shape
+    dtype = str(raw[0].dtype)
     layouts = _layouts(shape)
 
     fits: list[_Fit] = []
@@ -661,7 +846,7 @@ def infer_preprocess(
         spec.provenance[name] = prov
     g = best.cand.geometry
     notes = [
-        f"solved from {len(pairs)} (bitmap, tensor) pairs: {searched} geometries searched, "
+        f"solved from {len(images)} (bitmap, tensor) pairs: {searched} geometries searched, "
         f"{len(fits)} exact settings fitted",
         f"output size {spec.resize.width}x{spec.resize.height} and layout {spec.layout} from the tensor "
         f"shape {list(shape)}" + (" (ambiguous axis: both layouts fitted)" if len(layouts) > 1 else ""),
