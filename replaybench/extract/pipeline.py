@@ -116,7 +116,7 @@ def extract_app(
     """Scan ``paths``, write every blob byte-exact, match ``trace`` (if any), infer preprocessing and
     convert each convertible model to a bundle. A model that fails to convert is recorded, not fatal.
 
-    ``preprocess`` maps a model (its blob file name, file stem or a sha256 prefix of 8+ characters) to
+    ``preprocess`` maps a model (its blob file name or stem, its name in the app, or a sha256 prefix) to
     a spec given by hand; it wins over the trace. A trace-solved spec that misses the captured tensors
     is written with provenance ``trace_unresolved`` (``preprocess_from`` says so too); the caller
     decides whether that is fatal (the CLI exits 15 after writing everything).
@@ -279,10 +279,13 @@ def _use_trace(
 
 
 def _override(overrides: dict[str, PreprocessSpec], model: ExtractedModel) -> PreprocessSpec | None:
-    """The hand-given spec for this model: by blob file name, file stem or sha256 prefix."""
+    """The hand-given spec for this model: by blob file name or stem, the name it has in the app
+    (assets/face.tflite: face.tflite or face), or a sha256 prefix of 8+ characters."""
     name = Path(model.file).name
+    entry = model.location.split("@", 1)[0].replace("!", "/").rsplit("/", 1)[-1]
+    names = {name, Path(name).stem, entry, Path(entry).stem}
     for key, spec in overrides.items():
-        if key in (name, Path(name).stem) or (len(key) >= 8 and model.sha256.startswith(key.lower())):
+        if key in names or (len(key) >= 8 and model.sha256.startswith(key.lower())):
             return spec
     return None
 
