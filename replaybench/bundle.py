@@ -432,4 +432,4 @@ def read_spec(path: Path, kind: type[_SpecT]) -> _SpecT:
     try:
         return kind.model_validate(doc)
     except ValidationError as e:
-        raise UsageError(_validation_message(e, where)) from e
+        raise UsageError(_validation_message(e, f"{path} holds no valid {kind.__name__}")) from e
