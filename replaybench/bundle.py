@@ -358,7 +358,7 @@ def _normalisation_form(doc: dict[str, object], where: str) -> dict[str, object]
         vals = v if isinstance(v, list) else [v]
         if not vals or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vals):
             raise UsageError(f"{where}: {key} must be a number or a list of numbers, got {v!r}")
-        return [float(x) for x in vals]
+        return [float(x) for x in vals if isinstance(x, int | float)]
 
     mean, std = floats("mean"), floats("std")
     if len(mean) != len(std) and 1 not in (len(mean), len(std)):

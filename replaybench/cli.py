@@ -308,8 +308,25 @@ def _render_bundle(bundle: Any, title: str) -> None:
     p = bundle.preprocess
     if p is not None:
         pre = Table("field", "value", "provenance", title="preprocessing")
+        r = p.resize
+        geometry = (
+            f" shorter side {r.shorter_side} + centre crop"
+            if r.shorter_side is not None
+            else f" letterbox {r.placement} pad {', '.join(f'{v:.4g}' for v in r.pad_value)}"
+            if r.keep_aspect
+            else " centre crop"
+            if r.crop == "center"
+            else ""
+        )
+        if r.crop_box is not None:
+            geometry += f" box {', '.join(f'{v:.3g}' for v in r.crop_box)}"
+        if r.roi == "per_image":
+            geometry += " (per-image region)"
+        turn = f" turned {p.rotation}" if p.rotation else ""
+        turn += " mirrored" if p.mirror else ""
+        src = f" from {p.source_format}" if p.source_format != "rgb" else ""
         rows = {
-            "resize": f"{p.resize.width}x{p.resize.height} {p.resize.method}",
+            "resize": f"{r.width}x{r.height} {r.method}{geometry}{turn}{src}",
             "color_order": p.color_order,
             "layout": p.layout,
             "dtype": p.dtype,
