@@ -12,6 +12,7 @@ inventory document (or ``InventoryBlob.from_inventory``) plugs in.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import posixpath
 from dataclasses import dataclass, field
@@ -465,24 +466,41 @@ def _pair_bitmaps(trace: Trace) -> dict[int, tuple[BitmapEvent, str]]:
                 tid_of[e.seq] = e.tid
         elif isinstance(e, BitmapEvent):
             bitmaps.append((pos, e))
-    ordered = sorted(first_pos, key=lambda s: first_pos[s])
-    threads_known = any(t is not None for t in tid_of.values())
+    # Per interpreter and per thread, the invokes in trace order: the next one after an image is a bisect.
+    by_interp: dict[str, list[tuple[int, int]]] = {}
+    by_tid: dict[int, list[tuple[int, int]]] = {}
+    for seq, p in sorted(first_pos.items(), key=lambda kv: kv[1]):
+        if interp_of.get(seq):
+            by_interp.setdefault(str(interp_of[seq]), []).append((p, seq))
+        if tid_of.get(seq) is not None:
+            by_tid.setdefault(int(tid_of[seq]), []).append((p, seq))  # type: ignore[arg-type]
+
+    def next_after(rows: list[tuple[int, int]] | None, pos: int) -> int | None:
+        if not rows:
+            return None
+        i = bisect.bisect_right(rows, (pos, 1 << 62))
+        return rows[i][1] if i < len(rows) else None
+
+    threads_known = bool(by_tid)
     out: dict[int, tuple[BitmapEvent, str]] = {}
+    untagged: list[BitmapEvent] = []
     for pos, b in bitmaps:
-        target: int | None = None
-        how = "tag"
         if b.interpreter:
-            target = next(
-                (s for s in ordered if first_pos[s] > pos and interp_of.get(s) == b.interpreter), None
-            )
-            how = "interpreter"
+            target, how = next_after(by_interp.get(b.interpreter), pos), "interpreter"
         elif b.tid is not None and threads_known:
-            target = next((s for s in ordered if first_pos[s] > pos and tid_of.get(s) == b.tid), None)
-            how = "thread"
-        if target is None and how == "tag":
-            target = b.invoke
+            target, how = next_after(by_tid.get(b.tid), pos), "thread"
+        else:
+            target, how = b.invoke, "tag"
         if target is not None:
             out[target] = (b, how)  # a later image before the same invoke replaces an earlier one
+        elif how == "thread":
+            untagged.append(b)
+    if not out and untagged:
+        # The app draws its images on one thread and runs its models on another: no image shares a
+        # thread with any invoke. Only the agent's tag is left.
+        for b in untagged:
+            if b.invoke is not None:
+                out[b.invoke] = (b, "tag")
     return out
 
 

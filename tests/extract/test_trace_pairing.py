@@ -191,3 +191,15 @@ def test_crop_passed_by_the_app_is_read_not_guessed(tmp_path, photos):
     spec = infer_from_invokes(invokes)
     assert not spec.unresolved and spec.resize.crop_box is not None
     np.testing.assert_allclose(spec.resize.crop_box, [0.25, 0.25, 0.75, 0.75], atol=0.02)
+
+
+def test_images_drawn_on_another_thread_than_every_invoke_use_the_tag(tmp_path, photos):
+    with TraceWriter(tmp_path / "t") as w:
+        _model(w, "0xa", "ia", 1, "a" * 64)
+        for k, img in enumerate(photos[:2]):
+            _bitmap(w, img, 1, k + 1)  # the UI thread draws; a worker thread runs the model
+            _invoke(w, k + 1, "0xa", "ia", 2, _stretch(img, 16))
+    invokes = traced_invokes(read_trace(tmp_path / "t"))["a" * 64]
+    assert [inv.pairing for inv in invokes] == ["tag", "tag"]
+    for inv, img in zip(invokes, photos[:2], strict=True):
+        np.testing.assert_array_equal(inv.bitmap, img)
