@@ -364,6 +364,7 @@ class _CoarseRenderer:
 _ORIENTATIONS = [(r, m) for r in (0, 90, 180, 270) for m in (False, True)]
 _COARSE_METHODS: tuple[ResizeMethod, ...] = ("area", "bilinear_tf")  # antialiased and not: one fits each
 _KEEP_GEOMETRIES = 4
+_RANK_PAIRS = 3  # pairs every exact candidate is fitted on before the finalists see them all
 
 
 def _colors(channels: int) -> list[ColorOrder]:
@@ -754,13 +755,14 @@ def _solve(
         rank_step = _sample_step(reals[0], 16384)
         for g in geometries:
             for method in methods:
-                rendered = [_render(img, g, method, width, height) for img in images]
+                # Ranked on the first few pairs; the finalists are refitted and checked on all of them.
+                rendered = [_render(img, g, method, width, height) for img in images[:_RANK_PAIRS]]
                 if any(x is None for x in rendered):
                     continue
                 masks = [x[1] for x in rendered if x is not None]
                 for color in _colors(channels):
                     px = [to_color_order(x[0], color) for x in rendered if x is not None]
-                    scale, offset, rms, pad_t = _fit(px, reals, masks, step=rank_step)
+                    scale, offset, rms, pad_t = _fit(px, reals[: len(px)], masks, step=rank_step)
                     f = _Fit(Candidate(g, method, color, layout), scale, offset, rms)
                     if g.kind == "letterbox":
                         f.pad = _pad_pixels(pad_t, scale, offset, color)
@@ -774,9 +776,11 @@ def _solve(
         h, w = (shape[0], shape[1]) if f.cand.layout == "NHWC" else (shape[1], shape[2])
         hwc_real = [_dequantize(_hwc(r, f.cand.layout), q) for r in raw]
         rendered = [_render(img, f.cand.geometry, f.cand.method, w, h) for img in images]
+        if any(x is None for x in rendered):  # the geometry does not fit a pair outside the ranked ones
+            continue
         f.pixels = [to_color_order(x[0], f.cand.color_order) for x in rendered if x is not None]
         f.masks = [x[1] for x in rendered if x is not None]
-        if rank_step > 1:  # the ranking fitted a sample of the pixels: refit the finalists on all
+        if rank_step > 1 or len(images) > _RANK_PAIRS:  # the ranking fitted a sample of the pixels: refit the finalists on all
             f.scale, f.offset, f.rms, pad_t = _fit(f.pixels, hwc_real, f.masks)
             if f.cand.geometry.kind == "letterbox":
                 f.pad = _pad_pixels(pad_t, f.scale, f.offset, f.cand.color_order)
@@ -794,6 +798,9 @@ def _solve(
     # The winner reproduces the captured tensors best (mean error, then worst error, then fit RMS);
     # ties keep the simplest geometry and the order of RESIZE_METHODS (simplest kernel first).
     order = {m: i for i, m in enumerate(RESIZE_METHODS)}
+    finalists = [f for f in finalists if f.spec is not None]
+    if not finalists:
+        raise TraceError(f"no preprocessing geometry fits every captured {list(shape)} tensor's image")
     finalists.sort(
         key=lambda f: (
             round(f.repro_mean, 9),
