@@ -83,10 +83,11 @@ class ResizeSpec(Strict):
     keep_aspect: bool = False  # letterbox: scale to fit inside width x height, pad the rest
     crop: Literal["none", "center"] = "none"  # centre-crop to the target aspect before resizing
     crop_box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) as fractions of the image
-    # Letterbox only: where the content goes, how its size rounds (Java's (int) cast floors, Python's
-    # round() rounds), and the padding colour in 0..255 pixel units per RGB channel (one value: all).
+    # Letterbox only: where the content goes, how its size rounds (Java's (int) cast: floor; Python's
+    # round(): half to even; Java's Math.round: half up), and the padding colour in 0..255 pixel units
+    # per RGB channel (one value: all).
     placement: Literal["center", "top_left"] = "center"
-    rounding: Literal["round", "floor"] = "round"
+    rounding: Literal["round", "floor", "half_up"] = "round"
     pad_value: list[float] = Field(default_factory=lambda: [0.0])
     shorter_side: int | None = None  # torchvision Resize(S) + CenterCrop(width, height)
     # The app crops a different region of every frame (a detected face) and only that crop reaches the

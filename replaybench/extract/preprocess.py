@@ -83,7 +83,7 @@ class Geometry:
     rotation: int = 0
     mirror: bool = False
     placement: Literal["center", "top_left"] = "center"  # letterbox
-    rounding: Literal["round", "floor"] = "round"  # letterbox
+    rounding: Literal["round", "floor", "half_up"] = "round"  # letterbox
     shorter_side: int | None = None  # shorter_side
 
     def resize_spec(
@@ -416,9 +416,18 @@ def _search_geometry(
         aspects = {_oriented_size(img, rot) for img in images}
         if any(abs(w / h - width / height) > 1e-6 for w, h in aspects):
             score(Geometry("center", rot, mir))
+            seen: set[tuple[tuple[int, int, int, int], ...]] = set()
             for placement in ("center", "top_left"):
-                for rounding in ("round", "floor"):
-                    score(Geometry("letterbox", rot, mir, placement, rounding))  # type: ignore[arg-type]
+                for rounding in ("round", "floor", "half_up"):
+                    g = Geometry("letterbox", rot, mir, placement, rounding)  # type: ignore[arg-type]
+                    # Roundings that place every image's content identically are one candidate.
+                    boxes = tuple(
+                        letterbox_geometry(*_oriented_size(img, rot), g.resize_spec(width, height, "area"))
+                        for img in images
+                    )
+                    if boxes not in seen:
+                        seen.add(boxes)
+                        score(g)
     # Shorter side S: torchvision-style Resize(S) + CenterCrop. S from the smallest that covers the crop
     # to 1.6x the crop (Resize(256)+CenterCrop(224) is 1.14x), coarse then to one pixel.
     lo = max(width, height)
@@ -780,7 +789,9 @@ def _solve(
             continue
         f.pixels = [to_color_order(x[0], f.cand.color_order) for x in rendered if x is not None]
         f.masks = [x[1] for x in rendered if x is not None]
-        if rank_step > 1 or len(images) > _RANK_PAIRS:  # the ranking fitted a sample of the pixels: refit the finalists on all
+        if (
+            rank_step > 1 or len(images) > _RANK_PAIRS
+        ):  # the ranking fitted a sample of the pixels: refit the finalists on all
             f.scale, f.offset, f.rms, pad_t = _fit(f.pixels, hwc_real, f.masks)
             if f.cand.geometry.kind == "letterbox":
                 f.pad = _pad_pixels(pad_t, f.scale, f.offset, f.cand.color_order)

@@ -227,11 +227,14 @@ def letterbox_geometry(src_w: int, src_h: int, spec: ResizeSpec) -> tuple[int, i
 
     The content keeps the source aspect and fits inside width x height; its size rounds as the spec says
     (``floor``: Java's ``(int) (w * scale)``, with a 1e-6 allowance for float error on the fitting side;
-    ``round``: Python/YOLO ``round``); centred content puts the odd pixel of padding after it.
+    ``round``: Python/YOLO ``round``, half to even; ``half_up``: Java's ``Math.round``); centred content
+    puts the odd pixel of padding after it.
     """
     s = min(spec.width / src_w, spec.height / src_h)
     if spec.rounding == "floor":
         nw, nh = int(np.floor(src_w * s + 1e-6)), int(np.floor(src_h * s + 1e-6))
+    elif spec.rounding == "half_up":
+        nw, nh = int(np.floor(src_w * s + 0.5)), int(np.floor(src_h * s + 0.5))
     else:
         nw, nh = int(round(src_w * s)), int(round(src_h * s))
     nw, nh = min(max(1, nw), spec.width), min(max(1, nh), spec.height)

@@ -713,6 +713,11 @@ def replay(
                     ["preprocessing unresolved by its trace: replayed with --accept-unresolved"]
                     if lb.bundle.preprocess is not None and lb.bundle.preprocess.unresolved
                     else []
+                )
+                + (
+                    ["the app fed this model a per-image region (a detected face): give it such crops"]
+                    if lb.bundle.preprocess is not None and lb.bundle.preprocess.resize.roi == "per_image"
+                    else []
                 ),
             )
             for lb, ms, g in zip(bundles, sessions, groups, strict=True)

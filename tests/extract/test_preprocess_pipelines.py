@@ -150,6 +150,28 @@ def test_letterbox_top_left_java_rounding_uint8(photos):
     _check_reproduces(spec, pairs, integer=True)
 
 
+def test_letterbox_java_math_round_half_up(photos):
+    # 160 x (odd) photos into 80 x 80: the content height is k + 0.5 with k even, where Java's
+    # Math.round (half up) and Python's round (half to even) disagree by one row.
+    crops = [p[:h, :160] for p, h in zip(photos, (101, 105, 109), strict=True)]
+
+    def java_round_letterbox(img: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        r = min(80 / w, 80 / h)
+        nw, nh = int(np.floor(w * r + 0.5)), int(np.floor(h * r + 0.5))
+        content = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR), np.float32)
+        out = np.full((80, 80, 3), -1.0, np.float32)  # the buffer was filled with -1 (pixel 0)
+        top, left = (80 - nh) // 2, (80 - nw) // 2
+        out[top : top + nh, left : left + nw] = content / 127.5 - 1.0
+        return out[None]
+
+    pairs = [(img, Captured(java_round_letterbox(img))) for img in crops]
+    spec = infer_preprocess(pairs)
+    assert spec.resize.keep_aspect and spec.resize.rounding == "half_up"
+    np.testing.assert_allclose(spec.resize.pad_value, [0, 0, 0], atol=0.01)
+    _check_reproduces(spec, pairs, integer=False)
+
+
 def test_shorter_side_then_centre_crop_solves_s(photos):
     pairs = [(img, Captured(torchvision_resize_center_crop(img, 146, 128))) for img in photos]
     spec = infer_preprocess(pairs)
@@ -245,6 +267,10 @@ def test_spec_file_mean_std_in_pixel_units(tmp_path):
             "either mean/std or scale/offset",
         ),
         ('{"resize": {"width": 8}}', "resize.height: required field missing"),
+        (
+            '{"resize": {"width": 8, "height": 8}, "version": 9}',
+            "version 9 is newer than this replaybench reads",
+        ),
         ('{"resize": {"width": 8, "height": 8}, "colour": "RGB"}', "colour: unknown field"),
     ],
 )

@@ -12,6 +12,7 @@ from PIL import Image
 from replaybench.extract.preprocess import infer_from_invokes
 from replaybench.extract.trace import TraceWriter, read_trace
 from replaybench.extract.trace_match import traced_invokes
+from replaybench.replay.preprocess import apply_preprocess
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +177,12 @@ def test_nv21_camera_frames(tmp_path, photos):
         np.testing.assert_array_equal(inv.bitmap, nv21_to_rgb_libyuv(rgb_to_nv21_float(img), 64, 48))
     spec = infer_from_invokes(invokes)
     assert not spec.unresolved and spec.source_format == "nv21"
+    # Replay gives an RGB photo the camera's 4:2:0 limited-range round trip; on an image that already
+    # went through it, that changes little.
+    for inv in invokes:
+        x = apply_preprocess(inv.bitmap, spec)
+        plain = apply_preprocess(inv.bitmap, spec.model_copy(update={"source_format": "rgb"}))
+        assert x.shape == plain.shape and np.abs(x - plain).mean() < 0.02
 
 
 def test_crop_passed_by_the_app_is_read_not_guessed(tmp_path, photos):
