@@ -316,7 +316,20 @@ class _CoarseRenderer:
     the two orders agree up to rounding; the exact order is what the final ranking uses."""
 
     def __init__(self, img: np.ndarray, width: int, height: int) -> None:
-        self.img, self.width, self.height = img, width, height
+        self.width, self.height = width, height
+        self.size = (img.shape[0], img.shape[1])  # the real source size: every geometry is computed on it
+        # A camera frame or a 12 MP photo feeding a 224 px tensor: the coarse search resizes a copy shrunk
+        # (area) to 4x the tensor, so the search costs what the tensor size costs, not the photo size.
+        limit = 4 * max(width, height)
+        if min(self.size) > limit:
+            k = limit / min(self.size)
+            from PIL import Image
+
+            small = Image.fromarray(img).resize(
+                (max(1, round(img.shape[1] * k)), max(1, round(img.shape[0] * k))), Image.Resampling.BOX
+            )
+            img = np.asarray(small)
+        self.img = img
         self._cache: dict[tuple[object, ...], np.ndarray | None] = {}
 
     def _base(self, g: Geometry, method: ResizeMethod, swap: bool) -> np.ndarray | None:
@@ -324,7 +337,7 @@ class _CoarseRenderer:
         if key in self._cache:
             return self._cache[key]
         img = self.img
-        h, w = img.shape[:2]
+        h, w = self.size
         tw, th = (self.height, self.width) if swap else (self.width, self.height)
         out: np.ndarray | None
         if g.kind == "stretch":
@@ -352,7 +365,7 @@ class _CoarseRenderer:
             return turned[top : top + self.height, left : left + self.width], None
         if g.kind != "letterbox":
             return turned, None
-        ow, oh = _oriented_size(self.img, g.rotation)
+        ow, oh = (self.size[0], self.size[1]) if g.rotation in (90, 270) else (self.size[1], self.size[0])
         nw, nh, left, top = letterbox_geometry(ow, oh, g.resize_spec(self.width, self.height, method))
         canvas = np.zeros((self.height, self.width, turned.shape[2]), np.float32)
         canvas[top : top + nh, left : left + nw] = turned
