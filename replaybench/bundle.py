@@ -86,7 +86,9 @@ class ResizeSpec(Strict):
     # Letterbox only: where the content goes, how its size rounds (Java's (int) cast: floor; Python's
     # round(): half to even; Java's Math.round: half up), and the padding colour in 0..255 pixel units
     # per RGB channel (one value: all).
-    placement: Literal["center", "top_left"] = "center"
+    # center: the odd pixel of padding after the content ((W - w) / 2 in integers); center_up: before it
+    # (Math.round((W - w) / 2f)); top_left: all padding right and below.
+    placement: Literal["center", "center_up", "top_left"] = "center"
     rounding: Literal["round", "floor", "half_up"] = "round"
     pad_value: list[float] = Field(default_factory=lambda: [0.0])
     shorter_side: int | None = None  # torchvision Resize(S) + CenterCrop(width, height)

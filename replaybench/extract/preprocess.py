@@ -82,7 +82,7 @@ class Geometry:
     kind: GeometryKind
     rotation: int = 0
     mirror: bool = False
-    placement: Literal["center", "top_left"] = "center"  # letterbox
+    placement: Literal["center", "center_up", "top_left"] = "center"  # letterbox
     rounding: Literal["round", "floor", "half_up"] = "round"  # letterbox
     shorter_side: int | None = None  # shorter_side
 
@@ -430,7 +430,7 @@ def _search_geometry(
         if any(abs(w / h - width / height) > 1e-6 for w, h in aspects):
             score(Geometry("center", rot, mir))
             seen: set[tuple[tuple[int, int, int, int], ...]] = set()
-            for placement in ("center", "top_left"):
+            for placement in ("center", "center_up", "top_left"):
                 for rounding in ("round", "floor", "half_up"):
                     g = Geometry("letterbox", rot, mir, placement, rounding)  # type: ignore[arg-type]
                     # Roundings that place every image's content identically are one candidate.

@@ -227,8 +227,8 @@ def letterbox_geometry(src_w: int, src_h: int, spec: ResizeSpec) -> tuple[int, i
 
     The content keeps the source aspect and fits inside width x height; its size rounds as the spec says
     (``floor``: Java's ``(int) (w * scale)``, with a 1e-6 allowance for float error on the fitting side;
-    ``round``: Python/YOLO ``round``, half to even; ``half_up``: Java's ``Math.round``); centred content
-    puts the odd pixel of padding after it.
+    ``round``: Python/YOLO ``round``, half to even; ``half_up``: Java's ``Math.round``); ``center``
+    puts the odd pixel of padding after the content, ``center_up`` before it.
     """
     s = min(spec.width / src_w, spec.height / src_h)
     if spec.rounding == "floor":
@@ -240,6 +240,8 @@ def letterbox_geometry(src_w: int, src_h: int, spec: ResizeSpec) -> tuple[int, i
     nw, nh = min(max(1, nw), spec.width), min(max(1, nh), spec.height)
     if spec.placement == "top_left":
         return nw, nh, 0, 0
+    if spec.placement == "center_up":
+        return nw, nh, (spec.width - nw + 1) // 2, (spec.height - nh + 1) // 2
     return nw, nh, (spec.width - nw) // 2, (spec.height - nh) // 2
 
 

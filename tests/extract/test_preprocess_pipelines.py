@@ -152,7 +152,8 @@ def test_letterbox_top_left_java_rounding_uint8(photos):
 
 def test_letterbox_java_math_round_half_up(photos):
     # 160 x (odd) photos into 80 x 80: the content height is k + 0.5 with k even, where Java's
-    # Math.round (half up) and Python's round (half to even) disagree by one row.
+    # Math.round (half up) and Python's round (half to even) disagree by one row; the offset is
+    # Math.round too, so the odd row of padding goes above the content.
     crops = [p[:h, :160] for p, h in zip(photos, (101, 105, 109), strict=True)]
 
     def java_round_letterbox(img: np.ndarray) -> np.ndarray:
@@ -161,13 +162,14 @@ def test_letterbox_java_math_round_half_up(photos):
         nw, nh = int(np.floor(w * r + 0.5)), int(np.floor(h * r + 0.5))
         content = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR), np.float32)
         out = np.full((80, 80, 3), -1.0, np.float32)  # the buffer was filled with -1 (pixel 0)
-        top, left = (80 - nh) // 2, (80 - nw) // 2
+        top, left = int(np.floor((80 - nh) / 2 + 0.5)), int(np.floor((80 - nw) / 2 + 0.5))  # Math.round
         out[top : top + nh, left : left + nw] = content / 127.5 - 1.0
         return out[None]
 
     pairs = [(img, Captured(java_round_letterbox(img))) for img in crops]
     spec = infer_preprocess(pairs)
     assert spec.resize.keep_aspect and spec.resize.rounding == "half_up"
+    assert spec.resize.placement == "center_up"  # 80 - 51 = 29 rows of padding: 15 above, 14 below
     np.testing.assert_allclose(spec.resize.pad_value, [0, 0, 0], atol=0.01)
     _check_reproduces(spec, pairs, integer=False)
 
