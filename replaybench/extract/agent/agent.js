@@ -1097,7 +1097,65 @@ function installJava(J) {
         return ov.call(this, data, format, w, h, strides);
       };
     });
+    // Camera frames as android.media.Image (YUV_420_888, e.g. CameraX ImageAnalysis) handed to an ML
+    // library: the three planes are repacked to I420 (row and pixel strides removed). Only hooked when
+    // the app ships the library (no error noise for the others).
+    const optional = function (name) {
+      try {
+        return J.use(name);
+      } catch (e) {
+        return null;
+      }
+    };
+    const imageHooks = [
+      ['com.google.mediapipe.framework.image.MediaImageBuilder', '$init', 'MediaImageBuilder(Image)'],
+      ['org.tensorflow.lite.support.image.TensorImage', 'load', 'TensorImage.load(Image)'],
+    ];
+    imageHooks.forEach(function (h) {
+      const C = optional(h[0]);
+      if (C === null) return;
+      tryHook(h[2], function () {
+        const ov = C[h[1]].overload('android.media.Image');
+        ov.implementation = function (image) {
+          try {
+            captureImagePlanes(image, h[2]);
+          } catch (e) {
+            noteError('image planes', e);
+          }
+          return ov.call(this, image);
+        };
+      });
+    });
   });
+}
+
+function captureImagePlanes(image, api) {
+  if (image.getFormat() !== 35) return; // ImageFormat.YUV_420_888
+  const w = image.getWidth();
+  const h = image.getHeight();
+  const cw = (w + 1) >> 1;
+  const ch = (h + 1) >> 1;
+  const n = w * h + 2 * cw * ch;
+  if (w * h < cfg.bitmapMinPixels || n > cfg.maxTensorBytes) return;
+  const J = javaBridge();
+  const env = J.vm.getEnv();
+  const planes = image.getPlanes();
+  const out = new Uint8Array(n);
+  let off = 0;
+  for (let p = 0; p < 3; p++) {
+    const plane = planes[p];
+    const addr = env.getDirectBufferAddress(plane.getBuffer().$h);
+    const rowStride = plane.getRowStride();
+    const pixelStride = plane.getPixelStride();
+    const pw = p === 0 ? w : cw;
+    const ph = p === 0 ? h : ch;
+    for (let y = 0; y < ph; y++) {
+      // The last row of a plane may end right after its last pixel: read only what the row holds.
+      const row = new Uint8Array(addr.add(y * rowStride).readByteArray((pw - 1) * pixelStride + 1));
+      for (let x = 0; x < pw; x++) out[off++] = row[x * pixelStride];
+    }
+  }
+  emit('bitmap', { width: w, height: h, format: 'I420', invoke: invokeSeq + 1, api: api }, out.buffer);
 }
 
 function captureBitmap(bmp, api, crop) {
