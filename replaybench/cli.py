@@ -146,21 +146,31 @@ def extract(
             help="Exit 0 even when a bundle fails its end-to-end fidelity check against the trace.",
         ),
     ] = False,
+    accept_unresolved: Annotated[
+        bool,
+        typer.Option(
+            "--accept-unresolved",
+            help="Exit 0 even when the trace does not determine a model's preprocessing (the bundle stays "
+            "marked trace_unresolved; replay still asks for --accept-unresolved).",
+        ),
+    ] = False,
 ) -> None:
     """Pull model blobs (and trace dumps), infer preprocessing, convert, write bundles.
 
     Writes OUTPUT/blobs/ (byte-exact, with manifest.json), OUTPUT/bundles/NAME/ and OUTPUT/extract.json.
-    With --trace, models the app decrypted in memory are recovered from the trace's dumps, the
-    preprocessing is solved from the captured bitmaps and input tensors, and every bundle is run end to
-    end on the traced bitmaps and compared with the app's own outputs (its fidelity; exit 16 when a
+    With --trace, models the app decrypted in memory are recovered from the trace's dumps and the
+    preprocessing is solved from the captured bitmaps and input tensors. A model whose preprocessing the
+    trace does not determine (no candidate reproduces the captured tensors within 1 quantisation step or
+    1e-3 of their range) is written marked trace_unresolved and extract exits 15. Every bundle is then run end
+    to end on the traced bitmaps and compared with the app's own outputs (its fidelity; exit 16 when a
     bundle fails it, and replay refuses that bundle without --allow-unfaithful).
 
     Example: replaybench extract app.apk --trace trace/ -o extracted/
     """
     from replaybench._console import NullProgress, RichProgress, emit_json
     from replaybench.bundle import PreprocessSpec, read_spec
-    from replaybench.errors import ParityError, UnfaithfulBundleError
-    from replaybench.extract.pipeline import extract_app
+    from replaybench.errors import ParityError, UnfaithfulBundleError, UnresolvedPreprocessError
+    from replaybench.extract.pipeline import extract_app, unresolved_models
 
     overrides: dict[str, PreprocessSpec] = {}
     for item in preprocess or []:
@@ -187,6 +197,21 @@ def extract(
         from replaybench.extract.render import print_extract_result
 
         print_extract_result(result)
+    unresolved = unresolved_models(result)
+    if unresolved and not accept_unresolved:
+        worst = ", ".join(
+            f"{m.file} (max error {(m.preprocess_residual or {}).get('max_error', float('nan')):.3g}, "
+            f"tolerance {(m.preprocess_residual or {}).get('tolerance', float('nan')):.3g})"
+            for m in unresolved
+        )
+        first = Path(unresolved[0].file).name
+        raise UnresolvedPreprocessError(
+            f"the trace does not determine the preprocessing of {len(unresolved)} model(s): {worst}. "
+            f"Their bundles and extract.json are written, marked trace_unresolved, with the best "
+            f"candidates and residuals",
+            hint="record more invokes with 'replaybench trace', or give the preprocessing with "
+            f"--preprocess {first}=SPEC.json, or accept the best candidate with --accept-unresolved",
+        )
     mismatched = [m.file for m in result.models if m.status == "parity_mismatch"]
     if mismatched and not allow_mismatch:
         raise ParityError(
@@ -320,8 +345,25 @@ def _render_bundle(bundle: Any, title: str) -> None:
     p = bundle.preprocess
     if p is not None:
         pre = Table("field", "value", "provenance", title="preprocessing")
+        r = p.resize
+        geometry = (
+            f" shorter side {r.shorter_side} + centre crop"
+            if r.shorter_side is not None
+            else f" letterbox {r.placement} pad {', '.join(f'{v:.4g}' for v in r.pad_value)}"
+            if r.keep_aspect
+            else " centre crop"
+            if r.crop == "center"
+            else ""
+        )
+        if r.crop_box is not None:
+            geometry += f" box {', '.join(f'{v:.3g}' for v in r.crop_box)}"
+        if r.roi == "per_image":
+            geometry += " (per-image region)"
+        turn = f" turned {p.rotation}" if p.rotation else ""
+        turn += " mirrored" if p.mirror else ""
+        src = f" from {p.source_format}" if p.source_format != "rgb" else ""
         rows = {
-            "resize": f"{p.resize.width}x{p.resize.height} {p.resize.method}",
+            "resize": f"{r.width}x{r.height} {r.method}{geometry}{turn}{src}",
             "color_order": p.color_order,
             "layout": p.layout,
             "dtype": p.dtype,
@@ -595,12 +637,22 @@ def replay(
             help="Replay a bundle whose end-to-end fidelity check failed (recorded in the predictions).",
         ),
     ] = False,
+    accept_unresolved: Annotated[
+        bool,
+        typer.Option(
+            "--accept-unresolved",
+            help="Replay bundles whose preprocessing the trace did not determine (trace_unresolved); "
+            "run.json records it.",
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Run a dataset through one or more bundles at high throughput; write predictions as Parquet.
 
     A bundle whose fidelity check against the app's trace failed is refused (exit 16) unless
     --allow-unfaithful; run.json and every Parquet part's metadata then record each bundle's verdict.
+    A bundle whose preprocessing is marked trace_unresolved is refused (exit 15) unless
+    --accept-unresolved.
 
     Example: replaybench replay bundles/age bundles/gender UTKFace/ --format utkface -o preds/
     """
@@ -633,6 +685,7 @@ def replay(
         face_margin=face_margin,
         part_rows=part_rows,
         allow_unfaithful=allow_unfaithful,
+        accept_unresolved=accept_unresolved,
     )
     progress = NullProgress() if json_out else RichProgress()
     STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"

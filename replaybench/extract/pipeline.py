@@ -53,7 +53,12 @@ class ExtractedModel(BaseModel):
     sha256: str
     location: str  # where it lives in the app (for a dump: the encrypted entry it came from, if known)
     ran_in_trace: bool | None = None  # None without a trace
-    preprocess_from: str | None = None  # trace / app_code / metadata-or-default
+    # trace / trace_unresolved / user / app_code / metadata-or-default
+    preprocess_from: str | None = None
+    # Trace-solved preprocessing: the best candidate's residuals (max_error against tolerance) and the
+    # best candidates, so an unresolved spec shows how close the search came.
+    preprocess_residual: dict[str, float] | None = None
+    preprocess_candidates: list[dict[str, Any]] | None = None
     bundle: str | None = None  # bundle folder, relative to the output folder
     status: Literal["converted", "parity_mismatch", "fidelity_failed", "failed", "not_converted"]
     error: str | None = None
@@ -125,8 +130,11 @@ def extract_app(
     convert each convertible model to a bundle. A model that fails to convert is recorded, not fatal.
 
     ``preprocess`` maps a model (its blob file name or stem, its name in the app, or a sha256 prefix) to
-    a spec given by hand; it wins over the trace. With a trace, every bundle's end-to-end fidelity is
-    checked on the traced invokes (``ExtractedModel.fidelity``, and the bundle's ``fidelity`` block).
+    a spec given by hand; it wins over the trace. A trace-solved spec that misses the captured tensors
+    is written with provenance ``trace_unresolved`` (``preprocess_from`` says so too); the caller
+    decides whether that is fatal (the CLI exits 15 after writing everything).
+    With a trace, every bundle's end-to-end fidelity is checked on the traced invokes
+    (``ExtractedModel.fidelity``, and the bundle's ``fidelity`` block).
 
     Example::
 
@@ -219,7 +227,6 @@ def _use_trace(
         AppIdentity,
         InventoryBlob,
         match_trace,
-        preprocessing_pairs,
         traced_invokes,
     )
 
@@ -287,12 +294,56 @@ def _use_trace(
     invokes = traced_invokes(tr)
     traced_by_sha.update(invokes)
     for sha, calls in invokes.items():
-        pairs = preprocessing_pairs(tr, sha)
-        if pairs:
-            pairs_by_sha[sha] = pairs
+        with_images = [c for c in calls if c.bitmap is not None and c.inputs]
+        if with_images:
+            pairs_by_sha[sha] = with_images
         inputs_by_sha[sha] = [
             [t.array for t in sorted(c.inputs, key=lambda t: t.index)] for c in calls if c.inputs
         ]
+
+
+def _override(overrides: dict[str, PreprocessSpec], model: ExtractedModel) -> PreprocessSpec | None:
+    """The hand-given spec for this model: by blob file name or stem, the name it has in the app
+    (assets/face.tflite: face.tflite or face), or a sha256 prefix of 8+ characters."""
+    name = Path(model.file).name
+    entry = model.location.split("@", 1)[0].replace("!", "/").rsplit("/", 1)[-1]
+    names = {name, Path(name).stem, entry, Path(entry).stem}
+    for key, spec in overrides.items():
+        if key in names or (len(key) >= 8 and model.sha256.startswith(key.lower())):
+            return spec
+    return None
+
+
+def _best_candidate(spec: PreprocessSpec) -> dict[str, Any]:
+    r = spec.resize
+    geometry = (
+        "shorter_side"
+        if r.shorter_side is not None
+        else "letterbox"
+        if r.keep_aspect
+        else "center"
+        if r.crop == "center"
+        else "stretch"
+    )
+    return {
+        "geometry": geometry,
+        "rotation": spec.rotation,
+        "mirror": spec.mirror,
+        "method": r.method,
+        "color_order": spec.color_order,
+        "layout": spec.layout,
+        "shorter_side": r.shorter_side,
+        "scale": spec.scale,
+        "offset": spec.offset,
+        "max_error": spec.residual.get("max_error"),
+        "mean_error": spec.residual.get("mean_error"),
+        "best": True,
+    }
+
+
+def unresolved_models(result: ExtractResult) -> list[ExtractedModel]:
+    """The models whose preprocessing the trace did not determine (``trace_unresolved``)."""
+    return [m for m in result.models if m.preprocess_from == "trace_unresolved"]
 
 
 def _convert(
@@ -310,7 +361,7 @@ def _convert(
     from replaybench.errors import ParityError
     from replaybench.extract.containers import safe_file_name
     from replaybench.extract.convert.writer import ConversionJob, convert_many
-    from replaybench.extract.preprocess import infer_preprocess
+    from replaybench.extract.preprocess import infer_from_invokes
 
     blobs_by_sha = {b.sha256: b for b in inv.model_blobs}
     jobs, models = [], []
@@ -325,8 +376,17 @@ def _convert(
             model.preprocess_from = "user"
         elif model.sha256 in pairs_by_sha:
             try:
-                spec = infer_preprocess(pairs_by_sha[model.sha256])
-                model.preprocess_from = "trace"
+                spec = infer_from_invokes(pairs_by_sha[model.sha256])
+                model.preprocess_from = "trace_unresolved" if spec.unresolved else "trace"
+                model.preprocess_residual = dict(spec.residual)
+                model.preprocess_candidates = [_best_candidate(spec), *spec.alternatives[:4]]
+                if spec.unresolved:
+                    log.warning(
+                        "%s: preprocessing unresolved (max error %.3g, tolerance %.3g)",
+                        model.file,
+                        spec.residual.get("max_error", float("nan")),
+                        spec.residual.get("tolerance", float("nan")),
+                    )
             except TraceError as e:
                 log.warning("preprocessing not recoverable from the trace for %s: %s", model.file, e)
         if spec is None and user is None and model.sha256 in blobs_by_sha:
@@ -366,18 +426,6 @@ def _convert(
             model.status = "converted"
         if traced_by_sha is not None:
             _check_fidelity(out_dir / "bundles" / name, model, traced_by_sha)
-
-
-def _override(overrides: dict[str, PreprocessSpec], model: ExtractedModel) -> PreprocessSpec | None:
-    """The hand-given spec for this model: by blob file name or stem, the name it has in the app
-    (assets/face.tflite: face.tflite or face), or a sha256 prefix of 8+ characters."""
-    name = Path(model.file).name
-    entry = model.location.split("@", 1)[0].replace("!", "/").rsplit("/", 1)[-1]
-    names = {name, Path(name).stem, entry, Path(entry).stem}
-    for key, spec in overrides.items():
-        if key in names or (len(key) >= 8 and model.sha256.startswith(key.lower())):
-            return spec
-    return None
 
 
 def _user_provenance() -> dict[str, Provenance]:

@@ -84,7 +84,14 @@ def print_extract_result(result: ExtractResult) -> None:
         for m in result.models:
             ran = "" if m.ran_in_trace is None else ("yes" if m.ran_in_trace else "no")
             status = m.bundle if m.status == "converted" else f"{m.status}: {m.error or ''}"
-            t.add_row(m.file, m.format, m.location, ran, m.preprocess_from or "", status)
+            pre: str | Text = m.preprocess_from or ""
+            if m.preprocess_from == "trace_unresolved" and m.preprocess_residual:
+                res = m.preprocess_residual
+                pre = Text.assemble(
+                    ("UNRESOLVED", "red"),
+                    f" max err {res.get('max_error', float('nan')):.3g} > {res.get('tolerance', float('nan')):.3g}",
+                )
+            t.add_row(m.file, m.format, m.location, ran, pre, status)
         con.print(t)
         checked = [m for m in result.models if m.fidelity is not None]
         if checked:

@@ -9,15 +9,16 @@ Parquet parts' metadata, see ``replaybench.replay.runner``).
 from __future__ import annotations
 
 from replaybench.bundle import Bundle
-from replaybench.errors import UnfaithfulBundleError
+from replaybench.errors import UnfaithfulBundleError, UnresolvedPreprocessError
 
 
 def check_bundle_admissible(bundle: Bundle, *, allow_unfaithful: bool, accept_unresolved: bool) -> list[str]:
     """Raise a typed error when replay must refuse ``bundle``; return the notes of what was accepted.
 
+    - preprocessing the trace did not determine (``trace_unresolved``, the likelier root cause, so it is
+      checked first): refused with ``UnresolvedPreprocessError`` (exit 15) unless ``accept_unresolved``;
     - fidelity ``failed`` (replay does not reproduce the app's outputs on the traced invokes): refused
-      with ``UnfaithfulBundleError`` (exit 16) unless ``allow_unfaithful``;
-    - unresolved preprocessing: see the block below (``accept_unresolved``).
+      with ``UnfaithfulBundleError`` (exit 16) unless ``allow_unfaithful``.
 
     Example::
 
@@ -25,7 +26,20 @@ def check_bundle_admissible(bundle: Bundle, *, allow_unfaithful: bool, accept_un
     """
     notes: list[str] = []
 
-    # --- fidelity (kernels) ---
+    # --- unresolved preprocessing: no candidate reproduced the captured input tensors ---
+    pre = bundle.preprocess
+    if pre is not None and pre.unresolved:
+        if not accept_unresolved:
+            raise UnresolvedPreprocessError(
+                f"the preprocessing of {bundle.name} (max error {pre.residual.get('max_error', float('nan')):.3g}, "
+                f"tolerance {pre.residual.get('tolerance', float('nan')):.3g}) was not determined by its trace: "
+                "its predictions would not be what the app computes",
+                hint="give the preprocessing ('replaybench extract ... --preprocess MODEL=SPEC' or 'replaybench "
+                "convert ... --preprocess SPEC'), record more invokes, or replay anyway with --accept-unresolved",
+            )
+        notes.append("preprocessing unresolved by its trace: replayed with --accept-unresolved")
+
+    # --- end-to-end fidelity against the app's own outputs ---
     fid = bundle.fidelity
     if fid is not None and fid.verdict == "failed":
         if not allow_unfaithful:
@@ -36,9 +50,5 @@ def check_bundle_admissible(bundle: Bundle, *, allow_unfaithful: bool, accept_un
                 "or replay it anyway with --allow-unfaithful (the predictions then record that)",
             )
         notes.append(f"fidelity failed, replayed with --allow-unfaithful: {fid.reason}")
-
-    # --- unresolved preprocessing (preproc) ---
-    # preproc fills this in: refuse a bundle whose preprocessing provenance is ``trace_unresolved`` with
-    # its typed error unless ``accept_unresolved``, and append a note when it is accepted.
 
     return notes

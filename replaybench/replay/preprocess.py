@@ -279,33 +279,204 @@ def resize(
 
 def crop(img: np.ndarray, spec: ResizeSpec) -> np.ndarray:
     """Apply the spec's crop box, then its centre crop to the target aspect ratio (before resizing)."""
-    h, w = img.shape[:2]
-    if spec.crop_box is not None:
-        x0, y0, x1, y1 = spec.crop_box
-        img = img[int(round(y0 * h)) : int(round(y1 * h)), int(round(x0 * w)) : int(round(x1 * w))]
-        h, w = img.shape[:2]
-    if spec.crop == "center":
-        target = spec.width / spec.height
-        if w / h > target:  # too wide: trim the sides
-            cw = max(1, int(round(h * target)))
-            left = (w - cw) // 2
-            img = img[:, left : left + cw]
-        elif w / h < target:
-            ch = max(1, int(round(w / target)))
-            top = (h - ch) // 2
-            img = img[top : top + ch]
+    img = crop_box(img, spec.crop_box)
+    if spec.crop == "center" and spec.shorter_side is None:
+        img = center_crop_to_aspect(img, spec.width, spec.height)
     return img
+
+
+def center_crop_to_aspect(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The largest centred window of the width:height aspect (the odd pixel goes after it)."""
+    h, w = img.shape[:2]
+    target = width / height
+    if w / h > target:  # too wide: trim the sides
+        cw = max(1, int(round(h * target)))
+        left = (w - cw) // 2
+        return img[:, left : left + cw]
+    if w / h < target:
+        ch = max(1, int(round(w / target)))
+        top = (h - ch) // 2
+        return img[top : top + ch]
+    return img
+
+
+def crop_box(img: np.ndarray, box: tuple[float, float, float, float] | None) -> np.ndarray:
+    """The (x0, y0, x1, y1) box given as fractions of the image (edges rounded to whole pixels)."""
+    if box is None:
+        return img
+    h, w = img.shape[:2]
+    x0, y0, x1, y1 = box
+    top, bottom = int(round(y0 * h)), int(round(y1 * h))
+    left, right = int(round(x0 * w)), int(round(x1 * w))
+    if bottom <= top or right <= left:
+        raise ValueError(f"crop box {box} is empty on a {w}x{h} image")
+    return img[top:bottom, left:right]
+
+
+def orient(img: np.ndarray, rotation: int, mirror: bool) -> np.ndarray:
+    """Rotate clockwise by ``rotation`` degrees (0/90/180/270), then mirror left-right when ``mirror``.
+
+    The eight combinations are every way a camera frame can be turned (sensor orientation, front camera).
+    """
+    if rotation % 90:
+        raise ValueError(f"rotation must be a multiple of 90 degrees, got {rotation}")
+    k = (rotation // 90) % 4
+    if k:
+        img = np.rot90(img, k=-k)  # numpy turns counter-clockwise for positive k
+    if mirror:
+        img = img[:, ::-1]
+    return img
+
+
+def letterbox_geometry(src_w: int, src_h: int, spec: ResizeSpec) -> tuple[int, int, int, int]:
+    """(content width, content height, left, top) of a letterbox of a src_w x src_h image.
+
+    The content keeps the source aspect and fits inside width x height; its size rounds as the spec says
+    (``floor``: Java's ``(int) (w * scale)``, with a 1e-6 allowance for float error on the fitting side;
+    ``round``: Python/YOLO ``round``, half to even; ``half_up``: Java's ``Math.round``); ``center``
+    puts the odd pixel of padding after the content, ``center_up`` before it.
+    """
+    s = min(spec.width / src_w, spec.height / src_h)
+    if spec.rounding == "floor":
+        nw, nh = int(np.floor(src_w * s + 1e-6)), int(np.floor(src_h * s + 1e-6))
+    elif spec.rounding == "half_up":
+        nw, nh = int(np.floor(src_w * s + 0.5)), int(np.floor(src_h * s + 0.5))
+    else:
+        nw, nh = int(round(src_w * s)), int(round(src_h * s))
+    nw, nh = min(max(1, nw), spec.width), min(max(1, nh), spec.height)
+    if spec.placement == "top_left":
+        return nw, nh, 0, 0
+    if spec.placement == "center_up":
+        return nw, nh, (spec.width - nw + 1) // 2, (spec.height - nh + 1) // 2
+    return nw, nh, (spec.width - nw) // 2, (spec.height - nh) // 2
 
 
 def _letterbox(img: np.ndarray, spec: ResizeSpec, backend: ResizeBackend = "numpy") -> np.ndarray:
     h, w = img.shape[:2]
-    s = min(spec.width / w, spec.height / h)
-    nw, nh = max(1, int(round(w * s))), max(1, int(round(h * s)))
+    nw, nh, left, top = letterbox_geometry(w, h, spec)
     inner = resize(img, nw, nh, spec.method, backend)
-    out = np.zeros((spec.height, spec.width, img.shape[2]), dtype=np.float32)
-    top, left = (spec.height - nh) // 2, (spec.width - nw) // 2
+    pad = np.resize(np.asarray(spec.pad_value, dtype=np.float32), img.shape[2])
+    out = np.empty((spec.height, spec.width, img.shape[2]), dtype=np.float32)
+    out[...] = pad
     out[top : top + nh, left : left + nw] = inner
     return out
+
+
+def shorter_side_size(src_w: int, src_h: int, shorter: int) -> tuple[int, int]:
+    """torchvision ``Resize(S)``: the shorter side becomes S, the longer ``int(S * long / short)``."""
+    if src_w <= src_h:
+        return shorter, int(shorter * src_h / src_w)
+    return int(shorter * src_w / src_h), shorter
+
+
+def center_crop_offsets(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
+    """torchvision ``CenterCrop``: (left, top) = ``int(round((src - crop) / 2))`` (Python's round)."""
+    return int(round((src_w - width) / 2.0)), int(round((src_h - height) / 2.0))
+
+
+def _shorter_side_crop(img: np.ndarray, spec: ResizeSpec, backend: ResizeBackend = "numpy") -> np.ndarray:
+    assert spec.shorter_side is not None
+    h, w = img.shape[:2]
+    nw, nh = shorter_side_size(w, h, spec.shorter_side)
+    if nw < spec.width or nh < spec.height:
+        raise ValueError(
+            f"shorter side {spec.shorter_side} of a {w}x{h} image is smaller than the {spec.width}x"
+            f"{spec.height} crop"
+        )
+    resized = resize(img, nw, nh, spec.method, backend)
+    left, top = center_crop_offsets(nw, nh, spec.width, spec.height)
+    return resized[top : top + spec.height, left : left + spec.width]
+
+
+def geometry(img: np.ndarray, r: ResizeSpec, backend: ResizeBackend = "numpy") -> np.ndarray:
+    """The resize/crop/letterbox part of a spec on an (already oriented) RGB image: float32 pixels."""
+    if r.shorter_side is not None:
+        return _shorter_side_crop(img, r, backend)
+    if r.keep_aspect and r.crop == "none":
+        return _letterbox(img, r, backend)
+    if r.crop == "center":
+        img = center_crop_to_aspect(img, r.width, r.height)
+    return resize(img, r.width, r.height, r.method, backend)
+
+
+# ------------------------------------------------------------------------------- camera frames (YUV)
+# BT.601 limited range ("video range"), as Android camera frames are and as libyuv converts them
+# (NV21ToARGB / I420ToARGB with kYuvI601Constants). Chroma is 2x2 subsampled and upsampled by
+# repetition (libyuv's row functions use one U/V pair for two pixels on two rows).
+
+# libyuv row_common.cc YuvPixel, 6-bit fixed point: YG = round(1.164 * 64 * 256 * 256 / 257),
+# YGB = 1.164 * 64 * -16 + 64 / 2, UB = max(-128, round(-2.018 * 64)), UG = round(0.391 * 64),
+# VG = round(0.813 * 64), VR = round(-1.596 * 64).
+_YG, _YGB, _UB, _UG, _VG, _VR = 18997, -1160, -128, 25, 52, -102
+_BB, _BG, _BR = _UB * 128 + _YGB, _UG * 128 + _VG * 128 + _YGB, _VR * 128 + _YGB
+
+
+def yuv_to_rgb_bt601(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Full-resolution Y, U, V planes (uint8, same shape) to (H, W, 3) uint8 RGB with libyuv's integer
+    BT.601 limited-range formula (``YuvPixel`` in libyuv's row_common.cc)."""
+    y32 = y.astype(np.int64)
+    u32 = u.astype(np.int64)
+    v32 = v.astype(np.int64)
+    y1 = (y32 * 0x0101 * _YG) >> 16
+    b = (-(u32 * _UB) + y1 + _BB) >> 6  # arithmetic shift, as the C code on int32
+    g = (-(v32 * _VG + u32 * _UG) + y1 + _BG) >> 6
+    r = (-(v32 * _VR) + y1 + _BR) >> 6
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+
+
+def _upsample_chroma(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.repeat(np.repeat(plane, 2, axis=0), 2, axis=1)[:height, :width]
+
+
+def yuv420_to_rgb(data: bytes | np.ndarray, width: int, height: int, layout: str) -> np.ndarray:
+    """A packed 4:2:0 frame to RGB: ``layout`` "NV21" (Y, then V/U interleaved: Android's camera
+    default), "NV12" (Y, then U/V) or "I420" (Y, U, V planes). Odd sizes round the chroma planes up."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else np.asarray(data, np.uint8)
+    cw, ch = (width + 1) // 2, (height + 1) // 2
+    need = width * height + 2 * cw * ch
+    if buf.size != need:
+        raise ValueError(f"a {width}x{height} {layout} frame has {need} bytes, got {buf.size}")
+    y = buf[: width * height].reshape(height, width)
+    rest = buf[width * height :]
+    if layout in ("NV21", "NV12"):
+        inter = rest.reshape(ch, cw, 2)
+        first, second = inter[..., 0], inter[..., 1]
+        u, v = (second, first) if layout == "NV21" else (first, second)
+    elif layout == "I420":
+        u, v = rest[: cw * ch].reshape(ch, cw), rest[cw * ch :].reshape(ch, cw)
+    else:
+        raise ValueError(f"unknown YUV layout {layout!r}; known: NV21, NV12, I420")
+    return yuv_to_rgb_bt601(y, _upsample_chroma(u, height, width), _upsample_chroma(v, height, width))
+
+
+def rgb_to_yuv420(img: np.ndarray, layout: str = "NV21") -> bytes:
+    """RGB (H, W, 3) uint8 to a packed 4:2:0 frame, BT.601 limited range with libyuv's integer
+    ``RGBToY``/``RGBToU``/``RGBToV`` (chroma from the rounded mean of each 2x2 block). Replay uses it
+    to give photos the chroma subsampling and limited range a camera frame has."""
+    h, w = img.shape[:2]
+    px = img[..., :3].astype(np.int64)
+    r, g, b = px[..., 0], px[..., 1], px[..., 2]
+    y = (66 * r + 129 * g + 25 * b + 0x1080) >> 8
+    ph, pw = h + (h & 1), w + (w & 1)
+    padded = np.pad(px, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+    avg = (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2] + 2) >> 2
+    ar, ag, ab = avg[..., 0], avg[..., 1], avg[..., 2]
+    u = (112 * ab - 74 * ag - 38 * ar + 0x8080) >> 8
+    v = (112 * ar - 94 * ag - 18 * ab + 0x8080) >> 8
+    y8, u8, v8 = (np.clip(c, 0, 255).astype(np.uint8) for c in (y, u, v))
+    if layout == "I420":
+        return y8.tobytes() + u8.tobytes() + v8.tobytes()
+    pair = np.stack([v8, u8] if layout == "NV21" else [u8, v8], axis=-1)
+    return y8.tobytes() + pair.tobytes()
+
+
+def source_roundtrip(img: np.ndarray, source_format: str) -> np.ndarray:
+    """RGB -> the spec's camera format -> RGB (``rgb``: unchanged)."""
+    if source_format == "rgb":
+        return img
+    layout = {"nv21": "NV21", "i420": "I420"}[source_format]
+    h, w = img.shape[:2]
+    return yuv420_to_rgb(rgb_to_yuv420(img, layout), w, h, layout)
 
 
 def to_color_order(img: np.ndarray, order: str) -> np.ndarray:
@@ -334,7 +505,8 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def apply_preprocess(img: np.ndarray, spec: PreprocessSpec, backend: ResizeBackend = "numpy") -> np.ndarray:
-    """The whole spec: crop, resize, colour order, normalise/quantise, layout. Returns no batch axis.
+    """The whole spec: camera-format round trip, crop box, orientation, geometry (stretch, centre crop,
+    letterbox or shorter side + centre crop), colour order, normalise/quantise, layout. No batch axis.
 
     ``backend``: see ``resize`` (replay's workers pass ``"onnxruntime"``).
 
@@ -345,11 +517,9 @@ def apply_preprocess(img: np.ndarray, spec: PreprocessSpec, backend: ResizeBacke
         (2, 2, 3)
     """
     r = spec.resize
-    img = crop(img, r)
-    if r.keep_aspect and r.crop == "none":
-        pixels = _letterbox(img, r, backend)
-    else:
-        pixels = resize(img, r.width, r.height, r.method, backend)
+    img = source_roundtrip(img, spec.source_format)
+    img = orient(crop_box(img, r.crop_box), spec.rotation, spec.mirror)
+    pixels = geometry(img, r, backend)
     pixels = to_color_order(pixels, spec.color_order)
     if spec.dtype == "float32" and spec.quantization is None and pixels.dtype == np.float32:
         # ``pixels`` is a fresh array owned here: normalise in place (same arithmetic as ``normalize``).

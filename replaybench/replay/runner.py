@@ -324,6 +324,20 @@ def _parts_metadata(bundles: Sequence[LoadedBundle], opts: ReplayOptions) -> dic
     }
 
 
+def _manifest_bundle(lb: LoadedBundle) -> dict[str, Any]:
+    """A bundle's entry in run.json; an unresolved preprocessing replayed anyway is recorded there."""
+    entry: dict[str, Any] = {
+        "name": lb.bundle.name,
+        "model_sha256": _file_sha256(lb.runtime_paths[0]),
+        "runtime": lb.bundle.runtime.name,
+        "fidelity": lb.bundle.fidelity.verdict if lb.bundle.fidelity else None,
+    }
+    if lb.bundle.preprocess is not None and lb.bundle.preprocess.unresolved:
+        entry["preprocess_unresolved"] = True
+        entry["accepted_unresolved"] = True  # only reachable with --accept-unresolved
+    return entry
+
+
 def _group_specs(bundles: Sequence[LoadedBundle]) -> tuple[list[PreprocessSpec], list[int]]:
     """Distinct preprocess specs (compared on what changes the tensor) and each bundle's group index."""
     specs: list[PreprocessSpec] = []
@@ -565,14 +579,7 @@ def replay(
             "fingerprint": _fingerprint(fmt, items),
             "items": len(items),
         },
-        "bundles": [
-            {
-                "name": lb.bundle.name,
-                "model_sha256": _file_sha256(lb.runtime_paths[0]),
-                "fidelity": lb.bundle.fidelity.verdict if lb.bundle.fidelity else None,
-            }
-            for lb in bundles
-        ],
+        "bundles": [_manifest_bundle(lb) for lb in bundles],
         "settings": {
             "limit": opts.limit,
             "shuffle": opts.shuffle,
@@ -707,7 +714,12 @@ def replay(
                 folder=str(lb.folder),
                 batch_mode=ms.batch_mode,
                 preprocess_group=g,
-                notes=[*accepted, *ms.notes],
+                notes=[*accepted, *ms.notes]
+                + (
+                    ["the app fed this model a per-image region (a detected face): give it such crops"]
+                    if lb.bundle.preprocess is not None and lb.bundle.preprocess.resize.roi == "per_image"
+                    else []
+                ),
             )
             for lb, ms, g, accepted in zip(bundles, sessions, groups, admitted, strict=True)
         ],

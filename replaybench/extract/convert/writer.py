@@ -162,7 +162,7 @@ def _input_shapes(
 
 def _given_by_user(preprocess: PreprocessSpec) -> PreprocessSpec:
     """A spec given to convert: fields it does not attribute themselves are the user's."""
-    provenance = {
+    provenance = dict(preprocess.provenance) | {  # keeps the spec's other fields (rotation, mirror, ...)
         f: preprocess.provenance.get(f, Provenance.USER)
         for f in ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
     }
