@@ -550,6 +550,90 @@ def replay(
     )
 
 
+@app.command("replay-app")
+def replay_app(
+    hooks: Annotated[Path, typer.Argument(help="The hook manifest (JSON) for this app version.")],
+    dataset: Annotated[Path, typer.Argument(help="The dataset (same formats as replay).")],
+    output: OutDir,
+    program_args: Annotated[
+        list[str] | None, typer.Argument(metavar="[-- ARGS]", help="Arguments for a spawned local program.")
+    ] = None,
+    usb: Annotated[bool, typer.Option("--usb", help="Use the USB device.")] = False,
+    remote: Annotated[str | None, typer.Option("--remote", help="Use frida-server at HOST[:PORT].")] = None,
+    pid: Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")] = None,
+    spawn: Annotated[
+        str | None, typer.Option("--spawn", help="Spawn this package or program (lets replay restart it).")
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Dataset format (default: detect), as for replay.")
+    ] = None,
+    pattern: Annotated[str | None, typer.Option("--pattern", help="folders: labels from the path.")] = None,
+    in_flight: Annotated[int, typer.Option("--in-flight", help="Items posted and unanswered at most.")] = 8,
+    item_timeout: Annotated[
+        float, typer.Option("--item-timeout", help="Seconds an item may run before the app counts as hung.")
+    ] = 30.0,
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", help="Give up after restarting a crashed or hung app this often.")
+    ] = 20,
+    workers: Annotated[int, typer.Option("--workers", help="Decode threads on the host.")] = 2,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run in the same output folder.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Replay only the first N items.")] = None,
+    shuffle: Annotated[
+        bool, typer.Option("--shuffle", help="Shuffle items (with --seed) before --limit.")
+    ] = False,
+    seed: Seed = 0,
+    part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    json_out: JsonFlag = False,
+) -> None:
+    """Replay a dataset inside the app: feed each item to the app's own pipeline through the Frida agent,
+    as the hook manifest says, and write its results as predictions (route in_app). Needs the frida extra.
+
+    A separate command from replay: it takes a manifest and a device instead of bundles, and a spawned
+    local program's arguments after --.
+
+    Example: replaybench replay-app hooks.json UTKFace/ --usb --spawn com.example.app -o preds-app/
+    """
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.replay.inapp import InAppOptions, InAppTarget, replay_in_app
+
+    target = InAppTarget(
+        usb=usb, remote=remote, pid=pid, name=name, spawn=spawn, spawn_args=list(program_args or [])
+    )
+    target.check()
+    if fmt is not None and fmt != "folders" and pattern is not None:
+        raise UsageError("--pattern only applies to --format folders")
+    options = InAppOptions(
+        format=fmt,
+        pattern=pattern,
+        in_flight=in_flight,
+        item_timeout=item_timeout,
+        max_restarts=max_restarts,
+        workers=workers,
+        resume=resume,
+        limit=limit,
+        shuffle=shuffle,
+        seed=seed,
+        part_rows=part_rows,
+    )
+    STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"
+    progress = NullProgress() if json_out else RichProgress()
+    result = replay_in_app(hooks, dataset, output, target, options, progress)
+    if json_out:
+        emit_json(result)
+        return
+    from replaybench._console import stdout_console
+
+    stdout_console().print(
+        f"in-app replay of {result.app_package} {result.app_version_reported or '(version not read)'} -> "
+        f"{result.output}: {result.items_processed} items ({result.items_skipped_done} already done): "
+        f"{result.items_ok} ok, {result.items_error} error, {result.items_filtered} skipped; "
+        f"{result.restarts} app restarts; {result.items_per_second:,.1f} items/s"
+    )
+
+
 # -------------------------------------------------------------------------------------------- evaluate
 
 

@@ -106,7 +106,7 @@ class NativeSignature(_Strict):
     """The C signature of a native entry point, argument by argument.
 
     ``buffer`` the pixels, ``width``/``height``/``stride`` (bytes per row)/``length`` (bytes), ``format``
-    (``format_value``), ``output`` a float buffer the agent allocates for the ``output_tensor`` read,
+    (``format_value``), ``output`` a buffer the agent allocates (read by ``output_tensor``; 64 KiB of scratch otherwise),
     ``output_count`` its element count; an integer is passed as that constant."""
 
     args: list[NativeArg | int]
@@ -284,8 +284,6 @@ class HookManifest(_Strict):
         if isinstance(read, OutputTensorRead):
             if signature is None or "output" not in signature.args:
                 raise ValueError("read 'output_tensor' needs a native feed whose signature has an 'output' argument")
-        elif signature is not None and "output" in signature.args:
-            raise ValueError("the signature has an 'output' argument but the read is not 'output_tensor'")
         if isinstance(read, ReturnValueRead):
             if isinstance(feed, FrameSubstitutionFeed):
                 raise ValueError("read 'return_value' needs a feed that calls a function; with frame_substitution read a json_message")

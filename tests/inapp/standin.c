@@ -10,12 +10,15 @@
  * Program: standin WEIGHTS. Environment (test knobs):
  *   STANDIN_CRASH_AT=N      SIGSEGV in the Nth call of a run function (exported or by offset)
  *   STANDIN_HANG_AT=N       hang forever in the Nth call instead
+ *   STANDIN_GARBLE_AT=N     the Nth call posts a message that is not JSON
+ *   STANDIN_CALL_US=N       every call takes N microseconds longer (a slow engine)
  *   STANDIN_ONCE=PATH       with the two above: only while PATH does not exist (it is created first)
  *   STANDIN_FRAME_MS=N      camera frame interval (default 2 ms)
  *   STANDIN_MAX_SECONDS=N   exit after N seconds (default 600): no stray process outlives a test
  * It also exits when its parent process dies (a killed host).
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,8 +95,20 @@ static void conv3x3s2(const float *in, int w, int h, int cin, const float *wt, c
       }
 }
 
-/* The engine: pixels (RGB888 or RGBA8888, width x height = the model's input) -> n_out floats. */
+/* One engine instance with shared scratch, so one call at a time: the camera loop and a call from the
+ * agent's thread would otherwise race on the scratch (seen: one wrong result in 40 before this lock). */
+static pthread_mutex_t engine_lock = PTHREAD_MUTEX_INITIALIZER;
+static int engine_run_locked(const uint8_t *pixels, int width, int height, int format, float *out);
+
 static int engine_run(const uint8_t *pixels, int width, int height, int format, float *out) {
+  pthread_mutex_lock(&engine_lock);
+  int rc = engine_run_locked(pixels, width, height, format, out);
+  pthread_mutex_unlock(&engine_lock);
+  return rc;
+}
+
+/* The engine: pixels (RGB888 or RGBA8888, width x height = the model's input) -> n_out floats. */
+static int engine_run_locked(const uint8_t *pixels, int width, int height, int format, float *out) {
   if (width != engine.in_w || height != engine.in_h) return -2;
   if (format != FMT_RGB888 && format != FMT_RGBA8888) return -3;
   int bpp = format == FMT_RGBA8888 ? 4 : 3;
@@ -127,10 +142,22 @@ EXPORT int standin_format_message(const float *out, char *dst, int size) {
 }
 
 /* What the app calls with every result (the hook point of the json_message read). */
-EXPORT void post_message(const char *json) { __asm__ volatile("" : : "r"(json) : "memory"); }
+static const char *volatile last_message;
+static volatile unsigned messages_posted;
+EXPORT void post_message(const char *json) {
+  last_message = json; /* long enough a body for an inline hook to patch */
+  messages_posted++;
+}
+
+static int garble_next; /* set by the program's test knobs */
 
 static __attribute__((unused)) void emit(const float *out) {
   char msg[256];
+  if (garble_next) {
+    garble_next = 0;
+    post_message("face_count=1; age=?"); /* an SDK that changed its message format */
+    return;
+  }
   standin_format_message(out, msg, sizeof msg);
   post_message(msg);
 }
@@ -154,6 +181,9 @@ static void misbehave(void) {
   calls++;
   const char *once = getenv("STANDIN_ONCE");
   int crash = env_int("STANDIN_CRASH_AT", 0), hang = env_int("STANDIN_HANG_AT", 0);
+  int slow = env_int("STANDIN_CALL_US", 0);
+  if (slow > 0) usleep(slow);
+  if (calls == env_int("STANDIN_GARBLE_AT", 0)) garble_next = 1;
   if (calls != crash && calls != hang) return;
   if (once && *once) {
     if (access(once, F_OK) == 0) return;

@@ -8,6 +8,7 @@ same source that ``StandinEngine`` calls through ctypes: the engine's outputs, d
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import shutil
 import struct
@@ -44,13 +45,14 @@ def write_weights(path: Path, width: int, height: int, c1: int = 8, c2: int = 16
     path.write_bytes(blob)
 
 
-def _build(folder: Path, width: int, height: int) -> None:
+def _build(folder: Path, width: int, height: int, source_sha256: str) -> None:
+    del source_sha256  # only keys the cache: an edit of standin.c rebuilds
     gcc = shutil.which("gcc")
     if gcc is None:
         raise RuntimeError("gcc is needed to build the stand-in app (apt-get install gcc)")
     full = folder / "standin.full"
     subprocess.run(
-        [gcc, *CFLAGS, "-fPIE", "-pie", "-rdynamic", f'-DSTANDIN_VERSION="{VERSION}"', "-o", full, SOURCE, "-lm"],
+        [gcc, *CFLAGS, "-fPIE", "-pie", "-rdynamic", f'-DSTANDIN_VERSION="{VERSION}"', "-o", full, SOURCE, "-lm", "-lpthread"],
         check=True,
     )
     symbols = subprocess.run(["nm", full], check=True, capture_output=True, text=True).stdout
@@ -59,7 +61,7 @@ def _build(folder: Path, width: int, height: int) -> None:
     subprocess.run(["strip", "-o", program, full], check=True)
     full.unlink()
     subprocess.run(
-        [gcc, *CFLAGS, "-fPIC", "-shared", "-DSTANDIN_LIBRARY", "-o", folder / "libstandin.so", SOURCE, "-lm"],
+        [gcc, *CFLAGS, "-fPIC", "-shared", "-DSTANDIN_LIBRARY", "-o", folder / "libstandin.so", SOURCE, "-lm", "-lpthread"],
         check=True,
     )
     write_weights(folder / "weights.sie", width, height)
@@ -78,7 +80,8 @@ class Standin:
 
 def build_standin(width: int = 64, height: int = 64) -> Standin:
     """The stand-in app for a ``width`` x ``height`` engine input (built once per size)."""
-    folder = cached_build("inapp-standin", _build, width=width, height=height)
+    source = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    folder = cached_build("inapp-standin", _build, width=width, height=height, source_sha256=source)
     info = json.loads((folder / "build.json").read_text(encoding="utf-8"))
     return Standin(
         program=folder / "standin",

@@ -120,10 +120,9 @@ function prepareNative(missing) {
   // propagate: a crash inside the app's code kills the app as it would by itself (the host respawns it
   // and the item becomes an error row), rather than leaving it running in an unknown state.
   state.call = new NativeFunction(address, sig.returns, argTypes, { exceptions: 'propagate' });
-  if (read.kind === 'output_tensor') {
-    state.outBytes = outputBytes();
-    state.outBuf = Memory.alloc(Math.max(state.outBytes, 16));
-  }
+  if (read.kind === 'output_tensor') state.outBytes = outputBytes();
+  // Without an output_tensor read the output argument is scratch the app may write: 64 KiB of it.
+  if (sig.args.indexOf('output') >= 0) state.outBuf = Memory.alloc(Math.max(state.outBytes, 65536));
 }
 
 function prepareFrameSite(missing) {
@@ -322,7 +321,7 @@ function runNative(item) {
       case 'stride': return item.width * bpp;
       case 'format': return sig.format_value;
       case 'length': return n;
-      case 'output_count': return outputCount();
+      case 'output_count': return read.kind === 'output_tensor' ? outputCount() : 65536 / 4;
     }
     throw new Error('unknown argument kind ' + a);
   });
