@@ -292,6 +292,8 @@ class HookManifest(_Strict):
         if isinstance(read, JsonMessageRead) and isinstance(read.hook, JavaMethodHook) != java_feed:
             if not isinstance(feed, FrameSubstitutionFeed):  # a native camera loop may still post to Java
                 raise ValueError("a json_message hook on a Java method goes with a Java feed, a native hook with a native feed")
+        if java_feed and self.input.pixel_format != "RGBA8888":
+            raise ValueError("a Java Bitmap is ARGB_8888, whose bytes are R,G,B,A: input.pixel_format must be RGBA8888")
         if isinstance(feed, FrameSubstitutionFeed) and self.input.resize is None:
             raise ValueError("frame_substitution overwrites a frame of fixed size: input.resize must give it")
         sizes = self.output_sizes()

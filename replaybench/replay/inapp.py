@@ -139,7 +139,7 @@ def _numbers(value: object, count: int, what: str) -> np.ndarray:
     """A number, or a list of ``count`` numbers, as float64; ValueError naming ``what`` otherwise."""
     vals = value if isinstance(value, list) else [value]
     if len(vals) != count or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
-        raise ValueError(f"{what} is {_raw(value)}, not {'a number' if count == 1 else f'{count} numbers'}")
+        raise ValueError(f"{what} is {_raw(json.dumps(value, default=str))}, not {'a number' if count == 1 else f'{count} numbers'}")
     arr = np.asarray(vals, np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{what} is not finite: {_raw(value)}")
