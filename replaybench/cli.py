@@ -765,11 +765,18 @@ def _render_evaluation(summary: Any) -> None:
             )
         console.print(table)
     if summary.comparison:
-        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "worst group")
-        table.title = f"agreement with {summary.comparison.other}"
-        for a in summary.comparison.fields:
+        c = summary.comparison
+        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "worst group", "routes")
+        table.title = f"agreement with {c.other} ({c.route} vs {c.route_other})"
+        for a in c.fields:
             table.add_row(
-                a.field, str(a.n), f(a.agreement), f(a.kappa), f(a.mean_abs_diff), a.worst_group or "-"
+                a.field,
+                str(a.n),
+                f(a.agreement),
+                f(a.kappa),
+                f(a.mean_abs_diff),
+                a.worst_group or "-",
+                f"{a.route} vs {a.route_other}",
             )
         console.print(table)
     for w in summary.warnings:

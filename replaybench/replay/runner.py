@@ -578,10 +578,10 @@ def replay(
         sessions, decoded = _open_sessions(bundles, specs, groups, opts, threads, spinning=n_workers == 0)
         ltypes = label_types([it.labels for it in items])
         reserved = (
-            set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption"}
+            set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption", "route"}
         )
         label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = {"route": "str"}  # offline here; in_app from replay/inapp.py
         if any(it.post_id is not None or it.caption is not None for it in items):
             extra.update({"post_id": "str", "caption": "str"})
         if opts.faces is not None:
@@ -622,6 +622,7 @@ def replay(
                 "source_path": [str(it.path.absolute()) if it.path else None for it in chunk],
                 "status": status,
                 "error": res["error"],
+                "route": ["offline"] * n,
             }
             for key, kind in ltypes.items():
                 base[label_cols[key]] = [as_label(kind, it.labels.get(key)) for it in chunk]
