@@ -7,6 +7,7 @@ error's exit code in ``main``; tracebacks only with ``--debug``.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,12 @@ distill_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(distill_app, name="distill")
+hooks_app = typer.Typer(
+    help="Hook manifests for in-app replay (replay-app).\n\nExample: replaybench hooks suggest trace/ -o hooks.json",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(hooks_app, name="hooks")
 
 
 class _State:
@@ -631,6 +638,46 @@ def replay_app(
         f"{result.output}: {result.items_processed} items ({result.items_skipped_done} already done): "
         f"{result.items_ok} ok, {result.items_error} error, {result.items_filtered} skipped; "
         f"{result.restarts} app restarts; {result.items_per_second:,.1f} items/s"
+    )
+
+
+@hooks_app.command("suggest")
+def hooks_suggest(
+    trace_dir: Annotated[Path, typer.Argument(metavar="TRACE", help="A trace folder (or its trace.jsonl).")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the draft manifest here.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Draft a hook manifest from a trace: the functions that took the traced frames and the ones whose
+    results followed them, for you to confirm. Trace with --watch MODULE!FUNCTION for the candidates.
+
+    Example: replaybench hooks suggest trace/ -o hooks.json
+    """
+    from replaybench._console import emit_json
+    from replaybench.replay.hooks_suggest import suggest_hooks, write_draft
+
+    suggestion = suggest_hooks(trace_dir)
+    if output is not None:
+        write_draft(suggestion, output)
+    if json_out:
+        emit_json(suggestion)
+        return
+    from rich.table import Table
+
+    from replaybench._console import stdout_console
+
+    table = Table("role", "kind", "target", "seen", "evidence", title=f"hook candidates in {trace_dir}")
+    for c in suggestion.candidates:
+        table.add_row(c.role, c.kind, c.target, str(c.count), c.evidence)
+    console = stdout_console()
+    console.print(table)
+    if output is None:
+        sys.stdout.write(json.dumps(suggestion.draft, indent=2) + "\n")
+    for p in suggestion.problems:
+        sys.stderr.write(f"to do: {p}\n")
+    sys.stderr.write(
+        ("draft validates" if suggestion.valid else "draft does not validate yet")
+        + (f"; written to {output}" if output else "")
+        + "\n"
     )
 
 
