@@ -644,7 +644,9 @@ def replay_app(
 @hooks_app.command("suggest")
 def hooks_suggest(
     trace_dir: Annotated[Path, typer.Argument(metavar="TRACE", help="A trace folder (or its trace.jsonl).")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the draft manifest here.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the draft manifest here.")
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Draft a hook manifest from a trace: the functions that took the traced frames and the ones whose

@@ -82,7 +82,9 @@ def compare_predictions(
             continue
         where = {
             "route": routes(joined.select(pl.col("_route_a").alias("route")) if route_a else pl.DataFrame()),
-            "route_other": routes(joined.select(pl.col("_route_b").alias("route")) if route_b else pl.DataFrame()),
+            "route_other": routes(
+                joined.select(pl.col("_route_b").alias("route")) if route_b else pl.DataFrame()
+            ),
         }
         numeric = joined[field].dtype.is_numeric()
         x, y = joined[field].to_numpy(), joined["_b"].to_numpy()

@@ -475,14 +475,24 @@ def _html(
                 )
             )
     if s.comparison is not None and comparison is not None:
-        c = s.comparison
+        cmp = s.comparison
         parts.append(
-            f"<h2>Agreement with {html.escape(c.other)} ({html.escape(str(c.route))} vs "
-            f"{html.escape(str(c.route_other))})</h2>"
+            f"<h2>Agreement with {html.escape(cmp.other)} ({html.escape(str(cmp.route))} vs "
+            f"{html.escape(str(cmp.route_other))})</h2>"
         )
         parts.append(
             _table(
-                ["field", "kind", "n", "agreement", "Cohen's κ", "mean |diff|", "worst group", "value", "routes"],
+                [
+                    "field",
+                    "kind",
+                    "n",
+                    "agreement",
+                    "Cohen's κ",
+                    "mean |diff|",
+                    "worst group",
+                    "value",
+                    "routes",
+                ],
                 [
                     [
                         html.escape(f.field),

@@ -280,26 +280,39 @@ class HookManifest(_Strict):
         java_feed = isinstance(feed, JavaBitmapFeed)
         signature = getattr(feed, "signature", None)
         if isinstance(read, JavaFieldsRead) and not java_feed:
-            raise ValueError("read 'java_fields' reads the object a Java method returns: it needs feed 'java_bitmap_method'")
-        if isinstance(read, OutputTensorRead):
-            if signature is None or "output" not in signature.args:
-                raise ValueError("read 'output_tensor' needs a native feed whose signature has an 'output' argument")
+            raise ValueError(
+                "read 'java_fields' reads the object a Java method returns: it needs feed 'java_bitmap_method'"
+            )
+        if isinstance(read, OutputTensorRead) and (signature is None or "output" not in signature.args):
+            raise ValueError(
+                "read 'output_tensor' needs a native feed whose signature has an 'output' argument"
+            )
         if isinstance(read, ReturnValueRead):
             if isinstance(feed, FrameSubstitutionFeed):
-                raise ValueError("read 'return_value' needs a feed that calls a function; with frame_substitution read a json_message")
+                raise ValueError(
+                    "read 'return_value' needs a feed that calls a function; with frame_substitution read a json_message"
+                )
             if signature is not None and signature.returns in ("void", "pointer"):
-                raise ValueError(f"read 'return_value' needs a numeric return type, not {signature.returns!r}")
-        if isinstance(read, JsonMessageRead) and isinstance(read.hook, JavaMethodHook) != java_feed:
-            if not isinstance(feed, FrameSubstitutionFeed):  # a native camera loop may still post to Java
-                raise ValueError("a json_message hook on a Java method goes with a Java feed, a native hook with a native feed")
+                raise ValueError(
+                    f"read 'return_value' needs a numeric return type, not {signature.returns!r}"
+                )
+        mixed = isinstance(read, JsonMessageRead) and isinstance(read.hook, JavaMethodHook) != java_feed
+        if mixed and not isinstance(feed, FrameSubstitutionFeed):  # a native camera loop may post to Java
+            raise ValueError(
+                "a json_message hook on a Java method goes with a Java feed, a native hook with a native feed"
+            )
         if java_feed and self.input.pixel_format != "RGBA8888":
-            raise ValueError("a Java Bitmap is ARGB_8888, whose bytes are R,G,B,A: input.pixel_format must be RGBA8888")
+            raise ValueError(
+                "a Java Bitmap is ARGB_8888, whose bytes are R,G,B,A: input.pixel_format must be RGBA8888"
+            )
         if isinstance(feed, FrameSubstitutionFeed) and self.input.resize is None:
             raise ValueError("frame_substitution overwrites a frame of fixed size: input.resize must give it")
         sizes = self.output_sizes()
         for dec in self.postprocess.decoders:
             if dec.output and dec.output not in sizes:
-                raise ValueError(f"decoder {dec.field!r} reads output {dec.output!r}; the read makes {sorted(sizes)}")
+                raise ValueError(
+                    f"decoder {dec.field!r} reads output {dec.output!r}; the read makes {sorted(sizes)}"
+                )
             if not dec.output and len(sizes) != 1:
                 raise ValueError(f"decoder {dec.field!r} names no output, but the read makes {len(sizes)}")
         return self
@@ -316,7 +329,9 @@ class HookManifest(_Strict):
     def bound_decoders(self, sizes: dict[str, int] | None = None) -> list[Decoder]:
         """The decoders with an empty output bound to the only output (as bundles bind it when written)."""
         names = list(sizes or self.output_sizes())
-        return [d if d.output else d.model_copy(update={"output": names[0]}) for d in self.postprocess.decoders]
+        return [
+            d if d.output else d.model_copy(update={"output": names[0]}) for d in self.postprocess.decoders
+        ]
 
     @property
     def uses_java(self) -> bool:

@@ -173,8 +173,20 @@ def suggest_hooks(trace_path: Path) -> HookSuggestion:
                 calls[e.target] += 1
     for target, (b, wi, hi, w, h) in frames.items():
         evidence = f"called by the app with a buffer (arg {b}) and {w} x {h} (args {wi}, {hi})"
-        candidates.append(Candidate(role="feed", kind="frame_substitution", target=target, count=calls[target], evidence=evidence))
-        candidates.append(Candidate(role="feed", kind="native_export", target=target, count=calls[target], evidence=evidence + "; the agent would call it itself"))
+        candidates.append(
+            Candidate(
+                role="feed", kind="frame_substitution", target=target, count=calls[target], evidence=evidence
+            )
+        )
+        candidates.append(
+            Candidate(
+                role="feed",
+                kind="native_export",
+                target=target,
+                count=calls[target],
+                evidence=evidence + "; the agent would call it itself",
+            )
+        )
     for api, k in Counter(e.api or "?" for e in trace.events if isinstance(e, BitmapEvent)).items():
         candidates.append(
             Candidate(
@@ -210,19 +222,35 @@ def suggest_hooks(trace_path: Path) -> HookSuggestion:
                 messages.setdefault((e.target, int(a["i"])), []).append(text)
     for (target, arg), texts in messages.items():
         candidates.append(
-            Candidate(role="read", kind="json_message", target=f"{target} arg {arg}", count=len(texts), evidence=f"JSON text: {texts[0][:80]}")
+            Candidate(
+                role="read",
+                kind="json_message",
+                target=f"{target} arg {arg}",
+                count=len(texts),
+                evidence=f"JSON text: {texts[0][:80]}",
+            )
         )
     outputs = [e for e in trace.events if isinstance(e, TensorEvent) and e.io == "output"]
     seen_out: dict[str, TensorEvent] = {}
-    for e in outputs:
-        seen_out.setdefault(e.name or f"output_{e.index}", e)
-    for name, e in seen_out.items():
+    for t in outputs:
+        seen_out.setdefault(t.name or f"output_{t.index}", t)
+    for name, t in seen_out.items():
         count = 1
-        for d in e.shape[1:] if len(e.shape) > 1 else e.shape:
+        for d in t.shape[1:] if len(t.shape) > 1 else t.shape:
             count *= max(1, d)
-        candidates.append(Candidate(role="read", kind="output_tensor", target=name, count=sum(1 for o in outputs if (o.name or f"output_{o.index}") == name), evidence=f"shape {e.shape} {e.dtype}, after each invoke"))
+        candidates.append(
+            Candidate(
+                role="read",
+                kind="output_tensor",
+                target=name,
+                count=sum(1 for o in outputs if (o.name or f"output_{o.index}") == name),
+                evidence=f"shape {t.shape} {t.dtype} ({count} values), after each invoke",
+            )
+        )
 
-    if any(isinstance(e, ModelLoadEvent) for e in trace.events) or any(isinstance(e, InvokeEvent) for e in trace.events):
+    if any(isinstance(e, ModelLoadEvent) for e in trace.events) or any(
+        isinstance(e, InvokeEvent) for e in trace.events
+    ):
         notes.append(
             "the trace shows a model loaded by a known runtime: 'replaybench extract' + offline replay covers "
             "it; in-app replay is for engines nothing else can run"
@@ -243,7 +271,10 @@ def suggest_hooks(trace_path: Path) -> HookSuggestion:
     if feed_target is not None:
         b, wi, hi, w, h = frames[feed_target]
         module, symbol = feed_target.split("!", 1)
-        draft["input"] = {"pixel_format": "RGBA8888", "resize": {"width": w, "height": h, "method": "bilinear_android"}}
+        draft["input"] = {
+            "pixel_format": "RGBA8888",
+            "resize": {"width": w, "height": h, "method": "bilinear_android"},
+        }
         draft["feed"] = {
             "kind": "frame_substitution",
             "call_site": {"module": module, "symbol": symbol},
@@ -265,12 +296,23 @@ def suggest_hooks(trace_path: Path) -> HookSuggestion:
         (target, arg), texts = max(json_reads, key=lambda kv: len(kv[1]))
         module, symbol = target.split("!", 1)
         names = _output_names(numeric_paths(texts[0]))
-        draft["read"] = {"kind": "json_message", "hook": {"module": module, "symbol": symbol}, "arg": arg, "fields": names}
+        draft["read"] = {
+            "kind": "json_message",
+            "hook": {"module": module, "symbol": symbol},
+            "arg": arg,
+            "fields": names,
+        }
         if not names:
-            problems.append(f"the JSON texts passed to {target} show no complete numeric field: fill read.fields")
-        notes.append("read.fields lists every numeric field of the first message; keep the ones that are results")
+            problems.append(
+                f"the JSON texts passed to {target} show no complete numeric field: fill read.fields"
+            )
+        notes.append(
+            "read.fields lists every numeric field of the first message; keep the ones that are results"
+        )
     elif feed_target is not None:
-        problems.append("no watched function received a JSON text while the feed ran: choose the read by hand")
+        problems.append(
+            "no watched function received a JSON text while the feed ran: choose the read by hand"
+        )
     draft["postprocess"] = {"decoders": []}
     draft["notes"] = notes
 
@@ -281,7 +323,9 @@ def suggest_hooks(trace_path: Path) -> HookSuggestion:
             valid = True
         except CorruptInputError as e:
             problems.append(e.message)
-    return HookSuggestion(trace=str(trace_path), draft=draft, valid=valid, problems=problems, candidates=candidates)
+    return HookSuggestion(
+        trace=str(trace_path), draft=draft, valid=valid, problems=problems, candidates=candidates
+    )
 
 
 def write_draft(suggestion: HookSuggestion, path: Path) -> None:

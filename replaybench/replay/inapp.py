@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from replaybench._console import NullProgress, Progress
 from replaybench.errors import CorruptInputError, ExternalServiceError, UsageError
 from replaybench.replay.hooks import (
-    BYTES_PER_PIXEL,
     HookManifest,
     InputSpec,
     JsonMessageRead,
@@ -139,7 +139,9 @@ def _numbers(value: object, count: int, what: str) -> np.ndarray:
     """A number, or a list of ``count`` numbers, as float64; ValueError naming ``what`` otherwise."""
     vals = value if isinstance(value, list) else [value]
     if len(vals) != count or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
-        raise ValueError(f"{what} is {_raw(json.dumps(value, default=str))}, not {'a number' if count == 1 else f'{count} numbers'}")
+        raise ValueError(
+            f"{what} is {_raw(json.dumps(value, default=str))}, not {'a number' if count == 1 else f'{count} numbers'}"
+        )
     arr = np.asarray(vals, np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{what} is not finite: {_raw(value)}")
@@ -184,18 +186,21 @@ def parse_result(manifest: HookManifest, payload: Mapping[str, Any], data: bytes
             doc = json.loads(text)
         except json.JSONDecodeError as e:
             return Outcome("error", error=f"result does not parse: not JSON ({e})", raw=_raw(text))
-        for path, want in read.skip_unless.items():
+        for path, expected in read.skip_unless.items():
+            found: object
             try:
-                got = _lookup(doc, path)
+                found = _lookup(doc, path)
             except KeyError:
-                got = None
-            if got != want:
-                return Outcome("skipped", error=f"{path} is {got!r}, not {want!r}", raw=_raw(text))
+                found = None
+            if found != expected:
+                return Outcome("skipped", error=f"{path} is {found!r}, not {expected!r}", raw=_raw(text))
         try:
-            fields = {name: _lookup(doc, path) for name, path in read.fields.items()}
+            values = {name: _lookup(doc, path) for name, path in read.fields.items()}
         except KeyError as e:
-            return Outcome("error", error=f"result does not parse: no {e.args[0]!r} in the message", raw=_raw(text))
-        return _field_outcome(fields, read.fields, sizes, _raw(text))
+            return Outcome(
+                "error", error=f"result does not parse: no {e.args[0]!r} in the message", raw=_raw(text)
+            )
+        return _field_outcome(values, read.fields, sizes, _raw(text))
     fields = payload.get("fields")
     if not isinstance(fields, dict):
         return Outcome("error", error="result does not parse: no fields in the result", raw=_raw(payload))
@@ -239,7 +244,9 @@ class InAppTarget:
 class AppLink:
     """One agent session in one app process. Results, crashes and detaches arrive on ``events``."""
 
-    def __init__(self, target: InAppTarget, manifest: HookManifest, events: queue.Queue[tuple[Any, ...]]) -> None:
+    def __init__(
+        self, target: InAppTarget, manifest: HookManifest, events: queue.Queue[tuple[Any, ...]]
+    ) -> None:
         from replaybench.extract.capture import CaptureTarget, _device, _frida
 
         self.frida = _frida()
@@ -280,7 +287,9 @@ class AppLink:
         gen = generation
         self.session.on("detached", lambda reason, crash: self._detached(gen, reason, crash))
         doc = {"manifest": self.manifest.model_dump(mode="json")}
-        self.script = self.session.create_script(f"const INAPP = {json.dumps(doc)};\n" + agent_source(), name="replaybench-inapp")
+        self.script = self.session.create_script(
+            f"const INAPP = {json.dumps(doc)};\n" + agent_source(), name="replaybench-inapp"
+        )
         self.script.on("message", lambda m, d: self._message(gen, m, d))
         self.script.load()
         if self.spawned:
@@ -288,7 +297,9 @@ class AppLink:
         try:
             info: dict[str, Any] = self.script.exports_sync.prepare()
         except (frida.InvalidOperationError, frida.TransportError) as e:
-            raise ExternalServiceError(f"the app (pid {self.pid}) went away while the hooks were set: {e}") from e
+            raise ExternalServiceError(
+                f"the app (pid {self.pid}) went away while the hooks were set: {e}"
+            ) from e
         return info
 
     def _detached(self, gen: int, reason: str, crash: Any) -> None:
@@ -344,7 +355,8 @@ def check_prepared(info: Mapping[str, Any], manifest: HookManifest, pid: int | N
     missing = [str(m) for m in info.get("missing") or []]
     if missing:
         raise HookTargetError(
-            f"the app (pid {pid}) lacks what the hook manifest {manifest.name!r} names: " + "; ".join(missing),
+            f"the app (pid {pid}) lacks what the hook manifest {manifest.name!r} names: "
+            + "; ".join(missing),
             hint="check the manifest against this app version (replaybench hooks suggest TRACE drafts one)",
         )
     reported = info.get("version")
@@ -407,6 +419,10 @@ def _fingerprint(fmt: str, items: Sequence[DatasetItem]) -> str:
     return h.hexdigest()
 
 
+def _announce(events: queue.Queue[tuple[Any, ...]], k: int, _done: Future[Any]) -> None:
+    events.put(("decoded", 0, k))  # wakes the main loop: item k is decoded (or failed to)
+
+
 def _prepare_item(path: Path | None, spec: InputSpec) -> tuple[bytes, int, int] | str:
     """Decode and pack one item; a string is the reason it failed (an error row)."""
     from replaybench.replay.decode import DecodeFailure, decode_image
@@ -436,7 +452,6 @@ def replay_in_app(
 
         replay_in_app(Path("hooks.json"), Path("utkface"), Path("preds"), InAppTarget(usb=True, spawn="com.app"))
     """
-    import polars as pl
 
     from replaybench.replay.datasets import ReadOptions, read_dataset
     from replaybench.replay.decoders import decode_outputs, decoded_columns
@@ -476,14 +491,20 @@ def replay_in_app(
             "items": len(items),
         },
         "bundles": [{"name": manifest.name, "route": ROUTE_IN_APP, "hooks_sha256": hooks_sha}],
-        "settings": {"limit": opts.limit, "shuffle": opts.shuffle, "seed": opts.seed if opts.shuffle else None},
+        "settings": {
+            "limit": opts.limit,
+            "shuffle": opts.shuffle,
+            "seed": opts.seed if opts.shuffle else None,
+        },
     }
     check_or_write_manifest(output, run_doc, opts.resume)
     done = done_item_ids(output) if opts.resume else set()
     todo = [it for it in selected if it.item_id not in done]
 
     ltypes = label_types([it.labels for it in items])
-    reserved = set(FIXED_COLUMNS) | set(decoded) | {"status", "error", "post_id", "caption", "route", "raw_result"}
+    reserved = (
+        set(FIXED_COLUMNS) | set(decoded) | {"status", "error", "post_id", "caption", "route", "raw_result"}
+    )
     label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
     extra = {"route": "str", "raw_result": "str"}
     if any(it.post_id is not None or it.caption is not None for it in items):
@@ -517,7 +538,13 @@ def replay_in_app(
         cols: dict[str, Any] = {}
         if valid.any():
             merged = {
-                name: np.stack([o.outputs[name].reshape(-1) for _, o in block if o.outputs is not None and o.status == "ok"])
+                name: np.stack(
+                    [
+                        o.outputs[name].reshape(-1)
+                        for _, o in block
+                        if o.outputs is not None and o.status == "ok"
+                    ]
+                )
                 for name in sizes
             }
             cols = decode_outputs(merged, decoders, labels)
@@ -574,7 +601,7 @@ def replay_in_app(
             while next_decode < len(todo) and len(decoding) + len(prepared) < lookahead:
                 k = next_decode
                 fut = pool.submit(_prepare_item, todo[k].path, manifest.input)
-                fut.add_done_callback(lambda _f, k=k: events.put(("decoded", 0, k)))
+                fut.add_done_callback(partial(_announce, events, k))
                 decoding[k] = fut
                 next_decode += 1
             # post, bounded

@@ -578,7 +578,10 @@ def replay(
         sessions, decoded = _open_sessions(bundles, specs, groups, opts, threads, spinning=n_workers == 0)
         ltypes = label_types([it.labels for it in items])
         reserved = (
-            set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption", "route"}
+            set(FIXED_COLUMNS)
+            | set(decoded)
+            | set(FACE_COLUMNS)
+            | {"status", "error", "post_id", "caption", "route"}
         )
         label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
         extra: dict[str, str] = {"route": "str"}  # offline here; in_app from replay/inapp.py

@@ -9,11 +9,24 @@ from typing import Any
 from tests.inapp.standin import FORMAT_RGB888, VERSION, Standin
 
 AGE_FACTOR, AGE_OFFSET = 10.0, 20.0  # the stand-in's own message says age = 20 + 10 * output 0
-SIGNATURE = {"args": ["buffer", "width", "height", "format", "output"], "returns": "int", "format_value": FORMAT_RGB888}
-TENSOR_READ = {"kind": "output_tensor", "outputs": [{"name": "age", "count": 1}, {"name": "gender", "count": 2}]}
+SIGNATURE = {
+    "args": ["buffer", "width", "height", "format", "output"],
+    "returns": "int",
+    "format_value": FORMAT_RGB888,
+}
+TENSOR_READ = {
+    "kind": "output_tensor",
+    "outputs": [{"name": "age", "count": 1}, {"name": "gender", "count": 2}],
+}
 TENSOR_DECODERS = [
     {"output": "age", "field": "age_pred", "kind": "scale", "factor": AGE_FACTOR, "offset": AGE_OFFSET},
-    {"output": "gender", "field": "gender_pred", "kind": "softmax_argmax", "labels": ["male", "female"], "apply_softmax": True},
+    {
+        "output": "gender",
+        "field": "gender_pred",
+        "kind": "softmax_argmax",
+        "labels": ["male", "female"],
+        "apply_softmax": True,
+    },
 ]
 MESSAGE_READ = {
     "kind": "json_message",
@@ -32,7 +45,12 @@ def manifest(standin: Standin, kind: str, **changes: Any) -> dict[str, Any]:
     """``kind``: native_export, native_offset (output tensor read), frame_substitution (JSON message read),
     message (native export + JSON message read), return_value (the age export)."""
     feeds = {
-        "native_export": {"kind": "native_export", "module": "standin", "symbol": "standin_run", "signature": SIGNATURE},
+        "native_export": {
+            "kind": "native_export",
+            "module": "standin",
+            "symbol": "standin_run",
+            "signature": SIGNATURE,
+        },
         "native_offset": {
             "kind": "native_offset",
             "module": "standin",
@@ -50,7 +68,11 @@ def manifest(standin: Standin, kind: str, **changes: Any) -> dict[str, Any]:
             "kind": "native_export",
             "module": "standin",
             "symbol": "standin_age",
-            "signature": {"args": ["buffer", "width", "height", "format"], "returns": "float", "format_value": FORMAT_RGB888},
+            "signature": {
+                "args": ["buffer", "width", "height", "format"],
+                "returns": "float",
+                "format_value": FORMAT_RGB888,
+            },
         },
     }
     feeds["message"] = feeds["native_export"]
@@ -68,7 +90,10 @@ def manifest(standin: Standin, kind: str, **changes: Any) -> dict[str, Any]:
             "version": VERSION,
             "version_from": {"kind": "native_export", "module": "standin", "symbol": "standin_version"},
         },
-        "input": {"pixel_format": "RGB888", "resize": {"width": standin.width, "height": standin.height, "method": "bilinear_pil"}},
+        "input": {
+            "pixel_format": "RGB888",
+            "resize": {"width": standin.width, "height": standin.height, "method": "bilinear_pil"},
+        },
         "feed": feeds[kind],
         "read": read,
         "postprocess": {"decoders": decoders},

@@ -14,6 +14,7 @@
  *   STANDIN_CALL_US=N       every call takes N microseconds longer (a slow engine)
  *   STANDIN_ONCE=PATH       with the two above: only while PATH does not exist (it is created first)
  *   STANDIN_FRAME_MS=N      camera frame interval (default 2 ms)
+ *   STANDIN_CAMERA=0        no camera frames (the app's screen without its camera view)
  *   STANDIN_MAX_SECONDS=N   exit after N seconds (default 600): no stray process outlives a test
  * It also exits when its parent process dies (a killed host).
  */
@@ -241,13 +242,14 @@ int main(int argc, char **argv) {
   }
   pid_t parent = getppid();
   int frame_ms = env_int("STANDIN_FRAME_MS", 2), max_s = env_int("STANDIN_MAX_SECONDS", 600);
+  int camera = env_int("STANDIN_CAMERA", 1);
   size_t n = (size_t)engine.in_w * engine.in_h * 3;
   uint8_t *frame = malloc(n);
   struct timespec start, now, tick = {0, (long)frame_ms * 1000000L};
   clock_gettime(CLOCK_MONOTONIC, &start);
   for (unsigned k = 0;; k++) {
     for (size_t i = 0; i < n; i++) frame[i] = (uint8_t)(i * 7 + k); /* the "camera" */
-    standin_on_frame(frame, engine.in_w, engine.in_h, FMT_RGB888);
+    if (camera) standin_on_frame(frame, engine.in_w, engine.in_h, FMT_RGB888);
     nanosleep(&tick, NULL);
     clock_gettime(CLOCK_MONOTONIC, &now);
     if (getppid() != parent || now.tv_sec - start.tv_sec > max_s) return 0;

@@ -52,7 +52,19 @@ def _build(folder: Path, width: int, height: int, source_sha256: str) -> None:
         raise RuntimeError("gcc is needed to build the stand-in app (apt-get install gcc)")
     full = folder / "standin.full"
     subprocess.run(
-        [gcc, *CFLAGS, "-fPIE", "-pie", "-rdynamic", f'-DSTANDIN_VERSION="{VERSION}"', "-o", full, SOURCE, "-lm", "-lpthread"],
+        [
+            gcc,
+            *CFLAGS,
+            "-fPIE",
+            "-pie",
+            "-rdynamic",
+            f'-DSTANDIN_VERSION="{VERSION}"',
+            "-o",
+            full,
+            SOURCE,
+            "-lm",
+            "-lpthread",
+        ],
         check=True,
     )
     symbols = subprocess.run(["nm", full], check=True, capture_output=True, text=True).stdout
@@ -61,7 +73,18 @@ def _build(folder: Path, width: int, height: int, source_sha256: str) -> None:
     subprocess.run(["strip", "-o", program, full], check=True)
     full.unlink()
     subprocess.run(
-        [gcc, *CFLAGS, "-fPIC", "-shared", "-DSTANDIN_LIBRARY", "-o", folder / "libstandin.so", SOURCE, "-lm", "-lpthread"],
+        [
+            gcc,
+            *CFLAGS,
+            "-fPIC",
+            "-shared",
+            "-DSTANDIN_LIBRARY",
+            "-o",
+            folder / "libstandin.so",
+            SOURCE,
+            "-lm",
+            "-lpthread",
+        ],
         check=True,
     )
     write_weights(folder / "weights.sie", width, height)
@@ -99,7 +122,13 @@ class StandinEngine:
     def __init__(self, standin: Standin) -> None:
         self.lib = ctypes.CDLL(str(standin.library))
         self.lib.standin_load.argtypes = [ctypes.c_char_p]
-        self.lib.standin_engine.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        self.lib.standin_engine.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
         self.lib.standin_format_message.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         if self.lib.standin_load(str(standin.weights).encode()) != 0:
             raise RuntimeError(f"the stand-in engine cannot load {standin.weights}")

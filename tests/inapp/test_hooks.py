@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 from replaybench.errors import CorruptInputError, InputNotFoundError
-from replaybench.replay.hooks import JavaBitmapFeed, load_manifest, parse_manifest
+from replaybench.replay.hooks import InputSpec, JavaBitmapFeed, load_manifest, parse_manifest
 from replaybench.replay.inapp import pack_image, parse_result
-from replaybench.replay.hooks import InputSpec
 
 NATIVE = {
     "name": "effect",
@@ -27,11 +26,19 @@ NATIVE = {
         "signature": {"args": ["buffer", "width", "height", "format", "output"], "format_value": 2},
     },
     "read": {"kind": "output_tensor", "outputs": [{"name": "age"}, {"name": "gender", "count": 2}]},
-    "postprocess": {"decoders": [{"output": "gender", "field": "gender_pred", "kind": "softmax_argmax", "labels": ["m", "f"]}]},
+    "postprocess": {
+        "decoders": [
+            {"output": "gender", "field": "gender_pred", "kind": "softmax_argmax", "labels": ["m", "f"]}
+        ]
+    },
 }
 JAVA = {
     "name": "clips-xray",
-    "app": {"package": "com.instagram.android", "version": "300.0.0", "version_from": {"kind": "java_package"}},
+    "app": {
+        "package": "com.instagram.android",
+        "version": "300.0.0",
+        "version_from": {"kind": "java_package"},
+    },
     "input": {"pixel_format": "RGBA8888"},
     "feed": {"kind": "java_bitmap_method", "class_name": "X.7QR", "method": "A00", "instance": "choose"},
     "read": {"kind": "java_fields", "fields": {"scores": "A00"}, "counts": {"scores": 3}},
@@ -39,8 +46,15 @@ JAVA = {
 TIKTOK = {
     "name": "tiktok-age",
     "app": {"package": "com.zhiliaoapp.musically", "version": "26.1.3"},
-    "input": {"pixel_format": "RGBA8888", "resize": {"width": 720, "height": 1280, "method": "bilinear_android"}},
-    "feed": {"kind": "frame_substitution", "call_site": {"module": "libeffect.so", "offset": "0x9de33c"}, "buffer_arg": 1},
+    "input": {
+        "pixel_format": "RGBA8888",
+        "resize": {"width": 720, "height": 1280, "method": "bilinear_android"},
+    },
+    "feed": {
+        "kind": "frame_substitution",
+        "call_site": {"module": "libeffect.so", "offset": "0x9de33c"},
+        "buffer_arg": 1,
+    },
     "read": {
         "kind": "json_message",
         "hook": {"class_name": "com.bef.effectsdk.message.MessageCenter", "method": "postMessage"},
@@ -84,10 +98,26 @@ def test_manifests_of_each_kind_validate() -> None:
         (_with(NATIVE, feed__signature__format_value=None), "needs format_value"),
         (_with(NATIVE, feed__signature__args=["width", "height"]), "needs a 'buffer' argument"),
         (_with(NATIVE, feed__offset="c6ed84z"), "is not a number"),
-        (_with(NATIVE, feed__kind="native_bitmap"), "feed: Input tag 'native_bitmap' found using 'kind' does not match"),
-        (_with(NATIVE, read={"kind": "java_fields", "fields": {"a": "A00"}}), "needs feed 'java_bitmap_method'"),
-        (_with(NATIVE, feed__signature__args=["buffer", "width", "height"], feed__signature__format_value=None), "needs a native feed whose signature has an 'output'"),
-        (_with(NATIVE, postprocess__decoders=[{"output": "score", "field": "s", "kind": "scale"}]), "reads output 'score'"),
+        (
+            _with(NATIVE, feed__kind="native_bitmap"),
+            "feed: Input tag 'native_bitmap' found using 'kind' does not match",
+        ),
+        (
+            _with(NATIVE, read={"kind": "java_fields", "fields": {"a": "A00"}}),
+            "needs feed 'java_bitmap_method'",
+        ),
+        (
+            _with(
+                NATIVE,
+                feed__signature__args=["buffer", "width", "height"],
+                feed__signature__format_value=None,
+            ),
+            "needs a native feed whose signature has an 'output'",
+        ),
+        (
+            _with(NATIVE, postprocess__decoders=[{"output": "score", "field": "s", "kind": "scale"}]),
+            "reads output 'score'",
+        ),
         (_with(TIKTOK, input__resize=None), "input.resize must give it"),
         (_with(TIKTOK, read={"kind": "return_value"}), "with frame_substitution read a json_message"),
         (_with(TIKTOK, feed__call_site__symbol="onFrame"), "exactly one of symbol or offset"),
@@ -124,7 +154,9 @@ def test_output_tensor_results_are_split_by_the_manifest() -> None:
 
 
 def test_agent_errors_keep_the_raw_value() -> None:
-    got = parse_result(parse_manifest(NATIVE), {"id": 3, "error": "the function returned -2 (ok is 0)", "raw": "-2"}, None)
+    got = parse_result(
+        parse_manifest(NATIVE), {"id": 3, "error": "the function returned -2 (ok is 0)", "raw": "-2"}, None
+    )
     assert (got.status, got.error, got.raw) == ("error", "the function returned -2 (ok is 0)", "-2")
 
 
@@ -144,7 +176,9 @@ def test_json_messages_as_the_paper_read_them() -> None:
     assert garbled.raw == "face_count=1"
     missing = parse_result(m, {"messages": ['{"face_count": 1, "base_infos": []}']}, None)
     assert missing.status == "error" and "no 'base_infos.0.age' in the message" in (missing.error or "")
-    text = parse_result(m, {"messages": ['{"face_count": 1, "base_infos": [{"age": "old", "boy_prob": 1}]}']}, None)
+    text = parse_result(
+        m, {"messages": ['{"face_count": 1, "base_infos": [{"age": "old", "boy_prob": 1}]}']}, None
+    )
     assert text.status == "error" and "'base_infos.0.age' is \"old\", not a number" in (text.error or "")
     none = parse_result(m, {"messages": []}, None)
     assert none.status == "error" and none.error == "no message reached the hook while the item ran"
@@ -153,9 +187,15 @@ def test_json_messages_as_the_paper_read_them() -> None:
 def test_java_fields_and_return_values() -> None:
     m = parse_manifest(JAVA)
     got = parse_result(m, {"fields": {"scores": [0.1, 0.2, 0.7]}}, None)
-    assert got.status == "ok" and got.outputs is not None and got.outputs["scores"].tolist() == [0.1, 0.2, 0.7]
+    assert (
+        got.status == "ok" and got.outputs is not None and got.outputs["scores"].tolist() == [0.1, 0.2, 0.7]
+    )
     wrong = parse_result(m, {"fields": {"scores": [0.1, 0.2]}}, None)
-    assert wrong.status == "error" and "not 3 numbers" in (wrong.error or "") and wrong.raw == '{"scores": [0.1, 0.2]}'
+    assert (
+        wrong.status == "error"
+        and "not 3 numbers" in (wrong.error or "")
+        and wrong.raw == '{"scores": [0.1, 0.2]}'
+    )
     ret = parse_manifest(_with(JAVA, read={"kind": "return_value", "name": "score"}))
     assert parse_result(ret, {"value": 0.5}, None).outputs == {"score": np.array([0.5])}
     nan = parse_result(ret, {"value": None}, None)  # NaN crosses the channel as null

@@ -31,7 +31,11 @@ def test_a_trace_without_watched_functions_says_what_is_missing(capsys) -> None:
     kinds = {(c.role, c.kind, c.target) for c in s.candidates}
     assert ("feed", "java_bitmap_method", "createScaledBitmap") in kinds
     assert ("read", "output_tensor", "StatefulPartitionedCall_1:0") in kinds
-    assert s.draft["app"] == {"package": "org.replaybench.sample", "version": "1.0", "version_from": {"kind": "java_package"}}
+    assert s.draft["app"] == {
+        "package": "org.replaybench.sample",
+        "version": "1.0",
+        "version_from": {"kind": "java_package"},
+    }
     assert any("offline replay covers it" in n for n in s.draft["notes"])
     assert main(["hooks", "suggest", str(SAMPLE / "trace"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["valid"] is False
@@ -64,22 +68,40 @@ def test_trace_suggest_confirm_replay(tmp_path: Path, realdata: Path) -> None:
         "width_arg": 1,
         "height_arg": 2,
     }
-    assert draft["input"]["resize"]["width"] == standin.width and draft["input"]["resize"]["height"] == standin.height
-    assert draft["read"]["hook"] == {"module": "standin", "symbol": "post_message"} and draft["read"]["arg"] == 0
+    assert (
+        draft["input"]["resize"]["width"] == standin.width
+        and draft["input"]["resize"]["height"] == standin.height
+    )
+    assert (
+        draft["read"]["hook"] == {"module": "standin", "symbol": "post_message"} and draft["read"]["arg"] == 0
+    )
     assert draft["read"]["fields"]["age"] == "base_infos.0.age"
     # the researcher confirms: the version, the pixel format, the resize kernel, the fields that are results
-    draft["app"] = {**draft["app"], "version": VERSION, "version_from": {"kind": "native_export", "module": "standin", "symbol": "standin_version"}}
-    draft["input"] = {"pixel_format": "RGB888", "resize": {**draft["input"]["resize"], "method": "bilinear_pil"}}
+    draft["app"] = {
+        **draft["app"],
+        "version": VERSION,
+        "version_from": {"kind": "native_export", "module": "standin", "symbol": "standin_version"},
+    }
+    draft["input"] = {
+        "pixel_format": "RGB888",
+        "resize": {**draft["input"]["resize"], "method": "bilinear_pil"},
+    }
     draft["read"]["fields"] = {"age": "base_infos.0.age", "boy_prob": "base_infos.0.boy_prob"}
     draft["postprocess"] = {"decoders": [{"output": "age", "field": "age_pred", "kind": "scale"}]}
     hooks.write_text(json.dumps(draft), encoding="utf-8")
-    target = InAppTarget(spawn=str(standin.program), spawn_args=[str(standin.weights)], env={"STANDIN_MAX_SECONDS": "60"})
+    target = InAppTarget(
+        spawn=str(standin.program), spawn_args=[str(standin.weights)], env={"STANDIN_MAX_SECONDS": "60"}
+    )
     result = replay_in_app(hooks, faces, tmp_path / "preds", target, InAppOptions(format="utkface", limit=12))
     assert result.items_ok == 12
     engine = StandinEngine(standin)
     for row in pl.read_parquet(tmp_path / "preds" / "*.parquet").iter_rows(named=True):
         with Image.open(row["source_path"]) as im:
-            small = ImageOps.exif_transpose(im).convert("RGB").resize((standin.width, standin.height), Image.Resampling.BILINEAR)
+            small = (
+                ImageOps.exif_transpose(im)
+                .convert("RGB")
+                .resize((standin.width, standin.height), Image.Resampling.BILINEAR)
+            )
         info = engine.message(engine.run(np.asarray(small)))["base_infos"][0]
         # decoded fields keep the message's numbers; raw__ columns are float32 by the predictions contract
         assert (row["age_pred"], row["raw__boy_prob"]) == (info["age"], [np.float32(info["boy_prob"])])

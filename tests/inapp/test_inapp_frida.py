@@ -110,8 +110,12 @@ def _check_rows(df: pl.DataFrame, kind: str, reference: dict) -> None:
             assert json.loads(row["raw_result"]) == message
 
 
-@pytest.mark.parametrize("kind", ["native_export", "native_offset", "frame_substitution", "message", "return_value"])
-def test_in_app_predictions_equal_the_engine(tmp_path: Path, standin: Standin, faces: Path, reference, kind: str) -> None:
+@pytest.mark.parametrize(
+    "kind", ["native_export", "native_offset", "frame_substitution", "message", "return_value"]
+)
+def test_in_app_predictions_equal_the_engine(
+    tmp_path: Path, standin: Standin, faces: Path, reference, kind: str
+) -> None:
     result, df = _run(tmp_path, standin, faces, kind)
     assert result.items_ok == N_ITEMS and result.items_error == 0 and result.restarts == 0, result
     assert result.app_version_reported == "1.4.2"
@@ -120,7 +124,9 @@ def test_in_app_predictions_equal_the_engine(tmp_path: Path, standin: Standin, f
     _check_rows(df, kind, reference)
 
 
-def test_a_crash_is_an_error_row_and_the_run_goes_on(tmp_path: Path, standin: Standin, faces: Path, reference) -> None:
+def test_a_crash_is_an_error_row_and_the_run_goes_on(
+    tmp_path: Path, standin: Standin, faces: Path, reference
+) -> None:
     env = {"STANDIN_CRASH_AT": "5", "STANDIN_ONCE": str(tmp_path / "crashed")}
     result, df = _run(tmp_path, standin, faces, "native_export", env)
     assert (tmp_path / "crashed").exists()  # the app did crash
@@ -133,7 +139,9 @@ def test_a_crash_is_an_error_row_and_the_run_goes_on(tmp_path: Path, standin: St
     _check_rows(df, "native_export", reference)
 
 
-def test_a_hang_times_out_and_the_run_goes_on(tmp_path: Path, standin: Standin, faces: Path, reference) -> None:
+def test_a_hang_times_out_and_the_run_goes_on(
+    tmp_path: Path, standin: Standin, faces: Path, reference
+) -> None:
     env = {"STANDIN_HANG_AT": "3", "STANDIN_ONCE": str(tmp_path / "hung")}
     result, df = _run(tmp_path, standin, faces, "native_offset", env, item_timeout=2.0)
     assert result.restarts == 1 and result.items_ok == N_ITEMS - 1 and result.items_error == 1
@@ -143,7 +151,9 @@ def test_a_hang_times_out_and_the_run_goes_on(tmp_path: Path, standin: Standin, 
     _check_rows(df, "native_offset", reference)
 
 
-def test_a_message_that_does_not_parse_keeps_the_raw_text(tmp_path: Path, standin: Standin, faces: Path, reference) -> None:
+def test_a_message_that_does_not_parse_keeps_the_raw_text(
+    tmp_path: Path, standin: Standin, faces: Path, reference
+) -> None:
     result, df = _run(tmp_path, standin, faces, "message", {"STANDIN_GARBLE_AT": "7"})
     assert result.items_error == 1 and result.items_ok == N_ITEMS - 1 and result.restarts == 0
     bad = df.filter(pl.col("status") == "error")
@@ -153,15 +163,40 @@ def test_a_message_that_does_not_parse_keeps_the_raw_text(tmp_path: Path, standi
     _check_rows(df, "message", reference)
 
 
-def test_a_killed_run_resumes_without_duplicates_or_losses(tmp_path: Path, standin: Standin, faces: Path, reference) -> None:
+def test_a_killed_run_resumes_without_duplicates_or_losses(
+    tmp_path: Path, standin: Standin, faces: Path, reference
+) -> None:
     hooks = write_manifest(tmp_path, manifest(standin, "native_export"))
     out = tmp_path / "preds"
-    cmd = [sys.executable, "-m", "replaybench", "replay-app", str(hooks), str(faces), "-o", str(out),
-           "--format", "utkface", "--limit", str(N_ITEMS), "--part-rows", "4", "--in-flight", "2", "--json",
-           "--spawn", str(standin.program)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "replaybench",
+        "replay-app",
+        str(hooks),
+        str(faces),
+        "-o",
+        str(out),
+        "--format",
+        "utkface",
+        "--limit",
+        str(N_ITEMS),
+        "--part-rows",
+        "4",
+        "--in-flight",
+        "2",
+        "--json",
+        "--spawn",
+        str(standin.program),
+    ]
     program_args = ["--", str(standin.weights)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STANDIN_MAX_SECONDS": "120"}
-    slow = subprocess.Popen([*cmd, *program_args], env={**env, "STANDIN_CALL_US": "100000"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    slow = subprocess.Popen(
+        [*cmd, *program_args],
+        env={**env, "STANDIN_CALL_US": "100000"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while len(list(out.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline and slow.poll() is None:
         time.sleep(0.05)
@@ -169,7 +204,9 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(tmp_path: Path, stand
     slow.wait()
     first = pl.read_parquet(out / "*.parquet")
     assert 0 < first.height < N_ITEMS, "the run was not killed mid-way"
-    done = subprocess.run([*cmd, "--resume", *program_args], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*cmd, "--resume", *program_args], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["items_skipped_done"] == first.height
@@ -184,9 +221,17 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(tmp_path: Path, stand
     ("change", "error", "named"),
     [
         ({"symbol": "standin_nope"}, HookTargetError, "export standin!standin_nope does not exist"),
-        ({"kind": "native_offset", "offset": "0x40000000"}, HookTargetError, "offset standin+0x40000000 lies beyond the module"),
+        (
+            {"kind": "native_offset", "offset": "0x40000000"},
+            HookTargetError,
+            "offset standin+0x40000000 lies beyond the module",
+        ),
         ({"module": "libbytenn.so"}, HookTargetError, "module libbytenn.so is not loaded"),
-        ({}, AppVersionError, "reports version '1.4.2' but the hook manifest 'standin-native_export' is for version '2.0.0'"),
+        (
+            {},
+            AppVersionError,
+            "reports version '1.4.2' but the hook manifest 'standin-native_export' is for version '2.0.0'",
+        ),
     ],
 )
 def test_a_manifest_the_app_does_not_fit_is_refused_before_any_item(
@@ -203,6 +248,8 @@ def test_a_manifest_the_app_does_not_fit_is_refused_before_any_item(
     hooks = write_manifest(tmp_path, doc)
     out = tmp_path / "preds"
     with pytest.raises(error) as info:
-        replay_in_app(hooks, faces, out, _target(standin, STANDIN_CRASH_AT="1"), InAppOptions(format="utkface", limit=4))
+        replay_in_app(
+            hooks, faces, out, _target(standin, STANDIN_CRASH_AT="1"), InAppOptions(format="utkface", limit=4)
+        )
     assert named in info.value.message
     assert not list(out.glob("part-*.parquet"))  # nothing was fed (the first call would have crashed)
