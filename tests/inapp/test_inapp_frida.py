@@ -232,13 +232,21 @@ def test_a_killed_run_resumes_without_duplicates_or_losses(
             AppVersionError,
             "reports version '1.4.2' but the hook manifest 'standin-native_export' is for version '2.0.0'",
         ),
+        ({"java": True}, HookTargetError, "the Java bridge is not available in this process or script"),
     ],
 )
 def test_a_manifest_the_app_does_not_fit_is_refused_before_any_item(
     tmp_path: Path, standin: Standin, faces: Path, change: dict, error: type, named: str
 ) -> None:
     doc = manifest(standin, "native_export")
-    if change:
+    if change.get(
+        "java"
+    ):  # a Java feed in a process without Java (the agent's Java path, as far as it runs here)
+        doc["feed"] = {"kind": "java_bitmap_method", "class_name": "com.example.Face", "method": "analyze"}
+        doc["read"] = {"kind": "java_fields", "fields": {"age": "A00"}}
+        doc["input"] = {"pixel_format": "RGBA8888"}
+        doc["postprocess"] = {"decoders": []}
+    elif change:
         feed = {**doc["feed"], **change}
         if change.get("kind") == "native_offset":
             del feed["symbol"]
