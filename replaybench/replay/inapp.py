@@ -407,6 +407,7 @@ class InAppResult(BaseModel):
     rows_written: int
     parts_written: int
     restarts: int
+    agent_version: str | None = None
     pids: list[int] = Field(default_factory=list)
     seconds: float
     items_per_second: float
@@ -565,14 +566,16 @@ def replay_in_app(
     head_since = time.monotonic()
     pids: list[int] = []
     reported: str | None = None
+    agent_version: str | None = None
 
     def open_link() -> AppLink:
-        nonlocal generation, reported
+        nonlocal generation, reported, agent_version
         generation += 1
         link = AppLink(target, manifest, events)
         try:
             info = link.start(generation)
             reported = check_prepared(info, manifest, link.pid)
+            agent_version = None if info.get("agent") is None else str(info["agent"])
         except BaseException:
             link.close(kill=True)
             raise
@@ -707,6 +710,7 @@ def replay_in_app(
         rows_written=rows_written,
         parts_written=len(writer.written),
         restarts=restarts,
+        agent_version=agent_version,
         pids=pids,
         seconds=round(elapsed, 3),
         items_per_second=round(len(todo) / elapsed, 2) if elapsed > 0 and not math.isnan(elapsed) else 0.0,

@@ -138,7 +138,15 @@ function prepareFrameSite(missing) {
         send({ type: 'result', id: item.id, error: 'the frame is ' + w + 'x' + h + ', the item ' + item.width + 'x' + item.height });
         return;
       }
-      args[feed.buffer_arg].writeByteArray(item.data);
+      // The frame must hold the item: writing past a smaller buffer (a YUV frame fed RGBA bytes) would
+      // corrupt the app. The mapping it lies in bounds the write.
+      const buf = args[feed.buffer_arg];
+      const range = Process.findRangeByAddress(buf);
+      if (range === null || range.protection.indexOf('w') < 0 || buf.add(item.data.byteLength).compare(range.base.add(range.size)) > 0) {
+        send({ type: 'result', id: item.id, error: 'the frame buffer at ' + buf + ' cannot hold the item (' + item.data.byteLength + ' bytes)' });
+        return;
+      }
+      buf.writeByteArray(item.data);
       state.active = { id: item.id, tid: Process.getCurrentThreadId(), messages: [] };
       this.item = state.active;
     },
