@@ -127,6 +127,7 @@ def end_to_end_rate(standin: object, doc: dict, faces: Path, work: Path, n: int)
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=600)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of (a) and (b)")
     args = ap.parse_args()
     standin = build_standin(SIZE, SIZE)
     engine = StandinEngine(standin)
@@ -137,11 +138,16 @@ def main() -> int:
         native = manifest(standin, "native_export")
         frames = manifest(standin, "frame_substitution")
         packed = _packed(faces, parse_manifest(native).input)
-        a = direct_rate(engine, packed)
-        b = transport_rate(standin, native, packed)
+        # (a) and (b) alternate, best of each: the shared machine's load swings by 2x within seconds
+        a = b = 0.0
+        for _ in range(args.rounds):
+            a = max(a, direct_rate(engine, packed, repeats=1))
+            b = max(b, transport_rate(standin, native, packed))
         c = end_to_end_rate(standin, native, faces, work, args.items)
         d = end_to_end_rate(standin, frames, faces, work, args.items)
-    print(f"in-app replay, {args.items} items, {SIZE}x{SIZE} stand-in engine (a: best of 3 passes)")
+    print(
+        f"in-app replay, {args.items} items, {SIZE}x{SIZE} stand-in engine (a, b: best of {args.rounds} alternating rounds)"
+    )
     print(f"  (a) engine called directly        {a:8.1f} items/s")
     print(f"  (b) through the agent (packed)    {b:8.1f} items/s   b/a = {b / a:.2f}")
     print(f"  (c) replay-app end to end         {c:8.1f} items/s   c/a = {c / a:.2f}")

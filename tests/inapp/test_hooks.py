@@ -216,3 +216,17 @@ def test_pixels_are_packed_as_the_app_takes_them() -> None:
     gray, _, _ = pack_image(img, InputSpec(pixel_format="GRAY8"))
     want_gray = np.asarray(Image.fromarray(img).convert("L"))
     assert np.abs(np.frombuffer(gray, np.uint8).reshape(30, 40).astype(int) - want_gray).max() <= 1
+
+
+@pytest.mark.parametrize("method", ["bilinear_pil", "area", "bicubic_pil", "bilinear_tf", "nearest"])
+@pytest.mark.parametrize("crop", [None, (0.1, 0.0, 0.9, 0.8)])
+def test_packed_pixels_equal_the_bundle_preprocessing(method: str, crop: tuple | None) -> None:
+    """The host resize is the kernel bundles use: equal to replay's own preprocessing to the byte."""
+    from replaybench.bundle import PreprocessSpec, ResizeSpec
+    from replaybench.replay.preprocess import apply_preprocess
+
+    img = np.random.default_rng(1).integers(0, 256, (57, 83, 3), dtype=np.uint8)
+    resize = ResizeSpec(width=31, height=24, method=method, crop_box=crop)
+    data, w, h = pack_image(img, InputSpec(pixel_format="RGB888", resize=resize))
+    want = apply_preprocess(img, PreprocessSpec(resize=resize, dtype="uint8", scale=[1.0], offset=[0.0]))
+    assert (w, h) == (31, 24) and np.array_equal(np.frombuffer(data, np.uint8).reshape(24, 31, 3), want)
