@@ -13,8 +13,10 @@ The same dataset readers, decode, parts, ``--resume``, error rows and prediction
 replay (``route`` = ``in_app``), so ``evaluate`` works unchanged. Flow control: at most ``in_flight``
 items are posted and unanswered; an item that takes longer than ``item_timeout`` hung the app, and an app
 that dies (a crash) or hangs is killed and respawned (``--spawn`` targets), the item it was running
-becomes an error row and the items queued behind it are sent again. Parts hold whole items and are
-renamed into place, so a killed run resumes with no duplicate and no lost rows.
+becomes an error row and the others are sent again. Parts hold whole items and are
+renamed into place, so a killed run resumes with no duplicate and no lost rows. The items in flight
+when the app died or hung are sent again one at a time: the one the app fails on alone is the cause (a
+crash can take the results of the items before it with the process, so "the oldest unanswered" is not).
 """
 
 from __future__ import annotations
@@ -573,7 +575,10 @@ def replay_in_app(
     outcomes: dict[int, Outcome] = {}
     prepared: dict[int, tuple[bytes, int, int] | str] = {}
     decoding: dict[int, Future[Any]] = {}
-    resend: deque[int] = deque()
+    # Items in flight when the app died or hung: any of them may be the cause (results sent just before a
+    # crash can be lost with the process), so each is sent again alone; one that fails alone is the cause.
+    suspects: deque[int] = deque()
+    probing = False  # a suspect is in flight, alone
     inflight: dict[int, tuple[int, float]] = {}  # seq -> (index in todo, posted at); in posting order
     lookahead = opts.in_flight * 2 + opts.workers
     next_decode = next_send = next_write = 0
@@ -622,10 +627,13 @@ def replay_in_app(
                 fut.add_done_callback(partial(_announce, events, k))
                 decoding[k] = fut
                 next_decode += 1
-            # post, bounded
-            while link is not None and len(inflight) < opts.in_flight:
-                if resend:
-                    k = resend.popleft()
+            # post, bounded; a suspect goes alone
+            while link is not None and len(inflight) < opts.in_flight and not probing:
+                if suspects:
+                    if inflight:
+                        break
+                    k = suspects.popleft()
+                    probing = True
                 elif next_send < len(todo) and next_send in prepared:
                     k = next_send
                     next_send += 1
@@ -635,6 +643,7 @@ def replay_in_app(
                 if isinstance(item, str):
                     outcomes[k] = Outcome("error", error=item)
                     del prepared[k]
+                    probing = False
                     continue
                 if not inflight:
                     head_since = time.monotonic()
@@ -667,6 +676,7 @@ def replay_in_app(
                         outcomes[entry[0]] = parse_result(manifest, payload, data)
                         prepared.pop(entry[0], None)
                         head_since = time.monotonic()
+                        probing = False
                 elif kind == "dead":
                     trouble = f"the app died ({ev[2]})"
                 elif kind == "agent_error":
@@ -674,14 +684,14 @@ def replay_in_app(
             if trouble is None and inflight and time.monotonic() - head_since > opts.item_timeout:
                 trouble = f"the app did not answer within {opts.item_timeout:g} s (hung)"
             if trouble is not None:
-                # The app runs items in order: the oldest unanswered one is the one it died on.
-                if inflight:
-                    first = next(iter(inflight))
-                    k, _ = inflight.pop(first)
-                    outcomes[k] = Outcome("error", error=f"{trouble}; the app was restarted")
+                if len(inflight) == 1:  # it ran alone: it is the cause
+                    ((k, _),) = inflight.values()
+                    outcomes[k] = Outcome("error", error=f"{trouble} on this item; the app was restarted")
                     prepared.pop(k, None)
-                    resend.extendleft(reversed([k for k, _ in inflight.values()]))
-                    inflight.clear()
+                else:
+                    suspects.extendleft(reversed([k for k, _ in inflight.values()]))
+                inflight.clear()
+                probing = False
                 assert link is not None
                 link.close(kill=True)
                 link = None

@@ -8,11 +8,12 @@
  * through ctypes to get the engine's outputs directly.
  *
  * Program: standin WEIGHTS. Environment (test knobs):
- *   STANDIN_CRASH_AT=N      SIGSEGV in the Nth call of a run function (exported or by offset)
- *   STANDIN_HANG_AT=N       hang forever in the Nth call instead
+ *   STANDIN_CRASH_SUM=S     SIGSEGV in a run function (exported or by offset) given the input whose
+ *                           content sum (content_sum below) is S: a bug that one image triggers, every time
+ *   STANDIN_HANG_SUM=S      hang forever on that input instead
+ *   STANDIN_FED_FILE=PATH   a run function creates PATH when called (tests check nothing was fed)
  *   STANDIN_GARBLE_AT=N     the Nth call posts a message that is not JSON
  *   STANDIN_CALL_US=N       every call takes N microseconds longer (a slow engine)
- *   STANDIN_ONCE=PATH       with the two above: only while PATH does not exist (it is created first)
  *   STANDIN_FRAME_MS=N      camera frame interval (default 2 ms)
  *   STANDIN_CAMERA=0        no camera frames (the app's screen without its camera view)
  *   STANDIN_MAX_SECONDS=N   exit after N seconds (default 600): no stray process outlives a test
@@ -150,7 +151,7 @@ EXPORT void post_message(const char *json) {
   messages_posted++;
 }
 
-static int garble_next; /* set by the program's test knobs */
+static __thread int garble_next; /* set by a test knob for the next message of the same thread */
 
 static __attribute__((unused)) void emit(const float *out) {
   char msg[256];
@@ -178,28 +179,40 @@ static int env_int(const char *name, int fallback) {
   return v && *v ? atoi(v) : fallback;
 }
 
-static void misbehave(void) {
+/* The input's bytes hashed (s = s * 31 + byte, 32 bits): how the test knobs pick an item by content. */
+static unsigned content_sum(const uint8_t *p, int width, int height, int format) {
+  size_t n = (size_t)width * height * (format == FMT_RGBA8888 ? 4 : 3);
+  unsigned s = 0;
+  for (size_t i = 0; i < n; i++) s = s * 31u + p[i];
+  return s;
+}
+
+static void misbehave(const uint8_t *pixels, int width, int height, int format) {
   calls++;
-  const char *once = getenv("STANDIN_ONCE");
-  int crash = env_int("STANDIN_CRASH_AT", 0), hang = env_int("STANDIN_HANG_AT", 0);
+  const char *fed = getenv("STANDIN_FED_FILE");
+  if (fed && *fed) {
+    FILE *f = fopen(fed, "a");
+    if (f) fclose(f);
+  }
   int slow = env_int("STANDIN_CALL_US", 0);
   if (slow > 0) usleep(slow);
   if (calls == env_int("STANDIN_GARBLE_AT", 0)) garble_next = 1;
-  if (calls != crash && calls != hang) return;
-  if (once && *once) {
-    if (access(once, F_OK) == 0) return;
-    FILE *f = fopen(once, "w");
-    if (f) fclose(f);
-  }
-  if (calls == hang)
+  const char *crash = getenv("STANDIN_CRASH_SUM"), *hang = getenv("STANDIN_HANG_SUM");
+  if (!pixels || width != engine.in_w || height != engine.in_h || (!(crash && *crash) && !(hang && *hang)))
+    return;
+  char sum[16];
+  snprintf(sum, sizeof sum, "%u", content_sum(pixels, width, height, format));
+  if (hang && strcmp(hang, sum) == 0)
     for (;;) pause();
-  int *volatile bad = (int *)(uintptr_t)8;
-  *bad = 1; /* SIGSEGV: a real fault, as an app's bug would make */
+  if (crash && strcmp(crash, sum) == 0) {
+    int *volatile bad = (int *)(uintptr_t)8;
+    *bad = 1; /* SIGSEGV: a real fault, as an app's bug would make */
+  }
 }
 
 /* The exported entry point: run the engine, post the result message, return the status. */
 EXPORT int standin_run(const uint8_t *pixels, int width, int height, int format, float *out) {
-  misbehave();
+  misbehave(pixels, width, height, format);
   int rc = engine_run(pixels, width, height, format, out);
   if (rc == 0) emit(out);
   return rc;
@@ -208,7 +221,7 @@ EXPORT int standin_run(const uint8_t *pixels, int width, int height, int format,
 /* The same entry without a symbol: static, kept out of line, found only by its offset. */
 static __attribute__((noipa, used)) int run_internal(const uint8_t *pixels, int width, int height,
                                                         int format, float *out) {
-  misbehave();
+  misbehave(pixels, width, height, format);
   int rc = engine_run(pixels, width, height, format, out);
   if (rc == 0) emit(out);
   return rc;
@@ -217,7 +230,7 @@ static __attribute__((noipa, used)) int run_internal(const uint8_t *pixels, int 
 /* A return-value entry: the age output alone. */
 EXPORT float standin_age(const uint8_t *pixels, int width, int height, int format) {
   float out[8];
-  misbehave();
+  misbehave(pixels, width, height, format);
   return engine_run(pixels, width, height, format, out) == 0 ? out[0] : NAN;
 }
 

@@ -27,6 +27,15 @@ FORMAT_RGB888 = 1
 FORMAT_RGBA8888 = 2
 
 
+def content_sum(pixels: bytes) -> int:
+    """The stand-in's hash of an input (``content_sum`` in standin.c): its crash/hang knobs pick an item
+    by this, as a bug that one image triggers would."""
+    s = 0
+    for b in pixels:
+        s = (s * 31 + b) & 0xFFFFFFFF
+    return s
+
+
 def write_weights(path: Path, width: int, height: int, c1: int = 8, c2: int = 16, seed: int = 14) -> None:
     """An SIE1 weight file (the stand-in's own format): two 3x3 stride-2 convolutions, a dense layer of
     three outputs (age, male logit, female logit), He-scaled random weights from ``seed``."""

@@ -22,6 +22,7 @@ import polars as pl
 import pytest
 from PIL import Image, ImageOps
 
+from replaybench.replay.datasets import read_dataset
 from replaybench.replay.inapp import (
     AppVersionError,
     HookTargetError,
@@ -30,7 +31,7 @@ from replaybench.replay.inapp import (
     replay_in_app,
 )
 from tests.inapp.manifests import AGE_FACTOR, AGE_OFFSET, manifest, write_manifest
-from tests.inapp.standin import Standin, StandinEngine, build_standin
+from tests.inapp.standin import Standin, StandinEngine, build_standin, content_sum
 
 pytestmark = pytest.mark.frida
 N_ITEMS = 40
@@ -116,38 +117,56 @@ def _check_rows(df: pl.DataFrame, kind: str, reference: dict) -> None:
 def test_in_app_predictions_equal_the_engine(
     tmp_path: Path, standin: Standin, faces: Path, reference, kind: str
 ) -> None:
-    result, df = _run(tmp_path, standin, faces, kind)
+    fed = tmp_path / "fed"
+    result, df = _run(tmp_path, standin, faces, kind, {"STANDIN_FED_FILE": str(fed)})
     assert result.items_ok == N_ITEMS and result.items_error == 0 and result.restarts == 0, result
+    # the run functions were called, except with frame substitution (the app's camera loop took the items)
+    assert fed.exists() == (kind != "frame_substitution")
     assert result.app_version_reported == "1.4.2"
     assert df.height == N_ITEMS and df["item_id"].n_unique() == N_ITEMS
     assert set(df["route"]) == {"in_app"} and set(df["bundle"]) == {f"standin-{kind}"}
     _check_rows(df, kind, reference)
 
 
+def _nth_item_sum(faces: Path, standin: Standin, n: int) -> tuple[str, str]:
+    """(item id, content sum) of the dataset's nth item, its bytes made with Pillow as in ``reference``."""
+    _, items = read_dataset(faces, "utkface")
+    with Image.open(items[n].path) as im:
+        small = (
+            ImageOps.exif_transpose(im)
+            .convert("RGB")
+            .resize((standin.width, standin.height), Image.Resampling.BILINEAR)
+        )
+    return items[n].item_id, str(content_sum(np.asarray(small).tobytes()))
+
+
 def test_a_crash_is_an_error_row_and_the_run_goes_on(
     tmp_path: Path, standin: Standin, faces: Path, reference
 ) -> None:
-    env = {"STANDIN_CRASH_AT": "5", "STANDIN_ONCE": str(tmp_path / "crashed")}
-    result, df = _run(tmp_path, standin, faces, "native_export", env)
-    assert (tmp_path / "crashed").exists()  # the app did crash
-    assert result.restarts == 1 and len(set(result.pids)) == 2
-    assert result.items_ok == N_ITEMS - 1 and result.items_error == 1
+    """The app crashes on one image (every time it gets it): only that item is an error row, whatever the
+    crash did to the results of the items before it, and the run goes on in a new app process."""
+    culprit, crash_sum = _nth_item_sum(faces, standin, 4)
+    result, df = _run(tmp_path, standin, faces, "native_export", {"STANDIN_CRASH_SUM": crash_sum})
+    assert result.restarts >= 1 and len(set(result.pids)) == result.restarts + 1
+    assert result.items_ok == N_ITEMS - 1 and result.items_error == 1, result
     assert df.height == N_ITEMS and df["item_id"].n_unique() == N_ITEMS
     bad = df.filter(pl.col("status") == "error")
-    assert bad["item_id"].to_list() == [df["item_id"][4]]  # the fifth call the app got (rows keep item order)
-    assert "the app died" in bad["error"][0] and "restarted" in bad["error"][0]
+    assert bad["item_id"].to_list() == [culprit]
+    assert "the app died" in bad["error"][0] and "on this item; the app was restarted" in bad["error"][0]
     _check_rows(df, "native_export", reference)
 
 
 def test_a_hang_times_out_and_the_run_goes_on(
     tmp_path: Path, standin: Standin, faces: Path, reference
 ) -> None:
-    env = {"STANDIN_HANG_AT": "3", "STANDIN_ONCE": str(tmp_path / "hung")}
-    result, df = _run(tmp_path, standin, faces, "native_offset", env, item_timeout=2.0)
-    assert result.restarts == 1 and result.items_ok == N_ITEMS - 1 and result.items_error == 1
+    culprit, hang_sum = _nth_item_sum(faces, standin, 2)
+    result, df = _run(
+        tmp_path, standin, faces, "native_offset", {"STANDIN_HANG_SUM": hang_sum}, item_timeout=2.0
+    )
+    assert result.restarts >= 1 and result.items_ok == N_ITEMS - 1 and result.items_error == 1, result
     bad = df.filter(pl.col("status") == "error")
-    assert bad["item_id"].to_list() == [df["item_id"][2]]
-    assert "did not answer within 2 s" in bad["error"][0]
+    assert bad["item_id"].to_list() == [culprit]
+    assert "did not answer within 2 s (hung) on this item" in bad["error"][0]
     _check_rows(df, "native_offset", reference)
 
 
@@ -254,10 +273,14 @@ def test_a_manifest_the_app_does_not_fit_is_refused_before_any_item(
     else:
         doc["app"] = {**doc["app"], "version": "2.0.0"}
     hooks = write_manifest(tmp_path, doc)
-    out = tmp_path / "preds"
+    out, fed = tmp_path / "preds", tmp_path / "fed"
     with pytest.raises(error) as info:
         replay_in_app(
-            hooks, faces, out, _target(standin, STANDIN_CRASH_AT="1"), InAppOptions(format="utkface", limit=4)
+            hooks,
+            faces,
+            out,
+            _target(standin, STANDIN_FED_FILE=str(fed)),
+            InAppOptions(format="utkface", limit=4),
         )
     assert named in info.value.message
-    assert not list(out.glob("part-*.parquet"))  # nothing was fed (the first call would have crashed)
+    assert not fed.exists() and not list(out.glob("part-*.parquet"))  # nothing was fed
