@@ -228,7 +228,8 @@ class JsonMessageRead(_Strict):
     string for a native hook, a String for a Java one). ``fields`` maps an output name to a path in the
     message (``base_infos.0.age``); ``skip_unless`` marks the item ``skipped`` when a path does not hold
     the value (the paper kept only messages with ``face_count == 1``). ``wait_ms``: how long after the
-    call (or frame) returns a message may still come."""
+    call (or frame) returns a message may still come; while waiting, a message from any thread counts for
+    the waiting item (no other item runs meanwhile), so the app must post nothing else then."""
 
     kind: Literal["json_message"]
     hook: CallSite | JavaMethodHook

@@ -13,6 +13,7 @@
  *   STANDIN_HANG_SUM=S      hang forever on that input instead
  *   STANDIN_FED_FILE=PATH   a run function creates PATH when called (tests check nothing was fed)
  *   STANDIN_GARBLE_AT=N     the Nth call posts a message that is not JSON
+ *   STANDIN_ASYNC_MS=N      results are posted from another thread N ms after the call returned
  *   STANDIN_CALL_US=N       every call takes N microseconds longer (a slow engine)
  *   STANDIN_FRAME_MS=N      camera frame interval (default 2 ms)
  *   STANDIN_CAMERA=0        no camera frames (the app's screen without its camera view)
@@ -151,6 +152,13 @@ EXPORT void post_message(const char *json) {
   messages_posted++;
 }
 
+static void *post_later(void *msg) {
+  usleep(1000 * atoi(getenv("STANDIN_ASYNC_MS")));
+  post_message(msg);
+  free(msg);
+  return NULL;
+}
+
 static __thread int garble_next; /* set by a test knob for the next message of the same thread */
 
 static __attribute__((unused)) void emit(const float *out) {
@@ -161,6 +169,12 @@ static __attribute__((unused)) void emit(const float *out) {
     return;
   }
   standin_format_message(out, msg, sizeof msg);
+  const char *async = getenv("STANDIN_ASYNC_MS");
+  if (async && atoi(async) > 0) { /* as an SDK that delivers results on its own thread, later */
+    pthread_t t;
+    if (pthread_create(&t, NULL, post_later, strdup(msg)) == 0) pthread_detach(t);
+    return;
+  }
   post_message(msg);
 }
 

@@ -182,6 +182,20 @@ def test_a_message_that_does_not_parse_keeps_the_raw_text(
     _check_rows(df, "message", reference)
 
 
+def test_results_posted_later_from_another_thread(
+    tmp_path: Path, standin: Standin, faces: Path, reference
+) -> None:
+    """An SDK that posts its result on its own thread after the call returned: read.wait_ms waits for it,
+    and each message goes to the item that was waiting (no other item runs meanwhile)."""
+    doc = manifest(standin, "message")
+    doc["read"] = {**doc["read"], "wait_ms": 2000}
+    hooks = write_manifest(tmp_path, doc)
+    target = _target(standin, STANDIN_ASYNC_MS="15", STANDIN_CAMERA="0")
+    result = replay_in_app(hooks, faces, tmp_path / "preds", target, InAppOptions(format="utkface", limit=12))
+    assert result.items_ok == 12, result
+    _check_rows(pl.read_parquet(tmp_path / "preds" / "*.parquet"), "message", reference)
+
+
 def test_a_killed_run_resumes_without_duplicates_or_losses(
     tmp_path: Path, standin: Standin, faces: Path, reference
 ) -> None:
