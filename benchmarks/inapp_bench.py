@@ -139,15 +139,16 @@ def main() -> int:
         frames = manifest(standin, "frame_substitution")
         packed = _packed(faces, parse_manifest(native).input)
         # (a) and (b) alternate, best of each: the shared machine's load swings by 2x within seconds
-        a = b = 0.0
+        rounds = []
         for _ in range(args.rounds):
-            a = max(a, direct_rate(engine, packed, repeats=1))
-            b = max(b, transport_rate(standin, native, packed))
+            rounds.append((direct_rate(engine, packed, repeats=1), transport_rate(standin, native, packed)))
+        a, b = max(r[0] for r in rounds), max(r[1] for r in rounds)
         c = end_to_end_rate(standin, native, faces, work, args.items)
         d = end_to_end_rate(standin, frames, faces, work, args.items)
     print(
         f"in-app replay, {args.items} items, {SIZE}x{SIZE} stand-in engine (a, b: best of {args.rounds} alternating rounds)"
     )
+    print("  rounds (a, b): " + ", ".join(f"({x:.0f}, {y:.0f})" for x, y in rounds))
     print(f"  (a) engine called directly        {a:8.1f} items/s")
     print(f"  (b) through the agent (packed)    {b:8.1f} items/s   b/a = {b / a:.2f}")
     print(f"  (c) replay-app end to end         {c:8.1f} items/s   c/a = {c / a:.2f}")
