@@ -179,6 +179,19 @@ class ParityReport(Strict):
     note: str | None = None
 
 
+RuntimeName = Literal["onnxruntime", "tflite", "ncnn", "mnn", "pytorch_lite"]
+
+
+class RuntimeInfo(Strict):
+    """What replay runs the model with: the converted ``model.onnx`` in onnxruntime, or the app's own
+    engine on the original files (see ``replaybench.replay.runtimes``), and why."""
+
+    name: RuntimeName = "onnxruntime"
+    files: list[str] = Field(default_factory=lambda: [MODEL_ONNX])  # inside the bundle, in the engine's order
+    version: str | None = None  # the engine's version on the host that wrote the bundle
+    reason: str | None = None  # why not onnxruntime (no converter, parity failed, asked with --runtime)
+
+
 class ConversionInfo(Strict):
     converter: str  # tf2onnx.from_tflite, torch.onnx.export, passthrough, ...
     converter_version: str | None = None
@@ -233,6 +246,7 @@ class Bundle(Strict):
     io: IOSpec
     preprocess: PreprocessSpec | None = None
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
+    runtime: RuntimeInfo = Field(default_factory=RuntimeInfo)
     parity: ParityReport | None = None
     conversion: ConversionInfo | None = None
     text: TextPreprocessSpec | None = None  # set for models with a caption input (the student)
@@ -256,6 +270,11 @@ class LoadedBundle(Strict):
     @property
     def model_path(self) -> Path:
         return self.folder / MODEL_ONNX
+
+    @property
+    def runtime_paths(self) -> list[Path]:
+        """The files the bundle's runtime opens (``model.onnx``, or the original engine's files)."""
+        return [self.folder / f for f in self.bundle.runtime.files]
 
     @property
     def labels(self) -> list[str] | None:
@@ -286,8 +305,12 @@ def load_bundle(folder: Path) -> LoadedBundle:
             f"{BUNDLE_SCHEMA_VERSION}",
             hint="upgrade replaybench",
         )
-    if not (folder / MODEL_ONNX).is_file():
-        raise CorruptInputError(f"bundle {folder} has no {MODEL_ONNX}")
+    for name in bundle.runtime.files:
+        # files come from a document that may have been edited: they must stay inside the bundle
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CorruptInputError(f"{doc}: runtime file {name!r} is outside the bundle")
+        if not (folder / name).is_file():
+            raise CorruptInputError(f"bundle {folder} has no {name} (its {bundle.runtime.name} model)")
     return LoadedBundle(folder=folder, bundle=bundle)
 
 

@@ -197,8 +197,19 @@ def convert(
     ] = False,
     input_shape: Annotated[
         str | None,
-        typer.Option("--input-shape", help="Input shape for TorchScript models, e.g. 1,3,224,224."),
+        typer.Option(
+            "--input-shape",
+            help="Input shape where the model records none (TorchScript, .ptl, NCNN), e.g. 1,3,224,224.",
+        ),
     ] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="auto: ONNX, else the app's own engine when there is no converter or parity fails; "
+            "onnx: ONNX or fail; native: keep the original for its engine (tflite, ncnn, mnn, pytorch_lite).",
+        ),
+    ] = "auto",
     keep_quantized_io: Annotated[
         bool,
         typer.Option(
@@ -236,6 +247,7 @@ def convert(
         allow_mismatch=allow_mismatch,
         input_shape=shape,
         keep_quantized_io=keep_quantized_io,
+        runtime=runtime,
     )
     if json_out:
         emit_json(bundle)
@@ -267,6 +279,14 @@ def _render_bundle(bundle: Any, title: str) -> None:
                 f"{q.scale:g} @ {q.zero_point}" if q else "",
             )
     console.print(io)
+    rt = bundle.runtime
+    console.print(
+        Text.assemble(
+            ("replay runtime: ", "bold"),
+            f"{rt.name}{' ' + rt.version if rt.version else ''} ({', '.join(rt.files)})",
+            f"  why: {rt.reason}" if rt.reason else "",
+        )
+    )
     p = bundle.preprocess
     if p is not None:
         pre = Table("field", "value", "provenance", title="preprocessing")
@@ -429,7 +449,8 @@ def inspect(
     if json_out:
         emit_json(bundle)
         return
-    _render_bundle(bundle, title="bundle" if bundle.parity is not None else "model (not converted)")
+    is_bundle = bundle.parity is not None or (target / "bundle.json").is_file()
+    _render_bundle(bundle, title="bundle" if is_bundle else "model (not converted)")
 
 
 # ---------------------------------------------------------------------------------------------- replay
@@ -815,15 +836,22 @@ def _render_evaluation(summary: Any) -> None:
         console.print(table)
     if summary.comparison:
         c = summary.comparison
-        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "worst group", "routes")
+        table = Table(
+            "field", "n", "agreement", "kappa", "mean |diff|", "max |diff|", "worst group", "routes"
+        )
         table.title = f"agreement with {c.other} ({c.route} vs {c.route_other})"
+
+        def g(x: float | None) -> str:  # raw tensors of two engines differ by float noise: show it
+            return "-" if x is None else f"{x:.3g}"
+
         for a in c.fields:
             table.add_row(
                 a.field,
                 str(a.n),
                 f(a.agreement),
                 f(a.kappa),
-                f(a.mean_abs_diff),
+                g(a.mean_abs_diff),
+                g(a.max_abs_diff),
                 a.worst_group or "-",
                 f"{a.route} vs {a.route_other}",
             )
@@ -918,14 +946,24 @@ def distill_train(
     patience: Annotated[int, typer.Option("--patience", help="Early stopping patience (epochs).")] = 20,
     seed: Seed = 0,
     split: Annotated[
-        Path | None, typer.Option("--split", help="JSON {train:[ids], val:[ids]} or CSV post_id,split.")
+        Path | None,
+        typer.Option("--split", help="JSON {train:[ids], val:[ids], test:[ids]} or CSV post_id,split."),
     ] = None,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of posts for early stopping (seeded split).")
+    ] = 0.15,
+    test_fraction: Annotated[
+        float, typer.Option("--test-fraction", help="Share of posts held out for the reported test figures.")
+    ] = 0.15,
     finetune_last_blocks: Annotated[
         int, typer.Option("--finetune-last-blocks", help="Also train the last N encoder blocks (0-4).")
     ] = 0,
     json_out: JsonFlag = False,
 ) -> None:
     """Train the image+text student on teacher labels.
+
+    The posts are split by post id into train, validation (early stopping) and test; the figures reported
+    are the test split's, which training never saw.
 
     Example: replaybench distill train posts/ labels.parquet -o student/
     """
@@ -939,25 +977,35 @@ def distill_train(
     result = train_student(
         posts, labels, output, image_weights=image_encoder_weights, text_encoder=text_encoder,
         random_init=random_init, text_arch=text_arch,  # type: ignore[arg-type]
-        epochs=epochs, patience=patience, seed=seed, split=split, finetune_last_blocks=finetune_last_blocks,
+        epochs=epochs, patience=patience, seed=seed, split=split, val_fraction=val_fraction,
+        test_fraction=test_fraction, finetune_last_blocks=finetune_last_blocks,
         progress=None if json_out else RichProgress(),
     )  # fmt: skip
     if json_out:
         emit_json(result)
         return
-    v = result.validation
+    t, v = result.test, result.validation
     _render_doc(
         "student training",
         {
             "output": result.output,
-            "posts used": f"{result.posts_used} ({result.train_posts} train, {result.val_posts} val)",
+            "posts used": f"{result.posts_used} ({result.train_posts} train, {result.val_posts} validation, "
+            f"{result.test_posts} test; {result.split})",
             "skipped posts": len(result.skipped),
-            "epochs": f"{result.epochs_run} (best {result.best_epoch})",
-            "val MAE": f"{v['mae']:.3f} (predict-the-mean {result.baseline_val_mae:.3f})",
-            "within 1 / 2": f"{v['within_1']:.1%} / {v['within_2']:.1%}",
-            "pearson / spearman": f"{v['pearson']} / {v['spearman']}",
+            "epochs": f"{result.epochs_run} (best {result.best_epoch} on validation)",
+            "test MAE": f"{t['mae']:.3f} (predict-the-mean {result.baseline_test_mae:.3f}, "
+            f"{result.test_posts} held-out posts)",
+            "test within 1 / 2": f"{t['within_1']:.1%} / {t['within_2']:.1%}",
+            "test pearson / spearman": f"{_fmt_corr(t['pearson'])} / {_fmt_corr(t['spearman'])}",
+            "validation MAE (early stopping, optimistic)": f"{v['mae']:.3f} "
+            f"(predict-the-mean {result.baseline_val_mae:.3f})",
+            **({"warnings": "; ".join(result.warnings)} if result.warnings else {}),
         },
     )
+
+
+def _fmt_corr(r: float | None) -> str:
+    return "n/a (constant)" if r is None else f"{r:.3f}"
 
 
 @distill_app.command("export")
@@ -965,7 +1013,12 @@ def distill_export(
     student: Annotated[Path, typer.Argument(help="A trained student folder.")],
     output: OutDir,
     calibration: Annotated[
-        Path | None, typer.Option("--calibration", help="Posts to calibrate int8 on (default: kept samples).")
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="Posts for int8: the first half calibrates, the rest measures the int8 error "
+            "(default: the student's training posts calibrate, its held-out posts measure).",
+        ),
     ] = None,
     no_int8: Annotated[bool, typer.Option("--no-int8", help="Skip the int8 variant.")] = False,
     json_out: JsonFlag = False,
@@ -984,7 +1037,11 @@ def distill_export(
     if json_out:
         emit_json(result)
         return
-    _render_doc("student export", result.model_dump())
+    doc = result.model_dump(exclude={"calibration_posts", "int8_eval_posts", "int8_eval_source"})
+    doc["int8 calibrated on"] = f"{len(result.calibration_posts)} posts"
+    if result.int8_eval_source is not None:
+        doc["int8 measured on"] = f"{len(result.int8_eval_posts)} other posts: {result.int8_eval_source}"
+    _render_doc("student export", doc)
 
 
 @distill_app.command("score")

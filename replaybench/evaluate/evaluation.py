@@ -141,7 +141,7 @@ def evaluate_predictions(
         found = detect_tasks(rows)
         # a named task runs on the bundles that predict it (an age bundle has no gender_pred)
         plan += [(bundle, t, rows) for t in found if task is None or t == task]
-    if not plan:
+    if not plan and (compare is None or task is not None):  # a comparison alone needs no task
         if task is not None:
             check_task(predictions.ok, task, label_column)  # raises the message naming what is missing
         raise EvaluationError(msg.NO_TASK_DETECTED)
@@ -457,6 +457,7 @@ def _agreements(table: pl.DataFrame) -> list[FieldAgreement]:
                 agreement=num(overall["agreement"]),
                 kappa=num(overall["kappa"]),
                 mean_abs_diff=num(overall["mean_abs_diff"]),
+                max_abs_diff=num(overall["max_abs_diff"]),
                 worst_group=worst,
                 worst_group_value=worst_v,
                 route=overall.get("route"),

@@ -106,6 +106,7 @@ class FieldAgreement(_Strict):
     agreement: float | None = None
     kappa: float | None = None
     mean_abs_diff: float | None = None
+    max_abs_diff: float | None = None
     worst_group: str | None = None
     worst_group_value: float | None = None
     route: str | None = None  # where this run's numbers came from: in_app, offline (unrecorded: older)

@@ -22,7 +22,18 @@ from replaybench.extract.inventory import AppInfo, Inventory, ModelBlob
 log = logging.getLogger(__name__)
 
 EXTRACT_SCHEMA_VERSION = "1"
-CONVERTIBLE = {"tflite", "onnx", "torchscript", "pytorch_lite", "tf_graphdef"}
+
+
+def bundle_formats() -> set[str]:
+    """Formats extract makes bundles of: those with an ONNX converter or a native replay runtime.
+    (A SavedModel is a folder: inside an app it is scattered entries, not one blob to convert.)"""
+    from replaybench.extract.convert.registry import CONVERTIBLE_FORMATS
+    from replaybench.replay.runtimes import runtimes
+
+    native = {f for r in runtimes() if r.open_engine is not None for f in r.formats}
+    return (set(CONVERTIBLE_FORMATS) - {"savedmodel"}) | native
+
+
 RUNTIME_OF = {
     "tflite": "tflite",
     "onnx": "onnxruntime",
@@ -173,6 +184,7 @@ def _use_trace(
     """Mark what ran, pull memory-only models from their dumps, collect bitmap/tensor pairs."""
     from replaybench.extract.containers import safe_file_name
     from replaybench.extract.convert.sniff import sniff_format
+    from replaybench.extract.formats import file_extension
     from replaybench.extract.trace import read_trace
     from replaybench.extract.trace_match import (
         AppIdentity,
@@ -216,10 +228,7 @@ def _use_trace(
             fmt = sniff_format(probe)
         except ReplaybenchError:
             fmt = "unknown"
-        ext = {"tflite": ".tflite", "onnx": ".onnx", "torchscript": ".pt", "pytorch_lite": ".ptl"}.get(
-            fmt, ".bin"
-        )
-        dest = probe.with_suffix(ext)
+        dest = probe.with_suffix(file_extension(fmt))
         probe.rename(dest)
         origin = m.blob
         candidates.append(
@@ -274,7 +283,7 @@ def _convert(
     jobs, models = [], []
     used: set[str] = set()
     for path, model, src in candidates:
-        if model.format not in CONVERTIBLE:
+        if model.format not in bundle_formats():
             continue
         spec: PreprocessSpec | None = None
         if model.sha256 in pairs_by_sha:
@@ -295,6 +304,12 @@ def _convert(
         options: dict[str, Any] = {"source": src, "preprocess": spec, "allow_mismatch": True}
         if model.sha256 in inputs_by_sha:
             options["trace_inputs"] = inputs_by_sha[model.sha256][:4]
+        if model.format == "ncnn_param" and model.sha256 in blobs_by_sha:
+            # blob files are numbered, so the .bin is found by its entry in the app, as scan paired them
+            entry = blobs_by_sha[model.sha256].details.get("weights")
+            options["weights"] = next(
+                (p for p, _, s in candidates if s.entry == entry and s.container == src.container), None
+            )
         jobs.append(ConversionJob(path, out_dir / "bundles" / name, options))
         models.append((model, name))
     for outcome, (model, name) in zip(convert_many(jobs, progress=progress), models, strict=True):

@@ -460,18 +460,12 @@ def _open_sessions(
     kind) they make together. ``spinning``: off when decode workers share the cores (idle onnxruntime
     threads would busy-wait on them)."""
     from replaybench.replay.decoders import decoded_columns
-    from replaybench.replay.sessions import open_model
+    from replaybench.replay.runtimes import open_bundle_model
 
     sessions = []
     decoded: dict[str, str] = {}
     for lb, g in zip(bundles, groups, strict=True):
-        ms = open_model(
-            lb.model_path,
-            providers=list(opts.providers),
-            threads=threads,
-            optimization=lb.bundle.parity.onnxruntime_optimization if lb.bundle.parity else None,
-            spinning=spinning,
-        )
+        ms = open_bundle_model(lb, providers=opts.providers, threads=threads, spinning=spinning)
         want = np.dtype(specs[g].dtype)
         if np.dtype(ms.input_dtype) != want:
             raise UsageError(
@@ -546,7 +540,9 @@ def replay(
             "fingerprint": _fingerprint(fmt, items),
             "items": len(items),
         },
-        "bundles": [{"name": lb.bundle.name, "model_sha256": _file_sha256(lb.model_path)} for lb in bundles],
+        "bundles": [
+            {"name": lb.bundle.name, "model_sha256": _file_sha256(lb.runtime_paths[0])} for lb in bundles
+        ],
         "settings": {
             "limit": opts.limit,
             "shuffle": opts.shuffle,
@@ -578,13 +574,11 @@ def replay(
         sessions, decoded = _open_sessions(bundles, specs, groups, opts, threads, spinning=n_workers == 0)
         ltypes = label_types([it.labels for it in items])
         reserved = (
-            set(FIXED_COLUMNS)
-            | set(decoded)
-            | set(FACE_COLUMNS)
-            | {"status", "error", "post_id", "caption", "route"}
+            set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption"}
         )
+        reserved.add("route")  # the route column (offline here; in_app from replay/inapp.py)
         label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
-        extra: dict[str, str] = {"route": "str"}  # offline here; in_app from replay/inapp.py
+        extra: dict[str, str] = {"route": "str"}
         if any(it.post_id is not None or it.caption is not None for it in items):
             extra.update({"post_id": "str", "caption": "str"})
         if opts.faces is not None:

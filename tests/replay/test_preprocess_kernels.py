@@ -15,7 +15,9 @@ IMG = RNG.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
 
 @pytest.fixture(scope="module")
 def tf():
-    return pytest.importorskip("tensorflow")
+    import tensorflow  # a required dependency (the reference): a broken install must fail, not skip
+
+    return tensorflow
 
 
 @pytest.mark.parametrize("size", [(16, 16), (20, 31), (64, 90)])

@@ -296,7 +296,6 @@ def test_providers_and_optimisation_level(tmp_path):
 
 
 def test_posts_carry_caption_and_post_id(tmp_path):
-    pytest.importorskip("replaybench.replay.posts")
     ds = tmp_path / "posts"
     ds.mkdir()
     for k in range(3):
