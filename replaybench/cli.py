@@ -7,6 +7,7 @@ error's exit code in ``main``; tracebacks only with ``--debug``.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,12 @@ distill_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(distill_app, name="distill")
+hooks_app = typer.Typer(
+    help="Hook manifests for in-app replay (replay-app).\n\nExample: replaybench hooks suggest trace/ -o hooks.json",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(hooks_app, name="hooks")
 
 
 class _State:
@@ -709,6 +716,132 @@ def replay(
     )
 
 
+@app.command("replay-app")
+def replay_app(
+    hooks: Annotated[Path, typer.Argument(help="The hook manifest (JSON) for this app version.")],
+    dataset: Annotated[Path, typer.Argument(help="The dataset (same formats as replay).")],
+    output: OutDir,
+    program_args: Annotated[
+        list[str] | None, typer.Argument(metavar="[-- ARGS]", help="Arguments for a spawned local program.")
+    ] = None,
+    usb: Annotated[bool, typer.Option("--usb", help="Use the USB device.")] = False,
+    remote: Annotated[str | None, typer.Option("--remote", help="Use frida-server at HOST[:PORT].")] = None,
+    pid: Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")] = None,
+    spawn: Annotated[
+        str | None, typer.Option("--spawn", help="Spawn this package or program (lets replay restart it).")
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Dataset format (default: detect), as for replay.")
+    ] = None,
+    pattern: Annotated[str | None, typer.Option("--pattern", help="folders: labels from the path.")] = None,
+    in_flight: Annotated[int, typer.Option("--in-flight", help="Items posted and unanswered at most.")] = 8,
+    item_timeout: Annotated[
+        float, typer.Option("--item-timeout", help="Seconds an item may run before the app counts as hung.")
+    ] = 30.0,
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", help="Give up after restarting a crashed or hung app this often.")
+    ] = 20,
+    workers: Annotated[int, typer.Option("--workers", help="Decode threads on the host.")] = 2,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run in the same output folder.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Replay only the first N items.")] = None,
+    shuffle: Annotated[
+        bool, typer.Option("--shuffle", help="Shuffle items (with --seed) before --limit.")
+    ] = False,
+    seed: Seed = 0,
+    part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    json_out: JsonFlag = False,
+) -> None:
+    """Replay a dataset inside the app: feed each item to the app's own pipeline through the Frida agent,
+    as the hook manifest says, and write its results as predictions (route in_app). Needs the frida extra.
+
+    A separate command from replay: it takes a manifest and a device instead of bundles, and a spawned
+    local program's arguments after --.
+
+    Example: replaybench replay-app hooks.json UTKFace/ --usb --spawn com.example.app -o preds-app/
+    """
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.replay.inapp import InAppOptions, InAppTarget, replay_in_app
+
+    target = InAppTarget(
+        usb=usb, remote=remote, pid=pid, name=name, spawn=spawn, spawn_args=list(program_args or [])
+    )
+    target.check()
+    if fmt is not None and fmt != "folders" and pattern is not None:
+        raise UsageError("--pattern only applies to --format folders")
+    options = InAppOptions(
+        format=fmt,
+        pattern=pattern,
+        in_flight=in_flight,
+        item_timeout=item_timeout,
+        max_restarts=max_restarts,
+        workers=workers,
+        resume=resume,
+        limit=limit,
+        shuffle=shuffle,
+        seed=seed,
+        part_rows=part_rows,
+    )
+    STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"
+    progress = NullProgress() if json_out else RichProgress()
+    result = replay_in_app(hooks, dataset, output, target, options, progress)
+    if json_out:
+        emit_json(result)
+        return
+    from replaybench._console import stdout_console
+
+    stdout_console().print(
+        f"in-app replay of {result.app_package} {result.app_version_reported or '(version not read)'} -> "
+        f"{result.output}: {result.items_processed} items ({result.items_skipped_done} already done): "
+        f"{result.items_ok} ok, {result.items_error} error, {result.items_filtered} skipped; "
+        f"{result.restarts} app restarts; {result.items_per_second:,.1f} items/s"
+    )
+
+
+@hooks_app.command("suggest")
+def hooks_suggest(
+    trace_dir: Annotated[Path, typer.Argument(metavar="TRACE", help="A trace folder (or its trace.jsonl).")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the draft manifest here.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Draft a hook manifest from a trace: the functions that took the traced frames and the ones whose
+    results followed them, for you to confirm. Trace with --watch MODULE!FUNCTION for the candidates.
+
+    Example: replaybench hooks suggest trace/ -o hooks.json
+    """
+    from replaybench._console import emit_json
+    from replaybench.replay.hooks_suggest import suggest_hooks, write_draft
+
+    suggestion = suggest_hooks(trace_dir)
+    if output is not None:
+        write_draft(suggestion, output)
+    if json_out:
+        emit_json(suggestion)
+        return
+    from rich.table import Table
+
+    from replaybench._console import stdout_console
+
+    table = Table("role", "kind", "target", "seen", "evidence", title=f"hook candidates in {trace_dir}")
+    for c in suggestion.candidates:
+        table.add_row(c.role, c.kind, c.target, str(c.count), c.evidence)
+    console = stdout_console()
+    console.print(table)
+    if output is None:
+        sys.stdout.write(json.dumps(suggestion.draft, indent=2) + "\n")
+    for p in suggestion.problems:
+        sys.stderr.write(f"to do: {p}\n")
+    sys.stderr.write(
+        ("draft validates" if suggestion.valid else "draft does not validate yet")
+        + (f"; written to {output}" if output else "")
+        + "\n"
+    )
+
+
 # -------------------------------------------------------------------------------------------- evaluate
 
 
@@ -840,13 +973,16 @@ def _render_evaluation(summary: Any) -> None:
             )
         console.print(table)
     if summary.comparison:
-        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "max |diff|", "worst group")
-        table.title = f"agreement with {summary.comparison.other}"
+        c = summary.comparison
+        table = Table(
+            "field", "n", "agreement", "kappa", "mean |diff|", "max |diff|", "worst group", "routes"
+        )
+        table.title = f"agreement with {c.other} ({c.route} vs {c.route_other})"
 
         def g(x: float | None) -> str:  # raw tensors of two engines differ by float noise: show it
             return "-" if x is None else f"{x:.3g}"
 
-        for a in summary.comparison.fields:
+        for a in c.fields:
             table.add_row(
                 a.field,
                 str(a.n),
@@ -855,6 +991,7 @@ def _render_evaluation(summary: Any) -> None:
                 g(a.mean_abs_diff),
                 g(a.max_abs_diff),
                 a.worst_group or "-",
+                f"{a.route} vs {a.route_other}",
             )
         console.print(table)
     for w in summary.warnings:

@@ -1,6 +1,7 @@
 """Agreement between two prediction runs over the same items (trace vs replay, fp32 vs int8, teacher vs
-student): label agreement and Cohen's kappa for categorical fields, mean absolute difference for numbers,
-overall and per group."""
+student, in the app vs on the workstation): label agreement and Cohen's kappa for categorical fields, mean
+absolute difference for numbers, overall and per group. Every row says which route (``in_app``,
+``offline``) the numbers of each run came from."""
 
 from __future__ import annotations
 
@@ -14,8 +15,18 @@ from replaybench.evaluate import messages as msg
 from replaybench.evaluate.predictions import CONCEPT_PREFIX
 
 #: Fields compared when both runs have them (decoded outputs, not raw tensors).
-_SKIP = {"item_id", "source_path", "bundle", "status", "error"}
+_SKIP = {"item_id", "source_path", "bundle", "status", "error", "route", "raw_result"}
 OVERALL = "overall"
+#: The route of predictions written before the route column existed.
+UNRECORDED = "unrecorded"
+
+
+def routes(df: pl.DataFrame) -> str:
+    """The route(s) a set of prediction rows came from: ``in_app``, ``offline``, both joined by ``+``."""
+    if "route" not in df.columns:
+        return UNRECORDED
+    found = sorted({str(v) for v in df["route"].to_list() if v is not None})
+    return "+".join(found) or UNRECORDED
 
 
 def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,7 +98,8 @@ def compare_predictions(
     a: pl.DataFrame, b: pl.DataFrame, by: Sequence[str], *, label_columns: Sequence[str] = ()
 ) -> pl.DataFrame:
     """One row per (field, grouping, group): n, kind ('label', 'numeric' or 'tensor' for raw outputs),
-    agreement, kappa, mean_abs_diff, max_abs_diff.
+    agreement, kappa, mean_abs_diff, max_abs_diff, and the routes the compared numbers came from
+    (``route`` for ``a``, ``route_other`` for ``b``).
 
     Rows are joined on ``item_id``, and on ``bundle`` too when the two runs name the same bundles (the
     same bundles replayed twice); otherwise each run is expected to hold one bundle per field.
@@ -97,20 +109,31 @@ def compare_predictions(
     fields = _fields(a, b, set(label_columns)) + _raw_fields(a, b)
     if not fields:
         raise EvaluationError(msg.COMPARE_NO_FIELDS)
-    rows = []
+    rows: list[dict[str, object]] = []
     for field in fields:
-        left = a.filter(pl.col(field).is_not_null()).select(*keys, field, *[g for g in by if g in a.columns])
-        right = b.filter(pl.col(field).is_not_null()).select(*keys, pl.col(field).alias("_b"))
+        route_a = [pl.col("route").alias("_route_a")] if "route" in a.columns else []
+        route_b = [pl.col("route").alias("_route_b")] if "route" in b.columns else []
+        left = a.filter(pl.col(field).is_not_null()).select(
+            *keys, field, *[g for g in by if g in a.columns], *route_a
+        )
+        right = b.filter(pl.col(field).is_not_null()).select(*keys, pl.col(field).alias("_b"), *route_b)
         joined = left.join(right, on=keys, how="inner")
         if joined.height == 0:
             continue
+        where = {
+            "route": routes(joined.select(pl.col("_route_a").alias("route")) if route_a else pl.DataFrame()),
+            "route_other": routes(
+                joined.select(pl.col("_route_b").alias("route")) if route_b else pl.DataFrame()
+            ),
+        }
+        first_row = len(rows)
         groups: list[tuple[str, str, np.ndarray]] = [(OVERALL, OVERALL, np.ones(joined.height, dtype=bool))]
         for g in by:
             if g in joined.columns:
                 col = np.array(joined[g].cast(pl.String).to_list(), dtype=object)
                 groups += [(g, v, col == v) for v in sorted({v for v in col if v is not None})]
         if field.startswith("raw__"):
-            rows += _tensor_rows(joined, field, groups)
+            rows += [r | where for r in _tensor_rows(joined, field, groups)]
             continue
         numeric = joined[field].dtype.is_numeric()
         x, y = joined[field].to_numpy(), joined["_b"].to_numpy()
@@ -142,6 +165,7 @@ def compare_predictions(
                         kappa=cohen_kappa(xs, ys),
                     )
                 )
+        rows[first_row:] = [r | where for r in rows[first_row:]]
     if not rows:
         raise EvaluationError(msg.COMPARE_NO_OVERLAP)
     return pl.DataFrame(rows)

@@ -204,7 +204,14 @@ def evaluate_predictions(
         other = load_predictions(compare)
         label_cols = [c for c in ("age", "gender", "race", label_column) if c in predictions.ok.columns]
         comparison_table = compare_predictions(predictions.ok, other.ok, groups, label_columns=label_cols)
-        comparison = ComparisonSummary(other=str(compare), fields=_agreements(comparison_table))
+        from replaybench.evaluate.compare import routes
+
+        comparison = ComparisonSummary(
+            other=str(compare),
+            fields=_agreements(comparison_table),
+            route=routes(predictions.ok),
+            route_other=routes(other.ok),
+        )
 
     out = Path(out)
     summary = EvaluationSummary(
@@ -453,6 +460,8 @@ def _agreements(table: pl.DataFrame) -> list[FieldAgreement]:
                 max_abs_diff=num(overall["max_abs_diff"]),
                 worst_group=worst,
                 worst_group_value=worst_v,
+                route=overall.get("route"),
+                route_other=overall.get("route_other"),
             )
         )
     return out

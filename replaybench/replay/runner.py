@@ -614,8 +614,9 @@ def replay(
         reserved = (
             set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption"}
         )
+        reserved.add("route")  # the route column (offline here; in_app from replay/inapp.py)
         label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = {"route": "str"}
         if any(it.post_id is not None or it.caption is not None for it in items):
             extra.update({"post_id": "str", "caption": "str"})
         if opts.faces is not None:
@@ -658,6 +659,7 @@ def replay(
                 "source_path": [str(it.path.absolute()) if it.path else None for it in chunk],
                 "status": status,
                 "error": res["error"],
+                "route": ["offline"] * n,
             }
             for key, kind in ltypes.items():
                 base[label_cols[key]] = [as_label(kind, it.labels.get(key)) for it in chunk]
