@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/scan_bench.py
 	$(PY) benchmarks/replay_bench.py
 	$(PY) benchmarks/student_bench.py
+	$(PY) benchmarks/native_bench.py
 
 # Refresh the exact tested set after changing dependencies.
 constraints: $(STAMP)

@@ -21,6 +21,9 @@ Exit codes (also in the README):
 12  TraceError                 the Frida trace cannot be used (or a capture failed)
 13  ExternalServiceError       a teacher endpoint or device did not answer usefully
 14  EvaluationError            predictions lack what the requested evaluation needs
+15  UnresolvedPreprocessError  the trace does not determine a model's preprocessing (extract), or
+                               a bundle whose preprocessing is unresolved was given to replay
+16  UnfaithfulBundleError      a bundle's end-to-end fidelity check against the trace failed
 ==  =========================  ==========================================================
 """
 
@@ -93,6 +96,22 @@ class EvaluationError(ReplaybenchError):
     exit_code = 14
 
 
+class UnresolvedPreprocessError(ReplaybenchError):
+    """No candidate preprocessing reproduces the captured input tensors within the acceptance rule.
+
+    ``extract`` raises it after writing every bundle and extract.json (the unresolved specs are marked
+    ``trace_unresolved`` there); ``replay`` raises it for such a bundle unless ``--accept-unresolved``.
+    """
+
+    exit_code = 15
+
+
+class UnfaithfulBundleError(ReplaybenchError):
+    """A bundle whose replay does not reproduce the app's own outputs on the traced invokes."""
+
+    exit_code = 16  # 15 is UnresolvedPreprocessError (branch preproc)
+
+
 ALL_ERRORS: tuple[type[ReplaybenchError], ...] = (
     ReplaybenchError,
     UsageError,
@@ -108,6 +127,8 @@ ALL_ERRORS: tuple[type[ReplaybenchError], ...] = (
     TraceError,
     ExternalServiceError,
     EvaluationError,
+    UnresolvedPreprocessError,
+    UnfaithfulBundleError,
 )
 
 

@@ -12,6 +12,9 @@ command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
 command -v zip >/dev/null || need+=(zip)
 command -v chromium >/dev/null || need+=(chromium)
 command -v gcc >/dev/null || need+=(gcc)
+# skia-python (the Skia reference of the resize kernel tests and the demo trace) links libGL and libEGL
+ldconfig -p | grep -q 'libGL\.so\.1 ' || need+=(libgl1)
+ldconfig -p | grep -q 'libEGL\.so\.1 ' || need+=(libegl1)
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages: all present"
   exit 0

@@ -199,9 +199,10 @@ def _distill(out: Path, posts: int, progress: Progress) -> tuple[str, Path]:
     )
     buckets = scored.summary["buckets"]
     shares = ", ".join(f"{b}: {v['count']}" for b, v in buckets.items())
-    val = trained.validation
+    test = trained.test
     return (
-        f"student val MAE {val.get('mae', float('nan')):.2f} (mean baseline {trained.baseline_val_mae:.2f}); "
+        f"student test MAE {test.get('mae', float('nan')):.2f} on {trained.test_posts} held-out posts "
+        f"(mean baseline {trained.baseline_test_mae:.2f}); "
         f"{scored.summary['ok']} posts scored int8 [{shares}]",
         folder / "scores",
     )

@@ -141,7 +141,7 @@ def evaluate_predictions(
         found = detect_tasks(rows)
         # a named task runs on the bundles that predict it (an age bundle has no gender_pred)
         plan += [(bundle, t, rows) for t in found if task is None or t == task]
-    if not plan:
+    if not plan and (compare is None or task is not None):  # a comparison alone needs no task
         if task is not None:
             check_task(predictions.ok, task, label_column)  # raises the message naming what is missing
         raise EvaluationError(msg.NO_TASK_DETECTED)
@@ -204,7 +204,14 @@ def evaluate_predictions(
         other = load_predictions(compare)
         label_cols = [c for c in ("age", "gender", "race", label_column) if c in predictions.ok.columns]
         comparison_table = compare_predictions(predictions.ok, other.ok, groups, label_columns=label_cols)
-        comparison = ComparisonSummary(other=str(compare), fields=_agreements(comparison_table))
+        from replaybench.evaluate.compare import routes
+
+        comparison = ComparisonSummary(
+            other=str(compare),
+            fields=_agreements(comparison_table),
+            route=routes(predictions.ok),
+            route_other=routes(other.ok),
+        )
 
     out = Path(out)
     summary = EvaluationSummary(
@@ -450,8 +457,11 @@ def _agreements(table: pl.DataFrame) -> list[FieldAgreement]:
                 agreement=num(overall["agreement"]),
                 kappa=num(overall["kappa"]),
                 mean_abs_diff=num(overall["mean_abs_diff"]),
+                max_abs_diff=num(overall["max_abs_diff"]),
                 worst_group=worst,
                 worst_group_value=worst_v,
+                route=overall.get("route"),
+                route_other=overall.get("route_other"),
             )
         )
     return out

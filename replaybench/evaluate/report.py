@@ -475,10 +475,24 @@ def _html(
                 )
             )
     if s.comparison is not None and comparison is not None:
-        parts.append(f"<h2>Agreement with {html.escape(s.comparison.other)}</h2>")
+        cmp = s.comparison
+        parts.append(
+            f"<h2>Agreement with {html.escape(cmp.other)} ({html.escape(str(cmp.route))} vs "
+            f"{html.escape(str(cmp.route_other))})</h2>"
+        )
         parts.append(
             _table(
-                ["field", "kind", "n", "agreement", "Cohen's κ", "mean |diff|", "worst group", "value"],
+                [
+                    "field",
+                    "kind",
+                    "n",
+                    "agreement",
+                    "Cohen's κ",
+                    "mean |diff|",
+                    "worst group",
+                    "value",
+                    "routes",
+                ],
                 [
                     [
                         html.escape(f.field),
@@ -489,6 +503,7 @@ def _html(
                         _fmt(f.mean_abs_diff),
                         _fmt(f.worst_group),
                         _fmt(f.worst_group_value),
+                        html.escape(f"{f.route} vs {f.route_other}"),
                     ]
                     for f in s.comparison.fields
                 ],

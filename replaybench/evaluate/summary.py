@@ -106,13 +106,18 @@ class FieldAgreement(_Strict):
     agreement: float | None = None
     kappa: float | None = None
     mean_abs_diff: float | None = None
+    max_abs_diff: float | None = None
     worst_group: str | None = None
     worst_group_value: float | None = None
+    route: str | None = None  # where this run's numbers came from: in_app, offline (unrecorded: older)
+    route_other: str | None = None  # and the other run's
 
 
 class ComparisonSummary(_Strict):
     other: str
     fields: list[FieldAgreement]
+    route: str | None = None  # the routes of the two runs (in_app vs offline: the phone vs the workstation)
+    route_other: str | None = None
 
 
 class EvaluationSummary(_Strict):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from replaybench._console import NullProgress, Progress
 from replaybench.bundle import LoadedBundle, PreprocessSpec, load_bundle
 from replaybench.errors import ReplaybenchError, UsageError
+from replaybench.replay.admission import check_bundle_admissible
 from replaybench.replay.items import DatasetItem
 from replaybench.replay.preprocess import ResizeBackend
 
@@ -74,6 +76,9 @@ class ReplayOptions:
     # the benchmark compares against.
     resize_backend: ResizeBackend = "onnxruntime"
     simplejpeg: bool = True  # library-only: plain JPEGs through simplejpeg (same pixels as Pillow)
+    # replay a bundle whose end-to-end fidelity failed (recorded in run.json and the parts' metadata)
+    allow_unfaithful: bool = False
+    accept_unresolved: bool = False  # replay a bundle whose preprocessing is unresolved (admission.py)
 
 
 class BundleRun(BaseModel):
@@ -301,9 +306,37 @@ def _mp_context() -> Any:
         "onnx",
         "onnxruntime",
         "simplejpeg",
+        "cv2",  # the "area" resize kernel
     ]
     ctx.set_forkserver_preload(["__main__", __name__, *preload])  # a module that is not installed is skipped
     return ctx
+
+
+def _parts_metadata(bundles: Sequence[LoadedBundle], opts: ReplayOptions) -> dict[str, str]:
+    """Key/values stored in every Parquet part: each bundle's fidelity verdict and whether unfaithful
+    bundles were allowed, so a predictions file says how far its numbers are the app's."""
+    verdicts = {
+        lb.bundle.name: (lb.bundle.fidelity.verdict if lb.bundle.fidelity else None) for lb in bundles
+    }
+    return {
+        "replaybench.fidelity": json.dumps(verdicts, sort_keys=True),
+        "replaybench.allow_unfaithful": json.dumps(opts.allow_unfaithful),
+        "replaybench.unfaithful_bundles": json.dumps(sorted(n for n, v in verdicts.items() if v == "failed")),
+    }
+
+
+def _manifest_bundle(lb: LoadedBundle) -> dict[str, Any]:
+    """A bundle's entry in run.json; an unresolved preprocessing replayed anyway is recorded there."""
+    entry: dict[str, Any] = {
+        "name": lb.bundle.name,
+        "model_sha256": _file_sha256(lb.runtime_paths[0]),
+        "runtime": lb.bundle.runtime.name,
+        "fidelity": lb.bundle.fidelity.verdict if lb.bundle.fidelity else None,
+    }
+    if lb.bundle.preprocess is not None and lb.bundle.preprocess.unresolved:
+        entry["preprocess_unresolved"] = True
+        entry["accepted_unresolved"] = True  # only reachable with --accept-unresolved
+    return entry
 
 
 def _group_specs(bundles: Sequence[LoadedBundle]) -> tuple[list[PreprocessSpec], list[int]]:
@@ -461,18 +494,12 @@ def _open_sessions(
     kind) they make together. ``spinning``: off when decode workers share the cores (idle onnxruntime
     threads would busy-wait on them)."""
     from replaybench.replay.decoders import decoded_columns
-    from replaybench.replay.sessions import open_model
+    from replaybench.replay.runtimes import open_bundle_model
 
     sessions = []
     decoded: dict[str, str] = {}
     for lb, g in zip(bundles, groups, strict=True):
-        ms = open_model(
-            lb.model_path,
-            providers=list(opts.providers),
-            threads=threads,
-            optimization=lb.bundle.parity.onnxruntime_optimization if lb.bundle.parity else None,
-            spinning=spinning,
-        )
+        ms = open_bundle_model(lb, providers=opts.providers, threads=threads, spinning=spinning)
         want = np.dtype(specs[g].dtype)
         if np.dtype(ms.input_dtype) != want:
             raise UsageError(
@@ -524,6 +551,12 @@ def replay(
         raise UsageError("--batch-size must be at least 1")
     t0 = time.perf_counter()
     bundles = [load_bundle(Path(p)) for p in bundle_paths]
+    admitted = [
+        check_bundle_admissible(
+            lb.bundle, allow_unfaithful=opts.allow_unfaithful, accept_unresolved=opts.accept_unresolved
+        )
+        for lb in bundles
+    ]
     names = [lb.bundle.name for lb in bundles]
     if len(set(names)) != len(names):
         raise UsageError(f"two bundles share a name ({', '.join(names)}); rows are keyed by bundle name")
@@ -549,7 +582,7 @@ def replay(
             "fingerprint": _fingerprint(fmt, items),
             "items": len(items),
         },
-        "bundles": [{"name": lb.bundle.name, "model_sha256": _file_sha256(lb.model_path)} for lb in bundles],
+        "bundles": [_manifest_bundle(lb) for lb in bundles],
         "settings": {
             "limit": opts.limit,
             "shuffle": opts.shuffle,
@@ -558,6 +591,7 @@ def replay(
             "faces": str(opts.faces) if opts.faces else None,
             "one_face": opts.one_face,
             "face_margin": opts.face_margin if opts.faces else None,
+            "allow_unfaithful": opts.allow_unfaithful,
         },
     }
     check_or_write_manifest(output, manifest, opts.resume)
@@ -583,14 +617,17 @@ def replay(
         reserved = (
             set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption"}
         )
+        reserved.add("route")  # the route column (offline here; in_app from replay/inapp.py)
         label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = {"route": "str"}
         if any(it.post_id is not None or it.caption is not None for it in items):
             extra.update({"post_id": "str", "caption": "str"})
         if opts.faces is not None:
             extra.update(FACE_COLUMNS)
         schema = build_schema({label_cols[k]: t for k, t in ltypes.items()}, extra, decoded)
-        writer = PartWriter(output, max(opts.part_rows, len(bundles)))
+        writer = PartWriter(
+            output, max(opts.part_rows, len(bundles)), metadata=_parts_metadata(bundles, opts)
+        )
 
         counts = {"ok": 0, "error": 0, "skipped": 0}
         rows_written = 0
@@ -625,6 +662,7 @@ def replay(
                 "source_path": [str(it.path.absolute()) if it.path else None for it in chunk],
                 "status": status,
                 "error": res["error"],
+                "route": ["offline"] * n,
             }
             for key, kind in ltypes.items():
                 base[label_cols[key]] = [as_label(kind, it.labels.get(key)) for it in chunk]
@@ -681,9 +719,14 @@ def replay(
                 folder=str(lb.folder),
                 batch_mode=ms.batch_mode,
                 preprocess_group=g,
-                notes=ms.notes,
+                notes=[*accepted, *ms.notes]
+                + (
+                    ["the app fed this model a per-image region (a detected face): give it such crops"]
+                    if lb.bundle.preprocess is not None and lb.bundle.preprocess.resize.roi == "per_image"
+                    else []
+                ),
             )
-            for lb, ms, g in zip(bundles, sessions, groups, strict=True)
+            for lb, ms, g, accepted in zip(bundles, sessions, groups, admitted, strict=True)
         ],
         preprocess_groups=len(specs),
         workers=n_workers,

@@ -109,11 +109,22 @@ def test_user_preprocess_provenance(tfl, tmp_path):
 
 def test_parity_failure_is_written_then_raised(tfl, tmp_path):
     with pytest.raises(ParityError, match="disagrees"):
-        convert_model(tfl["dynamic"], tmp_path / "b", n_random=1, tolerance=0.0 - 1.0)
+        convert_model(tfl["dynamic"], tmp_path / "b", n_random=1, tolerance=0.0 - 1.0, runtime="onnx")
     doc = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert doc["parity"]["passed"] is False
-    b = convert_model(tfl["dynamic"], tmp_path / "c", n_random=1, tolerance=-1.0, allow_mismatch=True)
+    b = convert_model(
+        tfl["dynamic"], tmp_path / "c", n_random=1, tolerance=-1.0, allow_mismatch=True, runtime="onnx"
+    )
     assert b.parity is not None and not b.parity.passed and b.parity.allow_mismatch
+
+
+def test_parity_failure_falls_back_to_the_apps_own_engine(tfl, tmp_path):
+    """By default a model whose ONNX disagrees with the original is replayed in the original's engine."""
+    b = convert_model(tfl["dynamic"], tmp_path / "b", n_random=1, tolerance=-1.0)
+    assert b.runtime.name == "tflite" and b.runtime.files == ["source.tflite"]
+    assert "disagrees with" in (b.runtime.reason or "") and b.parity is None
+    assert not (tmp_path / "b" / "model.onnx").exists()
+    assert (tmp_path / "b" / "source.tflite").read_bytes() == tfl["dynamic"].read_bytes()
 
 
 def test_trace_inputs_are_used(tfl, tmp_path):
@@ -375,4 +386,7 @@ def test_lite_only_ptl_is_named_clearly(tmp_path):
                 dst.writestr(info, src.read(info))
     assert sniff_format(lite_only) == "pytorch_lite"
     with pytest.raises(ConversionError, match="lite-interpreter-only"):
-        convert_model(lite_only, tmp_path / "b", input_shape=[1, 3, 32, 32])
+        convert_model(lite_only, tmp_path / "b", input_shape=[1, 3, 32, 32], runtime="onnx")
+    # by default it is kept for torch's lite interpreter, which can run it
+    b = convert_model(lite_only, tmp_path / "c", input_shape=[1, 3, 32, 32])
+    assert b.runtime.name == "pytorch_lite" and "lite-interpreter-only" in (b.runtime.reason or "")

@@ -59,6 +59,11 @@ def test_realdata_conversion_verdict(rel, converted):
         assert exp["match"] in result.message
         return
     assert not isinstance(result, Exception), f"{rel}: {result}"
+    if exp["verdict"] == "native":
+        assert result.runtime.name == exp["runtime"] and exp["match"] in (result.runtime.reason or "")
+        assert result.parity is None  # nothing was converted: the original runs in its own engine
+        return
+    assert result.runtime.name == "onnxruntime"
     assert result.parity is not None
     failing = [(o.name, o.max_abs_diff, o.max_quant_steps) for o in result.parity.outputs if not o.passed]
     assert result.parity.passed, f"{rel} parity failed: {failing}"
@@ -95,7 +100,7 @@ def test_quantised_ssd_keeps_uint8_io(converted):
     inp = b.io.inputs[0]
     assert inp.dtype == "uint8" and inp.quantization is not None
     assert inp.quantization.scale == pytest.approx(0.0078125) and inp.quantization.zero_point == 128
-    assert b.parity is not None and b.parity.onnxruntime_optimization in ("all", "disabled")
+    assert b.runtime.name == "tflite"  # the whole model, post-processing op included
 
 
 def test_quantised_parity_records_the_closer_onnxruntime_mode(converted):

@@ -114,31 +114,33 @@ def test_tflite_offsets_revisiting_one_table_are_refused() -> None:
     assert isinstance(result, FlatbufferError) and "revisit" in result.message
 
 
-def _metadata_model(meta: bytes, tail: bytes) -> tuple[object, bytes]:
-    """The seed model object with ``meta`` as its TFLITE_METADATA buffer and ``tail`` appended."""
+def _metadata_model(meta: bytes, tail: bytes) -> bytes:
+    """The seed model with ``meta`` as its TFLITE_METADATA buffer and ``tail`` as its appended zip."""
+    import flatbuffers
     from ai_edge_litert import schema_py_generated as s
 
     model = s.ModelT.InitFromPackedBuf(bytearray(TFLITE), 0)
     model.buffers[3].data = list(meta)
-    return model, TFLITE[: -len(seeds.labels_zip())] + tail
+    b = flatbuffers.Builder(1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    flat = bytes(b.Output())
+    return flat + b"\0" * (-len(flat) % 4) + tail
 
 
 @given(mutated(METADATA, max_ops=8, protect=8), mutated(seeds.labels_zip(), max_ops=4, protect=4))
 @fuzz_settings(300)
 def test_fuzz_convert_tflite_metadata(meta: bytes, tail: bytes) -> None:
     """convert's metadata reader never fails a conversion: bad metadata becomes a note."""
-    from replaybench.extract.convert.tflite_metadata import TFLiteMetadata, read_metadata
+    from replaybench.extract.tflite import TFLiteMetadata, read_metadata
 
-    model, data = _metadata_model(meta, tail)
-    result = expect_typed(read_metadata, model, data)
+    result = expect_typed(read_metadata, _metadata_model(meta, tail))
     assert isinstance(result, TFLiteMetadata)
 
 
 def test_convert_metadata_reads_the_seed() -> None:
-    from replaybench.extract.convert.tflite_metadata import read_metadata
+    from replaybench.extract.tflite import read_metadata
 
-    model, data = _metadata_model(METADATA, seeds.labels_zip())
-    meta = read_metadata(model, data)
+    meta = read_metadata(_metadata_model(METADATA, seeds.labels_zip()))
     assert (meta.mean, meta.std, meta.labels, meta.notes) == ([127.5] * 3, [127.5] * 3, seeds.LABELS, [])
 
 

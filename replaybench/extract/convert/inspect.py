@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from replaybench.bundle import BUNDLE_JSON, Bundle, IOSpec, SourceInfo, load_bundle
+from replaybench.bundle import BUNDLE_JSON, Bundle, IOSpec, RuntimeInfo, SourceInfo, load_bundle
 from replaybench.errors import InputNotFoundError
 
 
-def inspect_target(target: Path) -> Bundle:
+def inspect_target(target: Path, input_shape: list[int] | None = None) -> Bundle:
     """Read a bundle folder, or describe a model file (format, io, default preprocessing; no parity).
 
     A bare model is converted in memory only to read its io; nothing is written.
@@ -18,11 +18,33 @@ def inspect_target(target: Path) -> Bundle:
         raise InputNotFoundError(f"not found: {target}")
     if target.is_dir() and (target / BUNDLE_JSON).is_file():
         return load_bundle(target).bundle
-    from replaybench.extract.convert.registry import ConvertOptions, get_converter
+    from replaybench.extract.convert.registry import (
+        ConvertOptions,
+        SourceTensor,
+        get_converter,
+        registered_formats,
+    )
     from replaybench.extract.convert.sniff import sniff_format
-    from replaybench.extract.convert.writer import _io_spec, _sha256, default_preprocess
+    from replaybench.extract.convert.writer import _io_spec, _sha256, default_preprocess, native_io
+    from replaybench.replay.runtimes import native_runtime_for
 
     fmt = sniff_format(target)
+    native = native_runtime_for(fmt)
+    if native is not None and fmt not in registered_formats():  # NCNN, MNN: the engine describes it
+        from replaybench.replay.runtimes import ncnn_pair
+
+        files = list(ncnn_pair([target])) if fmt == "ncnn_param" else [target]
+        _, native_spec = native_io(native.name, files, input_shape)
+        t = native_spec.inputs[0]
+        return Bundle(
+            name=target.stem,
+            source=SourceInfo(format=fmt, sha256=_sha256(target), entry=target.name),
+            io=native_spec,
+            preprocess=default_preprocess(SourceTensor(t.name, t.shape, t.dtype, t.quantization)),
+            runtime=RuntimeInfo(
+                name=native.name, files=[f.name for f in files], reason="inspected, not converted"
+            ),  # type: ignore[arg-type]
+        )
     converted = get_converter(fmt)(target, ConvertOptions())
     io: IOSpec = _io_spec(converted, converted.onnx_model)
     pre = default_preprocess(converted.inputs[0], converted.metadata) if converted.inputs else None

@@ -32,16 +32,6 @@ UNCONVERTIBLE_FORMATS = (
 )
 KNOWN_FORMATS = CONVERTIBLE_FORMATS + UNCONVERTIBLE_FORMATS
 
-# The file name extension of the byte-exact copy of the source inside a bundle.
-SOURCE_EXTENSIONS = {
-    "tflite": ".tflite",
-    "onnx": ".onnx",
-    "torchscript": ".pt",
-    "pytorch_lite": ".ptl",
-    "savedmodel": "",  # a folder: copied as source.savedmodel/
-    "tf_graphdef": ".pb",
-}
-
 
 @dataclass
 class SourceTensor:

@@ -107,9 +107,9 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
         log.info("%s has %d subgraphs; converting the main one", path, len(model.subgraphs))
     notes: list[str] = []
     kind = _model_kind(model)
-    from replaybench.extract.convert.tflite_metadata import read_metadata
+    from replaybench.extract.tflite import read_metadata
 
-    meta = read_metadata(model, data)
+    meta = read_metadata(data)
     notes += meta.notes
 
     densified = rw.densify(model, data)
