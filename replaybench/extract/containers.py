@@ -296,7 +296,10 @@ def _entry_opener(z: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> Call
     def opener() -> BinaryIO:
         try:
             return _GuardedReader(z.open(info), where)  # type: ignore[arg-type,return-value]
-        except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError) as e:
+        # ValueError: a negative seek from a header offset before the archive, or (UnicodeDecodeError)
+        # a local header whose UTF-8 name does not decode; the rest: unknown methods, encryption, I/O.
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, OSError,
+                EOFError, ValueError) as e:  # fmt: skip
             raise CorruptInputError(f"cannot read {where}: {e}") from e
 
     return opener

@@ -60,11 +60,23 @@ def _shifted_central_directory(data: bytes, by: int) -> bytes:
     return bytes(out)
 
 
+def _bad_local_name() -> bytes:
+    """A zip whose local header spells the UTF-8-flagged name with invalid UTF-8 (the central
+    directory's copy is valid, so the archive opens and the entry fails only when read)."""
+    data = bytearray(seeds.make_zip([("\u00e9.bin", b"x", zipfile.ZIP_STORED)]))
+    data[30:32] = b"\xc3\x28"
+    return bytes(data)
+
+
 @given(mutated(APK, hot=zip_hot_positions(APK), max_ops=5, protect=4))
 @fuzz_settings(60)
 @example(APK[: len(APK) // 2])
 @example(seeds.make_zip([("", b"x", zipfile.ZIP_STORED)]))  # found: IndexError in ZipInfo.is_dir
 @example(_shifted_central_directory(APK, 100))  # found: OSError (EINVAL) seeking to a negative offset
+@example(  # found: ValueError (negative seek) opening an entry of a nested zip held in memory
+    seeds.make_zip([("assets/a.zip", _shifted_central_directory(seeds.obb_bytes(), 1), zipfile.ZIP_DEFLATED)])
+)
+@example(_bad_local_name())  # found: UnicodeDecodeError opening the entry
 def test_fuzz_apk(data: bytes) -> None:
     expect_typed(_scan_and_extract, data, "app.apk")
 
