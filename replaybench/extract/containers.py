@@ -26,6 +26,13 @@ from replaybench.errors import CorruptInputError, InputNotFoundError, UnsafeInpu
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 CHUNK = 1 << 20
+# What opening or reading a hostile zip raises besides BadZipFile: negative seeks and undecodable names
+# (ValueError, UnicodeDecodeError among them), a "zip file version 6.4" or an unknown compression method
+# (NotImplementedError), encrypted entries (RuntimeError), truncation (EOFError), broken deflate streams.
+ZIP_ERRORS: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError, NotImplementedError,
+    RuntimeError, zlib.error,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -284,7 +291,7 @@ def open_zip(source: Path | BinaryIO, label: str) -> Iterator[zipfile.ZipFile]:
     """``zipfile.ZipFile`` with corrupt/truncated archives turned into ``CorruptInputError``."""
     try:
         z = zipfile.ZipFile(source)  # type: ignore[arg-type]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as e:
+    except ZIP_ERRORS as e:
         raise CorruptInputError(f"{label} is not a readable zip (truncated or corrupt): {e}") from e
     try:
         yield z
@@ -296,10 +303,7 @@ def _entry_opener(z: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> Call
     def opener() -> BinaryIO:
         try:
             return _GuardedReader(z.open(info), where)  # type: ignore[arg-type,return-value]
-        # ValueError: a negative seek from a header offset before the archive, or (UnicodeDecodeError)
-        # a local header whose UTF-8 name does not decode; the rest: unknown methods, encryption, I/O.
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, OSError,
-                EOFError, ValueError) as e:  # fmt: skip
+        except ZIP_ERRORS as e:  # e.g. a negative seek, a local name that does not decode
             raise CorruptInputError(f"cannot read {where}: {e}") from e
 
     return opener

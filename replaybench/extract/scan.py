@@ -28,6 +28,7 @@ from replaybench._console import NullProgress, Progress
 from replaybench.errors import CorruptInputError, UnsafeInputError
 from replaybench.extract.containers import (
     CHUNK,
+    ZIP_ERRORS,
     ZIP_MAGIC,
     ByteWindow,
     Entry,
@@ -295,7 +296,7 @@ class _Scan:
             try:
                 with zipfile.ZipFile(source) as z:
                     names = z.namelist()
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            except ZIP_ERRORS as e:
                 claimed = claimed_format(entry.path)
                 if claimed is not None:
                     reason = f"starts like a zip archive but is unreadable: {e}"

@@ -60,6 +60,16 @@ def _shifted_central_directory(data: bytes, by: int) -> bytes:
     return bytes(out)
 
 
+def _zip_version(data: bytes, version: int) -> bytes:
+    """Every central directory record claims it needs zip ``version`` (x10) to extract."""
+    out = bytearray(data)
+    i = out.find(b"PK\x01\x02")
+    while i >= 0:
+        out[i + 6] = version
+        i = out.find(b"PK\x01\x02", i + 1)
+    return bytes(out)
+
+
 def _bad_local_name() -> bytes:
     """A zip whose local header spells the UTF-8-flagged name with invalid UTF-8 (the central
     directory's copy is valid, so the archive opens and the entry fails only when read)."""
@@ -77,6 +87,7 @@ def _bad_local_name() -> bytes:
     seeds.make_zip([("assets/a.zip", _shifted_central_directory(seeds.obb_bytes(), 1), zipfile.ZIP_DEFLATED)])
 )
 @example(_bad_local_name())  # found: UnicodeDecodeError opening the entry
+@example(_zip_version(APK, 64))  # found: NotImplementedError "zip file version 6.4" opening the archive
 def test_fuzz_apk(data: bytes) -> None:
     expect_typed(_scan_and_extract, data, "app.apk")
 

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 from replaybench.errors import CorruptInputError, InputNotFoundError, UnsupportedFormatError
+from replaybench.extract.containers import ZIP_ERRORS
 
 
 def sniff_format(path: Path) -> str:
@@ -47,7 +48,7 @@ def _sniff_zip(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError) as e:
+    except ZIP_ERRORS as e:
         raise CorruptInputError(f"{path} starts like a zip archive but cannot be read: {e}") from e
     # TorchScript archives have one root folder: <root>/code/, <root>/constants.pkl, <root>/data.pkl;
     # the lite interpreter adds <root>/bytecode.pkl.

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from replaybench.errors import ConversionError, CorruptInputError
+from replaybench.extract.containers import ZIP_ERRORS
 from replaybench.extract.convert.registry import Converted, ConvertOptions, SourceTensor, register_converter
 
 _MOBILE_OPS = re.compile(rb"(ops\.prepacked\.\w+|torch\.classes\.xnnpack\.\w+|ops\.quantized\.\w+)")
@@ -34,7 +35,7 @@ def mobile_ops(path: Path) -> list[str]:
                     and info.file_size < MAX_CODE_BYTES
                 ):
                     found.update(m.decode() for m in _MOBILE_OPS.findall(z.read(info)))
-    except (zipfile.BadZipFile, OSError):
+    except ZIP_ERRORS:
         return []
     return sorted(found)
 
@@ -44,7 +45,7 @@ def _load(path: Path, fmt: str):  # type: ignore[no-untyped-def]
 
     try:
         zipfile.ZipFile(path).close()
-    except zipfile.BadZipFile as e:
+    except ZIP_ERRORS as e:
         raise CorruptInputError(f"{path} is not a TorchScript archive (not a zip): {e}") from e
     try:
         return torch.jit.load(str(path), map_location="cpu")
