@@ -348,7 +348,7 @@ def find_embedded(
             except ValueError:
                 continue
             evidence = [f"'TFL3' flatbuffer at file offset {start:#x} in {name}"]
-            if sym is not None and sym[1] >= extent:
+            if sym is not None and extent <= sym[1] <= end - start:  # a symbol may not run past its section
                 extent = sym[1]
                 evidence.append(f"size {extent} from symbol {sym[0]}")
             else:
@@ -381,7 +381,7 @@ def find_embedded(
         ):  # type: ignore[call-overload]
             pos = off + m.start()
             sym = object_syms.get(vaddr + (pos - off))
-            if sym is None:
+            if sym is None or pos + sym[1] > end:  # no size, or a size running past the section
                 continue
             try:
                 protobuf_fields(bytes(view[pos : pos + min(sym[1], 1 << 16)]), 3)

@@ -252,3 +252,17 @@ def test_elf_with_many_overlapping_sections_is_scanned_once() -> None:
     result = expect_typed(analyze_elf, _many_rodata_sections(300), "libtflitejni.so")
     assert not isinstance(result, ReplaybenchError)
     assert [(e.format, e.size) for e in result["embedded"]] == [("tflite", len(TFLITE))]
+
+
+def test_elf_symbol_size_past_the_section_is_not_trusted() -> None:
+    """Found by fuzzing: a symbol table entry claiming the model is 4 GiB made the inventory report a
+    4 GiB blob in a 15 KB library. The flatbuffer's own extent is kept instead."""
+    from replaybench.extract.native import analyze_elf
+
+    seed = seeds.elf_library("x86_64")
+    (emb,) = analyze_elf(seed, "libtflitejni.so")["embedded"]
+    entry = struct.pack("<QQ", emb.vaddr, 0)  # st_value, st_size of rb_model_blob (declared without size)
+    assert entry in seed
+    hostile = seed.replace(entry, struct.pack("<QQ", emb.vaddr, 1 << 32))
+    (emb,) = analyze_elf(hostile, "libtflitejni.so")["embedded"]
+    assert (emb.size, emb.evidence[-1]) == (len(TFLITE), f"size {len(TFLITE)} from the flatbuffer structure")
