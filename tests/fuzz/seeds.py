@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import warnings
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -239,7 +240,8 @@ def elf_library(arch: str = "x86_64") -> bytes:
 def make_zip(entries: list[tuple[str, bytes, int]]) -> bytes:
     """A zip of (name, data, compress_type) entries, in memory."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as z:
+        warnings.simplefilter("ignore", UserWarning)  # duplicate names are wanted in generated trees
         for name, data, ctype in entries:
             z.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data, compress_type=ctype)
     return buf.getvalue()
