@@ -1107,6 +1107,7 @@ def distill_train(
     finetune_last_blocks: Annotated[
         int, typer.Option("--finetune-last-blocks", help="Also train the last N encoder blocks (0-4).")
     ] = 0,
+    allow_outside: AllowOutside = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Train the image+text student on teacher labels.
@@ -1128,7 +1129,7 @@ def distill_train(
         random_init=random_init, text_arch=text_arch,  # type: ignore[arg-type]
         epochs=epochs, patience=patience, seed=seed, split=split, val_fraction=val_fraction,
         test_fraction=test_fraction, finetune_last_blocks=finetune_last_blocks,
-        progress=None if json_out else RichProgress(),
+        progress=None if json_out else RichProgress(), allow_outside=allow_outside,
     )  # fmt: skip
     if json_out:
         emit_json(result)
@@ -1170,6 +1171,7 @@ def distill_export(
         ),
     ] = None,
     no_int8: Annotated[bool, typer.Option("--no-int8", help="Skip the int8 variant.")] = False,
+    allow_outside: AllowOutside = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Export the student (encoders + head) to an ONNX bundle, fp32 and int8, parity-checked.
@@ -1181,7 +1183,7 @@ def distill_export(
 
     result = export_student(
         student, output, calibration_posts=calibration, int8=not no_int8,
-        progress=None if json_out else RichProgress(),
+        progress=None if json_out else RichProgress(), allow_outside=allow_outside,
     )  # fmt: skip
     if json_out:
         emit_json(result)

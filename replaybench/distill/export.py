@@ -69,7 +69,7 @@ class Samples:
     eval_source: str
 
 
-def _samples(student_dir: Path, posts: Path | None) -> Samples:
+def _samples(student_dir: Path, posts: Path | None, allow_outside: bool = False) -> Samples:
     """Calibration and evaluation posts, disjoint by post id.
 
     From ``posts`` (--calibration): the first posts with a readable image, the first half (up to
@@ -84,7 +84,7 @@ def _samples(student_dir: Path, posts: Path | None) -> Samples:
     empty = np.zeros((0, 3, 224, 224), np.uint8)
     if posts is not None:
         images, captions, ids = [], [], []
-        for pid, items in group_posts(read_posts(posts)).items():
+        for pid, items in group_posts(read_posts(posts, allow_outside=allow_outside)).items():
             for it in items:  # one image per post, so a carousel never lands on both sides
                 arr, _ = try_decode(it.path)
                 if arr is not None:
@@ -143,6 +143,7 @@ def export_student(
     calibration_posts: Path | None = None,
     int8: bool = True,
     progress: Progress | None = None,
+    allow_outside: bool = False,
 ) -> ExportResult:
     """Write a student bundle (ONNX fp32 + int8, tokenizer, bundle.json) and check it against torch.
 
@@ -156,7 +157,7 @@ def export_student(
     t0 = time.perf_counter()
     progress = progress or NullProgress()
     student, tokenizer, config = load_student(student_dir)
-    samples = _samples(student_dir, calibration_posts)
+    samples = _samples(student_dir, calibration_posts, allow_outside)
     images, captions = samples.images, samples.captions
     if int8 and len(samples.eval_images) == 0:
         raise DatasetError(

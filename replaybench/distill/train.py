@@ -338,6 +338,7 @@ def train_student(
     max_length: int = 128,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    allow_outside: bool = False,
 ) -> TrainResult:
     """Train the student on (posts, teacher labels) and write the student folder ``output``.
 
@@ -365,7 +366,11 @@ def train_student(
     check_finetune(finetune_last_blocks)
     progress = progress or NullProgress()
     labels = read_labels(labels_path)
-    posts = {pid: its for pid, its in group_posts(read_posts(posts_path)).items() if pid in labels}
+    posts = {
+        pid: its
+        for pid, its in group_posts(read_posts(posts_path, allow_outside=allow_outside)).items()
+        if pid in labels
+    }
     if len(posts) < MIN_POSTS:
         raise DatasetError(
             f"only {len(posts)} posts of {posts_path} have a teacher label in {labels_path}; need at least "
