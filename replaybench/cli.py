@@ -1218,12 +1218,10 @@ def distill_score(
     """
     from replaybench._console import RichProgress, emit_json
     from replaybench.distill.score import score_posts
-    from replaybench.replay.posts import read_posts
 
     result = score_posts(
         bundle, posts, output, int8=int8, resume=resume, batch_size=batch_size, chunk_size=part_size,
-        workers=workers, progress=None if json_out else RichProgress(),
-        items=read_posts(posts, allow_outside=allow_outside),
+        workers=workers, progress=None if json_out else RichProgress(), allow_outside=allow_outside,
     )  # fmt: skip
     if json_out:
         emit_json(result)

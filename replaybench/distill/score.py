@@ -191,6 +191,7 @@ def score_posts(
     threads: int | None = None,
     items: Sequence[DatasetItem] | None = None,
     progress: Progress | None = None,
+    allow_outside: bool = False,
 ) -> ScoreResult:
     """Score every image of a posts dataset with a student bundle; Parquet parts in ``output``.
 
@@ -208,7 +209,7 @@ def score_posts(
         raise UsageError("--batch-size and the part size must be positive")
     progress = progress or NullProgress()
     runner = StudentRunner(bundle_dir, int8=int8, threads=threads)
-    all_items = list(items) if items is not None else read_posts(posts_path)
+    all_items = list(items) if items is not None else read_posts(posts_path, allow_outside=allow_outside)
     output.mkdir(parents=True, exist_ok=True)
     existing = list(output.glob(PART_GLOB))
     if existing and not resume:
