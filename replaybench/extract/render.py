@@ -79,13 +79,24 @@ def print_extract_result(result: ExtractResult) -> None:
         con.print("no on-device model found; nothing extracted", style="green")
     else:
         t = Table(
-            "model", "format", "origin", "ran", "preprocess", "bundle / status", title="extracted models"
+            "model",
+            "format",
+            "origin",
+            "ran",
+            "preprocess",
+            "parity vs",
+            "bundle / status",
+            title="extracted models",
         )
         for m in result.models:
             ran = "" if m.ran_in_trace is None else ("yes" if m.ran_in_trace else "no")
             status = m.bundle if m.status == "converted" else f"{m.status}: {m.error or ''}"
-            t.add_row(m.file, m.format, m.location, ran, m.preprocess_from or "", status)
+            reference = Text(m.parity_reference or "", "yellow" if m.parity_reference == "rewritten" else "")
+            t.add_row(m.file, m.format, m.location, ran, m.preprocess_from or "", reference, status)
         con.print(t)
+        for m in result.models:
+            if m.parity_reference_reason:
+                con.print(Text.assemble(("parity reference:", "yellow"), f" {m.file}: {m.parity_reference_reason}"))
     if result.trace is not None:
         version = result.trace.get("version", {})
         same = version.get("same_app")

@@ -1,23 +1,26 @@
-"""The TFLite reference runtime: ai-edge-litert's Interpreter, else tf.lite's."""
+"""The TFLite reference runtime: ai-edge-litert's Interpreter (the LiteRT build apps ship)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from replaybench.errors import ConversionError, missing_dependency
+from replaybench.errors import ConversionError
+
+
+def runtime_name() -> str:
+    """``ai-edge-litert <version>``: the runtime parity runs TFLite models in."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ai-edge-litert {version('ai-edge-litert')}"
+    except PackageNotFoundError:  # an unpackaged build on the path: still the same runtime
+        return "ai-edge-litert"
 
 
 def make_interpreter(model_bytes: bytes, *, preserve_all_tensors: bool = False) -> Any:
     """An allocated TFLite interpreter for ``model_bytes`` (ConversionError when TFLite cannot load it)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        try:
-            import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
 
-            Interpreter = tf.lite.Interpreter  # noqa: N806
-        except ImportError as e:
-            raise missing_dependency("ai_edge_litert", package="ai-edge-litert") from e
     try:
         interp = Interpreter(
             model_content=model_bytes, experimental_preserve_all_tensors=preserve_all_tensors, num_threads=1
