@@ -96,7 +96,9 @@ def print_extract_result(result: ExtractResult) -> None:
         con.print(t)
         for m in result.models:
             if m.parity_reference_reason:
-                con.print(Text.assemble(("parity reference:", "yellow"), f" {m.file}: {m.parity_reference_reason}"))
+                con.print(
+                    Text.assemble(("parity reference:", "yellow"), f" {m.file}: {m.parity_reference_reason}")
+                )
     if result.trace is not None:
         version = result.trace.get("version", {})
         same = version.get("same_app")

@@ -547,6 +547,15 @@ def replay(
             "items": len(items),
         },
         "bundles": [{"name": lb.bundle.name, "model_sha256": _file_sha256(lb.model_path)} for lb in bundles],
+        # what each bundle's parity was measured against, for evaluate's report (not compared on --resume)
+        "bundle_parity": {
+            lb.bundle.name: lb.bundle.parity.model_dump(
+                mode="json", include={"passed", "reference", "reference_runtime", "reference_reason"}
+            )
+            if lb.bundle.parity is not None
+            else None
+            for lb in bundles
+        },
         "settings": {
             "limit": opts.limit,
             "shuffle": opts.shuffle,
