@@ -151,8 +151,13 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
         if not output_idx:
             raise ConversionError(f"custom op(s) {', '.join(custom_names)} leave nothing to convert")
 
-    interp, reference, reference_reason = _reference_interpreter(
-        data, conv_bytes, rewrites, preserve=bool(custom_ops), custom_names=custom_names
+    interp, reference_runtime, reference, reference_reason = _reference_interpreter(
+        data,
+        conv_bytes,
+        rewrites,
+        sparse=bool(densified),
+        preserve=bool(custom_ops),
+        custom_names=custom_names,
     )
     with tempfile.TemporaryDirectory(prefix="replaybench-tflite-") as tmp:
         src = Path(tmp) / "model.tflite"
@@ -194,7 +199,7 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
         onnx_model=onnx_model,
         converter="tf2onnx.from_tflite",
         converter_version=getattr(tf2onnx, "__version__", None),
-        reference_runtime=runtime_name() + (" (rewritten model)" if reference == "rewritten" else ""),
+        reference_runtime=reference_runtime,
         reference=reference,
         reference_reason=reference_reason,
         run_source=run_source,
@@ -209,14 +214,32 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
 
 
 def _reference_interpreter(
-    original: bytes, rewritten: bytes, rewrites: list[str], *, preserve: bool, custom_names: list[str]
-) -> tuple[Any, str, str | None]:
+    original: bytes,
+    rewritten: bytes,
+    rewrites: list[str],
+    *,
+    sparse: bool,
+    preserve: bool,
+    custom_names: list[str],
+) -> tuple[Any, str, str, str | None]:
     """The interpreter parity compares against: the original model whenever LiteRT runs it, else the
-    rewritten one (with the reason). Returns (interpreter, "original" | "rewritten", reason)."""
-    try:
-        return make_interpreter(original, preserve_all_tensors=preserve), "original", None
-    except ConversionError as e:
-        original_error = e
+    rewritten one (with the reason). Returns (interpreter, runtime description, "original" |
+    "rewritten", reason).
+
+    A model with sparse tensors runs on TFLite's builtin kernels (XNNPACK mishandles sparse
+    constants, see ``make_interpreter``); a model XNNPACK cannot prepare is retried on them too.
+    """
+    name = runtime_name()
+    tries = [False] if sparse else [True, False]
+    original_error: ConversionError | None = None
+    for delegates in tries:
+        try:
+            interp = make_interpreter(original, preserve_all_tensors=preserve, default_delegates=delegates)
+        except ConversionError as e:
+            original_error = original_error or e
+            continue
+        return interp, name + ("" if delegates else " (builtin kernels)"), "original", None
+    assert original_error is not None
     if rewrites:
         try:
             interp = make_interpreter(rewritten, preserve_all_tensors=preserve)
@@ -224,10 +247,10 @@ def _reference_interpreter(
             pass
         else:
             reason = (
-                f"{runtime_name()} cannot run the original model ({original_error.message}); parity is "
+                f"{name} cannot run the original model ({original_error.message}); parity is "
                 f"measured against the model after: {'; '.join(rewrites)}"
             )
-            return interp, "rewritten", reason
+            return interp, name + " (rewritten model)", "rewritten", reason
     if custom_names:
         raise ConversionError(
             f"custom op(s) {', '.join(custom_names)} have no converter and this TFLite runtime cannot "
