@@ -226,11 +226,13 @@ def _reference_interpreter(
     rewritten one (with the reason). Returns (interpreter, runtime description, "original" |
     "rewritten", reason).
 
-    A model with sparse tensors runs on TFLite's builtin kernels (XNNPACK mishandles sparse
-    constants, see ``make_interpreter``); a model XNNPACK cannot prepare is retried on them too.
+    The original is tried with XNNPACK (what apps get by default) and with TFLite's builtin kernels
+    only; a model with sparse tensors tries the builtin kernels first (XNNPACK mishandles some sparse
+    constants, see ``make_interpreter``), while XNNPACK is what runs MediaPipe's
+    Convolution2DTransposeBias, which the builtin kernels lack.
     """
     name = runtime_name()
-    tries = [False] if sparse else [True, False]
+    tries = [False, True] if sparse else [True, False]
     original_error: ConversionError | None = None
     for delegates in tries:
         try:
@@ -246,11 +248,12 @@ def _reference_interpreter(
         except ConversionError:
             pass
         else:
+            why = " ".join(original_error.message.split())[:300]
             reason = (
-                f"{name} cannot run the original model ({original_error.message}); parity is "
-                f"measured against the model after: {'; '.join(rewrites)}"
+                f"{name} cannot run the original model ({why}); parity is measured against the model "
+                f"after: {'; '.join(rewrites)}"
             )
-            return interp, name + " (rewritten model)", "rewritten", reason
+            return interp, name, "rewritten", reason
     if custom_names:
         raise ConversionError(
             f"custom op(s) {', '.join(custom_names)} have no converter and this TFLite runtime cannot "
