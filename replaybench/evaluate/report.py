@@ -341,7 +341,7 @@ def _html(
     ]
     parts += [f"<p class='warn'>{html.escape(w)}</p>" for w in s.warnings]
     if s.bundle_parity:
-        rows = [
+        parity_rows = [
             [
                 html.escape(name),
                 "—" if p.passed is None else ("passed" if p.passed else "<span class='sp'>FAILED</span>"),
@@ -355,7 +355,7 @@ def _html(
         parts.append(
             _table(
                 ["bundle", "parity", "reference runtime", "reference model", "why"],
-                rows,
+                parity_rows,
                 left=4,
                 text_last=True,
             )

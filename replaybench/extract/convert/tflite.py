@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -221,7 +221,7 @@ def _reference_interpreter(
     sparse: bool,
     preserve: bool,
     custom_names: list[str],
-) -> tuple[Any, str, str, str | None]:
+) -> tuple[Any, str, Literal["original", "rewritten"], str | None]:
     """The interpreter parity compares against: the original model whenever LiteRT runs it, else the
     rewritten one (with the reason). Returns (interpreter, runtime description, "original" |
     "rewritten", reason).
