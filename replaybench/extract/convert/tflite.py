@@ -227,12 +227,13 @@ def _reference_interpreter(
     "rewritten", reason).
 
     The original is tried with XNNPACK (what apps get by default) and with TFLite's builtin kernels
-    only; a model with sparse tensors tries the builtin kernels first (XNNPACK mishandles some sparse
-    constants, see ``make_interpreter``), while XNNPACK is what runs MediaPipe's
-    Convolution2DTransposeBias, which the builtin kernels lack.
+    only. The builtin kernels come first for a model with sparse tensors (XNNPACK mishandles some
+    sparse constants, see ``make_interpreter``) and for a cut graph (``preserve``: the cut tensors are
+    read from the interpreter, and a tensor inside an XNNPACK partition is never written); XNNPACK is
+    what runs MediaPipe's Convolution2DTransposeBias, which the builtin kernels lack.
     """
     name = runtime_name()
-    tries = [False, True] if sparse else [True, False]
+    tries = [False, True] if sparse or preserve else [True, False]
     original_error: ConversionError | None = None
     for delegates in tries:
         try:
