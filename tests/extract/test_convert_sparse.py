@@ -150,6 +150,7 @@ def test_sparse_to_dense_csr_by_hand():
         ([0, 1, 3], [1, 0, 7], [5, 7, 9], "out of range"),  # column 7 of a 3-column tensor
         ([0, 4, 3], [1, 0, 2], [5, 7, 9], "out of order or range"),
         ([0, 1], [1], [5], "too short"),  # one segment for two rows
+        ([-2, 1, 3], [1, 0, 2], [5, 7, 9], "out of order or range"),  # would wrap around in numpy
         ([0, 1, 3], [1, 0, 2], [5, 7], "stores 2 values"),
     ],
 )
@@ -164,3 +165,5 @@ def test_huge_sparse_tensor_is_refused():
     sp = _csr_levels([0, 0, 0], [])
     with pytest.raises(ConversionError, match="too large"):
         rw.sparse_to_dense(np.zeros(0, dtype=np.float32), [1 << 20, 1 << 20], sp)
+    with pytest.raises(ConversionError, match="too large"):  # would overflow int64
+        rw.sparse_to_dense(np.zeros(0, dtype=np.float32), [1 << 40, 1 << 40], sp)

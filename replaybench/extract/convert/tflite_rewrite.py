@@ -8,6 +8,7 @@ compares the ONNX model with the original model, so a wrong rewrite fails parity
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -98,7 +99,7 @@ def sparse_to_dense(values: np.ndarray, shape: Sequence[int], sparsity: Any) -> 
     rank = len(shape)
     if any(d < 0 for d in shape):
         raise ConversionError(f"sparse tensor with a dynamic shape {shape}")
-    dense_size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    dense_size = math.prod(shape)  # Python ints: a forged shape cannot overflow the size check
     if dense_size > MAX_DENSE_ELEMENTS:
         raise ConversionError(f"sparse tensor of shape {shape} is too large to densify")
     order = [int(i) for i in (sparsity.traversalOrder if sparsity.traversalOrder is not None else [])]
@@ -139,7 +140,7 @@ def sparse_to_dense(values: np.ndarray, shape: Sequence[int], sparsity: Any) -> 
                 raise ConversionError(f"sparse tensor level {lvl}: array_segments too short")
             start, end = seg[pos], seg[pos + 1]
             counts = end - start
-            if (counts < 0).any() or (end > idx.size).any():
+            if (counts < 0).any() or (start < 0).any() or (end > idx.size).any():
                 raise ConversionError(f"sparse tensor level {lvl}: array_segments out of order or range")
             total = int(counts.sum())
             if total > dense_size:
