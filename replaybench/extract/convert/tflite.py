@@ -228,12 +228,13 @@ def _reference_interpreter(
 
     The original is tried with XNNPACK (what apps get by default) and with TFLite's builtin kernels
     only. The builtin kernels come first for a model with sparse tensors (XNNPACK mishandles some
-    sparse constants, see ``make_interpreter``) and for a cut graph (``preserve``: the cut tensors are
-    read from the interpreter, and a tensor inside an XNNPACK partition is never written); XNNPACK is
-    what runs MediaPipe's Convolution2DTransposeBias, which the builtin kernels lack.
+    sparse constants, see ``make_interpreter``); XNNPACK is what runs MediaPipe's
+    Convolution2DTransposeBias, which the builtin kernels lack. A cut graph reads its cut tensors from
+    the interpreter: they are the inputs of a custom op XNNPACK does not take, so they are always
+    written (a tensor inside an XNNPACK partition is not, which is why DENSIFY outputs cannot be read).
     """
     name = runtime_name()
-    tries = [False, True] if sparse or preserve else [True, False]
+    tries = [False, True] if sparse else [True, False]
     original_error: ConversionError | None = None
     for delegates in tries:
         try:
