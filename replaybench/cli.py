@@ -317,6 +317,15 @@ def convert(
     _render_bundle(bundle, title=f"bundle written to {output}")
 
 
+def _parity_reference_text(reference: str | None) -> tuple[str, str]:
+    """What parity compared against, for a table title: a rewritten model is flagged."""
+    if reference == "original":
+        return ("the original model", "")
+    if reference == "rewritten":
+        return ("a REWRITTEN model (the original cannot run here)", "yellow")
+    return ("an unrecorded model (bundle older than schema 2)", "yellow")
+
+
 def _render_bundle(bundle: Any, title: str) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -396,7 +405,9 @@ def _render_bundle(bundle: Any, title: str) -> None:
             "tolerance",
             "ok",
             title=Text.assemble(
-                f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs): ",
+                f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs) on ",
+                _parity_reference_text(par.reference),
+                ": ",
                 ("passed", "green") if par.passed else ("FAILED", "red"),
             ),
         )
@@ -412,6 +423,8 @@ def _render_bundle(bundle: Any, title: str) -> None:
                 "yes" if o.passed else "NO",
             )
         console.print(t)
+        if par.reference_reason:
+            console.print(f"  parity reference: {par.reference_reason}", style="yellow")
     if getattr(bundle, "fidelity", None) is not None:
         _render_fidelity(console, bundle.fidelity)
     c = bundle.conversion

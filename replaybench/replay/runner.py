@@ -324,6 +324,24 @@ def _parts_metadata(bundles: Sequence[LoadedBundle], opts: ReplayOptions) -> dic
     }
 
 
+def _parity_record(lb: LoadedBundle) -> dict[str, Any] | None:
+    """What a bundle's outputs were checked against, for evaluate's report. A bundle replayed in the app's
+    own engine runs the original itself: nothing was converted, so there is no parity to fail."""
+    b = lb.bundle
+    if b.runtime.name != "onnxruntime":
+        return {
+            "passed": None,
+            "reference": "original",
+            "reference_runtime": f"{b.runtime.name} {b.runtime.version or ''}".strip(),
+            "reference_reason": f"replayed in the app's own engine: {b.runtime.reason}",
+        }
+    if b.parity is None:
+        return None
+    return b.parity.model_dump(
+        mode="json", include={"passed", "reference", "reference_runtime", "reference_reason"}
+    )
+
+
 def _manifest_bundle(lb: LoadedBundle) -> dict[str, Any]:
     """A bundle's entry in run.json; an unresolved preprocessing replayed anyway is recorded there."""
     entry: dict[str, Any] = {
@@ -580,6 +598,8 @@ def replay(
             "items": len(items),
         },
         "bundles": [_manifest_bundle(lb) for lb in bundles],
+        # what each bundle's parity was measured against, for evaluate's report (not compared on --resume)
+        "bundle_parity": {lb.bundle.name: _parity_record(lb) for lb in bundles},
         "settings": {
             "limit": opts.limit,
             "shuffle": opts.shuffle,
