@@ -913,6 +913,10 @@ def demo(
     planted disparity -> evaluate -> train, export and score a small student. Prints where each artefact
     is; opens nothing.
 
+    OUTPUT must be a new or empty folder, or a previous demo output (it holds a .replaybench-demo
+    marker; only the demo's own artefacts in it are replaced). Anything else is refused with exit code 2
+    and left untouched.
+
     Example: replaybench demo -o demo-out/
     """
     from replaybench._console import NullProgress, emit_json
