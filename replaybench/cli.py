@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from replaybench import __version__
-from replaybench.errors import NotAvailableYetError, ReplaybenchError, UsageError
+from replaybench.errors import ReplaybenchError, UsageError
 
 app = typer.Typer(
     name="replaybench",
@@ -79,13 +79,6 @@ def _root(
 
         warnings.simplefilter("ignore")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _not_yet(command: str, issue: str) -> NotAvailableYetError:
-    return NotAvailableYetError(
-        f"'replaybench {command}' is not available yet ({issue})",
-        hint="run 'replaybench doctor' to see what this installation can do",
-    )
 
 
 # --------------------------------------------------------------------------------------------- extract
