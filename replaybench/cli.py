@@ -539,7 +539,12 @@ def replay(
     console.print(
         f"{result.items_processed} items ({result.items_skipped_done} already done): {result.items_ok} ok, "
         f"{result.items_error} error, {result.items_filtered} skipped; {result.rows_written} rows in "
-        f"{result.parts_written} parts; {result.items_per_second:,.1f} items/s with {result.workers} workers"
+        f"{result.parts_written} parts"
+    )
+    console.print(
+        f"{result.items_per_second:,.1f} items/s overall ({result.seconds:,.1f} s, of which "
+        f"{result.setup_seconds:,.1f} s set-up); {result.steady_items_per_second:,.1f} items/s after "
+        f"set-up; {result.workers} workers"
     )
 
 

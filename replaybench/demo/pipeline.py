@@ -166,7 +166,8 @@ def run_demo(out: Path, *, faces: int = 600, posts: int = 48, progress: Progress
         "replay",
         t,
         preds,
-        f"{run.items_ok} faces ok, {run.items_error} errors, {run.items_per_second:.0f} items/s",
+        f"{run.items_ok} faces ok, {run.items_error} errors, {run.items_per_second:.0f} items/s overall "
+        f"({run.steady_items_per_second:.0f} after {run.setup_seconds:.1f} s set-up)",
     )
 
     t = time.perf_counter()
