@@ -35,6 +35,8 @@ app.add_typer(distill_app, name="distill")
 
 class _State:
     debug = False
+    # -vv or --debug: third-party chatter (log records, progress bars, native start-up lines) is shown
+    loud = False
     # what to tell the user if Ctrl-C stops the command (typer turns it into a silent exit 130)
     on_interrupt = "interrupted"
 
@@ -70,15 +72,15 @@ def _root(
     from replaybench._console import setup_logging
 
     STATE.debug = debug
-    setup_logging(verbose, quiet)
-    if verbose < 2 and not debug:
-        # Third-party deprecation chatter (TensorFlow, torch.onnx, tf2onnx) is for their developers, not
-        # for researchers; our own messages go through logging. -vv or --debug shows everything.
-        import os
+    # Third-party chatter (TensorFlow/absl start-up lines, transformers progress bars, tf2onnx and
+    # onnxruntime log records, deprecation warnings) is for their developers, not for researchers; our
+    # own messages go through logging. -vv or --debug shows everything.
+    loud = STATE.loud = verbose >= 2 or debug
+    setup_logging(verbose, quiet, third_party=loud)
+    if not loud:
         import warnings
 
         warnings.simplefilter("ignore")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 # --------------------------------------------------------------------------------------------- extract
@@ -1007,5 +1009,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (and ``python -m replaybench``).
+
+    Only here, not in ``main`` (which tests call in-process), is fd 2 routed through the filter that keeps
+    TensorFlow's and LiteRT's native start-up lines off the terminal unless -vv (see ``_stderr``).
+    """
+    from replaybench._stderr import filter_native_stderr
+
+    filter_native_stderr(lambda: STATE.loud)
     sys.exit(main())
