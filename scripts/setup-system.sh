@@ -28,6 +28,7 @@ PACKAGES=(
   "zipalign               /usr/bin/zipalign"
   "default-jre-headless   cmd:keytool"
   "zip                    /usr/bin/zip"
+  "openssl                /usr/bin/openssl"
   "chromium               /usr/bin/chromium"
 )
 # Debian's python3 needs python3-venv for `python3 -m venv` (a pyenv or other python brings its own).
@@ -126,6 +127,9 @@ run apksigner apksigner --version
 run apksigner apksigner sign --ks "$work/k.jks" --ks-pass pass:rbprobe --out "$work/signed.apk" "$work/aligned.apk"
 run apksigner apksigner verify "$work/signed.apk"
 
+# openssl encrypts the AES test payloads (tests/extract/conftest.py).
+run openssl sh -c 'printf model | openssl enc -aes-128-cbc -K 00112233445566778899aabbccddeeff -iv 0f0e0d0c0b0a09080706050403020100 | od -An -tx1 | grep -q .'
+
 # Headless chromium renders a page to PNG and to PDF (the report rendering test's flags).
 cat >"$work/page.html" <<'EOF'
 <!doctype html><html><body style="background:#fff"><h1 style="color:#c00">replaybench probe</h1></body></html>
@@ -142,4 +146,4 @@ run chromium timeout 120 "${chrome[@]}" "--print-to-pdf=$work/page.pdf" "file://
 run "$PYTHON -m venv" "$PYTHON" -m venv "$work/venv"
 run "$PYTHON -m venv" "$work/venv/bin/python" -m pip --version
 
-echo "setup-system: proved: gcc and aarch64-linux-gnu-gcc link shared objects; smali, aapt, zipalign, keytool and apksigner build a signed APK; chromium renders PNG and PDF; $PYTHON makes a venv"
+echo "setup-system: proved: gcc and aarch64-linux-gnu-gcc link shared objects; smali, aapt, zipalign, keytool and apksigner build a signed APK; openssl encrypts; chromium renders PNG and PDF; $PYTHON makes a venv"
