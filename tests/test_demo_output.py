@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from replaybench.cli import main
@@ -33,7 +31,7 @@ def test_demo_refuses_the_working_folder(tmp_path, monkeypatch):
     (tmp_path / "keep.txt").write_text("x")
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "-o", "."]) == UsageError.exit_code
-    assert os.listdir(tmp_path) == ["keep.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
 def test_demo_refuses_a_file(tmp_path):
@@ -69,7 +67,7 @@ def test_previous_demo_output_is_reused_and_only_demo_artefacts_are_replaced(tmp
     (out / "report").symlink_to(elsewhere, target_is_directory=True)
 
     prepare_demo_output(out)
-    assert sorted(os.listdir(out)) == sorted([MARKER, "my-analysis.ipynb", "report.old"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "my-analysis.ipynb", "report.old"])
     assert (elsewhere / "precious.txt").read_text() == "keep"
 
 

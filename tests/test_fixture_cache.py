@@ -67,8 +67,12 @@ def test_a_fixture_is_rebuilt_when_a_library_file_it_runs_changes(project):
 def test_trained_student_key_changes_with_replaybench_distill(tmp_path):
     """The real case from issue 13: the distill-student fixture vs an edit to replaybench/distill/."""
     root = tmp_path / "repo"
+
     def not_python(folder: str, names: list[str]) -> set[str]:
-        return {n for n in names if not n.endswith(".py") and not (Path(folder) / n).is_dir() or n == "__pycache__"}
+        """Copy only the Python sources (the sample APK and trace dumps are not needed for the key)."""
+        return {
+            n for n in names if n == "__pycache__" or not (n.endswith(".py") or (Path(folder) / n).is_dir())
+        }
 
     shutil.copytree(ROOT / "replaybench", root / "replaybench", ignore=not_python)
     (root / "tests" / "distill").mkdir(parents=True)

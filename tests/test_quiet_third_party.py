@@ -24,7 +24,9 @@ from tests.fixtures.cache import cached_build
 ROOT = Path(__file__).resolve().parents[1]
 # the face model the sample app decrypts and runs (a TFLite file): its conversion imports TensorFlow
 # and builds LiteRT interpreters
-SAMPLE_TFLITE = SAMPLE / "trace" / "dumps" / "562460d87b603ca251e9db2406d9da39a0db6cf52dc26c25362e8c751e2de6a5"
+SAMPLE_TFLITE = (
+    SAMPLE / "trace" / "dumps" / "562460d87b603ca251e9db2406d9da39a0db6cf52dc26c25362e8c751e2de6a5"
+)
 
 TF_CHATTER = [
     "All log messages before absl::InitializeLog() is called",

@@ -26,7 +26,16 @@ PATTERN = "{skin_tone}/{gender}/*.jpg"
 # Written first into every demo output: only a folder holding it is ever cleared by a later demo run.
 MARKER = ".replaybench-demo"
 # What a demo run writes at the top of its output (all of it, and only it, is replaced by a re-run).
-DEMO_ENTRIES = ("sample", "inventory.json", "extract", "faces", "predictions", "report", "distill", "demo.json")
+DEMO_ENTRIES = (
+    "sample",
+    "inventory.json",
+    "extract",
+    "faces",
+    "predictions",
+    "report",
+    "distill",
+    "demo.json",
+)
 
 
 class DemoStep(BaseModel):
