@@ -92,10 +92,10 @@ def setup_logging(verbose: int, quiet: bool, *, third_party: bool = False) -> No
     """Our records on stderr at the chosen level; third-party chatter only when ``third_party`` (-vv).
 
     Third-party libraries log through the root logger (tf2onnx's per-op messages, onnxruntime's
-    quantisation advice via ``logging.warning``, which would otherwise install its own root handler),
-    print progress bars (transformers), or write from native code (TensorFlow, LiteRT: captured as
-    replaybench DEBUG records, see ``replaybench._stderr``). Without ``third_party`` the root gets a
-    handler that drops everything and the libraries' own switches are set (unless the user set them).
+    quantisation advice via ``logging.warning``, which would otherwise install its own root handler) and
+    print progress bars (transformers). Without ``third_party`` the root gets a handler that drops
+    everything and the libraries' own switches are set (unless the user set them). What native code
+    writes to fd 2 (TensorFlow, LiteRT) is the console entry point's business: ``replaybench._stderr``.
     """
     import os
 
