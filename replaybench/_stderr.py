@@ -45,8 +45,11 @@ def is_chatter(line: bytes) -> bool:
 def filter_native_stderr(show_all: Callable[[], bool]) -> Callable[[], None]:
     """Route fd 2 through the chatter filter for the rest of the process; return the function that undoes
     it (also registered with ``atexit``). ``show_all()`` is asked per line (the CLI's ``-vv``)."""
-    sys.stderr.flush()
-    real = os.dup(2)
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no stderr at all (2>&-): nothing to keep clean
+        return lambda: None
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)  # native code and child processes now write into the pipe
     os.close(write_end)
