@@ -9,7 +9,7 @@ PYTHON  ?= python3
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
-	bash scripts/setup-system.sh
+	PYTHON=$(PYTHON) bash scripts/setup-system.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so that nothing pulls the multi-GB CUDA build from the index

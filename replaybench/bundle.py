@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from replaybench.errors import CorruptInputError, InputNotFoundError
 
-BUNDLE_SCHEMA_VERSION = 1
+# 2: parity.reference / parity.reference_reason (optional fields: version-1 bundles still load)
+BUNDLE_SCHEMA_VERSION = 2
 BUNDLE_JSON = "bundle.json"
 MODEL_ONNX = "model.onnx"
 LABELS_TXT = "labels.txt"
@@ -209,8 +210,16 @@ class OutputParity(Strict):
     passed: bool
 
 
+ParityReference = Literal["original", "rewritten"]
+
+
 class ParityReport(Strict):
-    reference_runtime: str  # tflite, torch.jit, tensorflow, onnx-checker, ...
+    reference_runtime: str  # ai-edge-litert 2.3.0, torch.jit, tensorflow, onnxruntime (source file), ...
+    # What the reference runtime ran: the original blob, or a rewrite of it (densified, custom ops
+    # replaced) only where the original cannot run on this host; reference_reason says why. None in
+    # bundles written before schema version 2 (their TFLite parity may be against a rewritten model).
+    reference: ParityReference | None = None
+    reference_reason: str | None = None
     inputs_tried: int
     input_kinds: list[str] = Field(default_factory=list)  # random-range, trace, ...
     outputs: list[OutputParity] = Field(default_factory=list)

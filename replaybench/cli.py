@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from replaybench import __version__
-from replaybench.errors import NotAvailableYetError, ReplaybenchError, UsageError
+from replaybench.errors import ReplaybenchError, UsageError
 
 app = typer.Typer(
     name="replaybench",
@@ -42,6 +42,8 @@ app.add_typer(hooks_app, name="hooks")
 
 class _State:
     debug = False
+    # -vv or --debug: third-party chatter (log records, progress bars, native start-up lines) is shown
+    loud = False
     # what to tell the user if Ctrl-C stops the command (typer turns it into a silent exit 130)
     on_interrupt = "interrupted"
 
@@ -85,22 +87,15 @@ def _root(
     from replaybench._console import setup_logging
 
     STATE.debug = debug
-    setup_logging(verbose, quiet)
-    if verbose < 2 and not debug:
-        # Third-party deprecation chatter (TensorFlow, torch.onnx, tf2onnx) is for their developers, not
-        # for researchers; our own messages go through logging. -vv or --debug shows everything.
-        import os
+    # Third-party chatter (TensorFlow/absl start-up lines, transformers progress bars, tf2onnx and
+    # onnxruntime log records, deprecation warnings) is for their developers, not for researchers; our
+    # own messages go through logging. -vv or --debug shows everything.
+    loud = STATE.loud = verbose >= 2 or debug
+    setup_logging(verbose, quiet, third_party=loud)
+    if not loud:
         import warnings
 
         warnings.simplefilter("ignore")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _not_yet(command: str, issue: str) -> NotAvailableYetError:
-    return NotAvailableYetError(
-        f"'replaybench {command}' is not available yet ({issue})",
-        hint="run 'replaybench doctor' to see what this installation can do",
-    )
 
 
 # --------------------------------------------------------------------------------------------- extract
@@ -325,6 +320,15 @@ def convert(
     _render_bundle(bundle, title=f"bundle written to {output}")
 
 
+def _parity_reference_text(reference: str | None) -> tuple[str, str]:
+    """What parity compared against, for a table title: a rewritten model is flagged."""
+    if reference == "original":
+        return ("the original model", "")
+    if reference == "rewritten":
+        return ("a REWRITTEN model (the original cannot run here)", "yellow")
+    return ("an unrecorded model (bundle older than schema 2)", "yellow")
+
+
 def _render_bundle(bundle: Any, title: str) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -404,7 +408,9 @@ def _render_bundle(bundle: Any, title: str) -> None:
             "tolerance",
             "ok",
             title=Text.assemble(
-                f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs): ",
+                f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs) on ",
+                _parity_reference_text(par.reference),
+                ": ",
                 ("passed", "green") if par.passed else ("FAILED", "red"),
             ),
         )
@@ -420,6 +426,8 @@ def _render_bundle(bundle: Any, title: str) -> None:
                 "yes" if o.passed else "NO",
             )
         console.print(t)
+        if par.reference_reason:
+            console.print(f"  parity reference: {par.reference_reason}", style="yellow")
     if getattr(bundle, "fidelity", None) is not None:
         _render_fidelity(console, bundle.fidelity)
     c = bundle.conversion
@@ -722,7 +730,12 @@ def replay(
     console.print(
         f"{result.items_processed} items ({result.items_skipped_done} already done): {result.items_ok} ok, "
         f"{result.items_error} error, {result.items_filtered} skipped; {result.rows_written} rows in "
-        f"{result.parts_written} parts; {result.items_per_second:,.1f} items/s with {result.workers} workers"
+        f"{result.parts_written} parts"
+    )
+    console.print(
+        f"{result.items_per_second:,.1f} items/s overall ({result.seconds:,.1f} s, of which "
+        f"{result.setup_seconds:,.1f} s set-up); {result.steady_items_per_second:,.1f} items/s after "
+        f"set-up; {result.workers} workers"
     )
 
 
@@ -1262,6 +1275,10 @@ def demo(
     planted disparity -> evaluate -> train, export and score a small student. Prints where each artefact
     is; opens nothing.
 
+    OUTPUT must be a new or empty folder, or a previous demo output (it holds a .replaybench-demo
+    marker; only the demo's own artefacts in it are replaced). Anything else is refused with exit code 2
+    and left untouched.
+
     Example: replaybench demo -o demo-out/
     """
     from replaybench._console import NullProgress, emit_json
@@ -1354,5 +1371,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (and ``python -m replaybench``).
+
+    Only here, not in ``main`` (which tests call in-process), is fd 2 routed through the filter that keeps
+    TensorFlow's and LiteRT's native start-up lines off the terminal unless -vv (see ``_stderr``).
+    """
+    from replaybench._stderr import filter_native_stderr
+
+    filter_native_stderr(lambda: STATE.loud)
     sys.exit(main())

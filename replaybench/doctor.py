@@ -119,7 +119,8 @@ def check_environment() -> DoctorReport:
         _tool_check(
             "aarch64 cross compiler (test .so files)",
             "aarch64-linux-gnu-gcc",
-            apt.format("gcc-aarch64-linux-gnu"),
+            # without the arm64 C library the compiler links nothing
+            apt.format("gcc-aarch64-linux-gnu libc6-dev-arm64-cross"),
         ),
         _tool_check("chromium (report rendering test)", "chromium", apt.format("chromium")),
     ]

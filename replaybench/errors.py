@@ -16,7 +16,7 @@ Exit codes (also in the README):
 7   ConversionError            a model could not be converted to ONNX
 8   ParityError                the converted model disagrees with the source runtime
 9   MissingDependencyError     an optional part (frida, a decoder, a tool) is not installed
-10  NotAvailableYetError       the command exists but is not built yet
+10  (retired)                  unused: once 'not available yet'; never reused for another error
 11  DatasetError               the dataset has no items or its labels do not parse
 12  TraceError                 the Frida trace cannot be used (or a capture failed)
 13  ExternalServiceError       a teacher endpoint or device did not answer usefully
@@ -76,10 +76,6 @@ class MissingDependencyError(ReplaybenchError):
     exit_code = 9
 
 
-class NotAvailableYetError(ReplaybenchError):
-    exit_code = 10
-
-
 class DatasetError(ReplaybenchError):
     exit_code = 11
 
@@ -122,7 +118,6 @@ ALL_ERRORS: tuple[type[ReplaybenchError], ...] = (
     ConversionError,
     ParityError,
     MissingDependencyError,
-    NotAvailableYetError,
     DatasetError,
     TraceError,
     ExternalServiceError,

@@ -385,6 +385,7 @@ def _bundle_doc(
         ),
         parity=ParityReport(
             reference_runtime="torch",
+            reference="original",
             inputs_tried=n,
             input_kinds=["calibration-posts"],
             outputs=[

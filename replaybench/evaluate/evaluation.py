@@ -34,6 +34,7 @@ from replaybench.evaluate.predictions import (
 )
 from replaybench.evaluate.summary import (
     Association,
+    BundleParity,
     ComparisonSummary,
     ConceptSummary,
     DisparitySummary,
@@ -213,6 +214,8 @@ def evaluate_predictions(
             route_other=routes(other.ok),
         )
 
+    bundle_parity = _bundle_parity(Path(preds), predictions.bundles)
+    warnings += _parity_warnings(bundle_parity)
     out = Path(out)
     summary = EvaluationSummary(
         predictions=str(preds),
@@ -230,6 +233,7 @@ def evaluate_predictions(
         tasks=[r.summary for r in task_results],
         concepts=[r.summary for r in concept_results],
         comparison=comparison,
+        bundle_parity=bundle_parity,
         warnings=warnings,
     )
     write_report(out, summary, task_results, concept_results, comparison_table, predictions)
@@ -470,3 +474,42 @@ def _agreements(table: pl.DataFrame) -> list[FieldAgreement]:
 def load(preds: Path) -> Predictions:
     """Load predictions (re-exported for callers that want the rows without a report)."""
     return load_predictions(preds)
+
+
+def _bundle_parity(preds: Path, bundles: list[str]) -> dict[str, BundleParity]:
+    """Each evaluated bundle's parity from the replay run's ``run.json`` (none for a bare Parquet file
+    or a run written before replay recorded it)."""
+    import json
+
+    from replaybench.replay.sink import RUN_MANIFEST
+
+    doc = (preds if preds.is_dir() else preds.parent) / RUN_MANIFEST
+    if not doc.is_file():
+        return {}
+    from pydantic import ValidationError
+
+    try:
+        recorded = json.loads(doc.read_text(encoding="utf-8")).get("bundle_parity") or {}
+        if not isinstance(recorded, dict):
+            return {}
+        return {
+            name: BundleParity.model_validate(recorded[name] or {}) for name in bundles if name in recorded
+        }
+    except (ValueError, AttributeError, ValidationError):  # a foreign run.json: the report just lacks it
+        return {}
+
+
+def _parity_warnings(bundle_parity: dict[str, BundleParity]) -> list[str]:
+    """Warnings for bundles whose numbers may not be what the app computes."""
+    out = []
+    for name, p in bundle_parity.items():
+        if p.passed is False:
+            out.append(
+                f"bundle {name}: parity FAILED against {p.reference_runtime}; its outputs may differ from the app's"
+            )
+        if p.reference == "rewritten":
+            out.append(
+                f"bundle {name}: parity was measured against a rewritten model, not the original "
+                f"({p.reference_reason})"
+            )
+    return out

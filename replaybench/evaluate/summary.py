@@ -120,6 +120,15 @@ class ComparisonSummary(_Strict):
     route_other: str | None = None
 
 
+class BundleParity(_Strict):
+    """A replayed bundle's parity as its bundle.json records it (from the replay run's run.json)."""
+
+    passed: bool | None = None  # None: the bundle has no parity block
+    reference: str | None = None  # original | rewritten | None (bundle older than schema 2)
+    reference_runtime: str | None = None
+    reference_reason: str | None = None
+
+
 class EvaluationSummary(_Strict):
     """``summary.json``: what was evaluated, the headline metrics and disparities, and where the report is."""
 
@@ -139,5 +148,7 @@ class EvaluationSummary(_Strict):
     tasks: list[TaskSummary] = Field(default_factory=list)
     concepts: list[ConceptSummary] = Field(default_factory=list)
     comparison: ComparisonSummary | None = None
+    #: bundle name -> its parity (what the converted model was checked against); empty without run.json
+    bundle_parity: dict[str, BundleParity] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)

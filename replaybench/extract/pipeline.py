@@ -65,6 +65,9 @@ class ExtractedModel(BaseModel):
     parity_max_abs_diff: float | None = None
     # end-to-end check of the bundle on the traced invokes (None without a trace); also in bundle.json
     fidelity: FidelityReport | None = None
+    # what parity compared the bundle with: the original blob, or a rewrite of it (see the reason)
+    parity_reference: Literal["original", "rewritten"] | None = None
+    parity_reference_reason: str | None = None
 
 
 class ExtractResult(BaseModel):
@@ -417,9 +420,12 @@ def _convert(
         parity = outcome.bundle.parity
         if parity is not None and parity.outputs:
             model.parity_max_abs_diff = max(o.max_abs_diff for o in parity.outputs)
+        if parity is not None:
+            model.parity_reference = parity.reference
+            model.parity_reference_reason = parity.reference_reason
         if parity is not None and not parity.passed:
             model.status = "parity_mismatch"
-            model.error = f"parity failed against {parity.reference_runtime}"
+            model.error = f"parity failed against {parity.reference_runtime} ({parity.reference} model)"
             if not allow_mismatch:
                 log.warning("%s: %s", model.file, ParityError(model.error).message)
         else:

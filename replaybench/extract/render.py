@@ -79,7 +79,14 @@ def print_extract_result(result: ExtractResult) -> None:
         con.print("no on-device model found; nothing extracted", style="green")
     else:
         t = Table(
-            "model", "format", "origin", "ran", "preprocess", "bundle / status", title="extracted models"
+            "model",
+            "format",
+            "origin",
+            "ran",
+            "preprocess",
+            "parity vs",
+            "bundle / status",
+            title="extracted models",
         )
         for m in result.models:
             ran = "" if m.ran_in_trace is None else ("yes" if m.ran_in_trace else "no")
@@ -91,8 +98,14 @@ def print_extract_result(result: ExtractResult) -> None:
                     ("UNRESOLVED", "red"),
                     f" max err {res.get('max_error', float('nan')):.3g} > {res.get('tolerance', float('nan')):.3g}",
                 )
-            t.add_row(m.file, m.format, m.location, ran, pre, status)
+            reference = Text(m.parity_reference or "", "yellow" if m.parity_reference == "rewritten" else "")
+            t.add_row(m.file, m.format, m.location, ran, pre, reference, status)
         con.print(t)
+        for m in result.models:
+            if m.parity_reference_reason:
+                con.print(
+                    Text.assemble(("parity reference:", "yellow"), f" {m.file}: {m.parity_reference_reason}")
+                )
         checked = [m for m in result.models if m.fidelity is not None]
         if checked:
             f = Table(

@@ -6,7 +6,8 @@ within tolerance on the cut outputs), "native" (no faithful ONNX route: the bund
 the app's own engine ``runtime``, the reason matching ``match``), or "error" (a typed error whose message
 matches ``match``);
 optional ``tolerance`` (overrides the per-kind default), ``cut_at``, ``input_shape`` (TorchScript),
-``disabled: reason``.
+``reference`` (what parity ran: "original" unless given; "rewritten" only where the source runtime
+cannot run the original), ``disabled: reason``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ EXPECTATIONS: dict[str, dict[str, Any]] = {
     f"{MEDIAPIPE}/face_landmark.tflite": {"verdict": "pass"},
     f"{MEDIAPIPE}/iris_landmark.tflite": {"verdict": "pass"},
     f"{MEDIAPIPE}/face_detection_full_range_sparse.tflite": {"verdict": "pass", "note": "densified"},
+    # LiteRT's XNNPACK delegate runs MediaPipe's Convolution2DTransposeBias: parity against the original
     f"{MEDIAPIPE}/selfie_segmentation.tflite": {"verdict": "pass", "note": "Convolution2DTransposeBias"},
     f"{MEDIAPIPE}/selfie_segmentation_landscape.tflite": {
         "verdict": "pass",

@@ -129,10 +129,12 @@ def test_accept_unresolved_and_preprocess_override(tmp_path, unresolved):
     )
     out = tmp_path / "b"
     args = ["extract", str(app), "--trace", str(trace), "-o", str(out), "--no-code"]
-    assert main([*args, "--preprocess", f"classifier.tflite={spec}"]) == 0
+    # the hand-given spec is used as given; it is not the app's, so its end-to-end fidelity fails (exit 16)
+    assert main([*args, "--preprocess", f"classifier.tflite={spec}"]) == 16
+    assert main([*args, "--preprocess", f"classifier.tflite={spec}", "--allow-unfaithful"]) == 0
     doc = json.loads((out / "extract.json").read_text())
     cls = next(m for m in doc["models"] if m["location"].endswith("classifier.tflite"))
-    assert cls["preprocess_from"] == "user"
+    assert cls["preprocess_from"] == "user" and cls["fidelity"]["verdict"] == "failed"
     assert main([*args, "--preprocess", f"nosuchmodel={spec}"]) == 2
 
 
