@@ -12,7 +12,9 @@ Exit codes (also in the README):
 3   InputNotFoundError         a file or folder named on the command line does not exist
 4   UnsupportedFormatError     the input is of a format replaybench does not handle
 5   CorruptInputError          the input is truncated, malformed or not what it claims to be
-6   UnsafeInputError           the input was refused: zip bomb, path traversal, oversize
+6   UnsafeInputError           the input was refused: zip bomb, path traversal, oversize, file/Python/
+                               system ops in a model; ResourceLimitError: a model's conversion exceeded
+                               its CPU-time, memory, file-size or wall-clock limit
 7   ConversionError            a model could not be converted to ONNX
 8   ParityError                the converted model disagrees with the source runtime
 9   MissingDependencyError     an optional part (frida, a decoder, a tool) is not installed
@@ -59,6 +61,14 @@ class CorruptInputError(ReplaybenchError):
 
 class UnsafeInputError(ReplaybenchError):
     exit_code = 6
+
+
+class ResourceLimitError(UnsafeInputError):
+    """A model's conversion child exceeded a limit; ``limit`` is cpu, memory, file_size or wall."""
+
+    def __init__(self, message: str, *, limit: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.limit = limit
 
 
 class ConversionError(ReplaybenchError):
