@@ -28,7 +28,9 @@ def _write_file_graphdef(pb: Path, target: Path) -> Path:
     g = tf.Graph()
     with g.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [1, 4], name="x")
-        w = tf.raw_ops.WriteFile(filename=tf.constant(str(target)), contents=tf.constant("pwned"), name="dropper")
+        w = tf.raw_ops.WriteFile(
+            filename=tf.constant(str(target)), contents=tf.constant("pwned"), name="dropper"
+        )
         with tf.control_dependencies([w]):
             tf.identity(x * 2.0, name="y")
     pb.write_bytes(g.as_graph_def().SerializeToString())
@@ -74,9 +76,7 @@ def _saved_model_calling(kind: str, folder: Path, victim: Path) -> Path:
             elif kind == "EagerPyFunc":
                 side = tf.py_function(lambda v: v * 0.0, [x], tf.float32)
             elif kind == "SaveV2":
-                tf.raw_ops.SaveV2(
-                    prefix=str(victim), tensor_names=["x"], shape_and_slices=[""], tensors=[x]
-                )
+                tf.raw_ops.SaveV2(prefix=str(victim), tensor_names=["x"], shape_and_slices=[""], tensors=[x])
                 side = tf.constant(0.0)
             else:  # RestoreV2
                 (r,) = tf.raw_ops.RestoreV2(

@@ -36,7 +36,7 @@ def _open_fds() -> dict[int, str]:
         return {}
     try:
         found = {}
-        for name in os.listdir(dfd):
+        for name in os.listdir(dfd):  # noqa: PTH208 - listed through the fd, so it can be left out
             if int(name) != dfd:
                 try:
                     found[int(name)] = os.readlink(name, dir_fd=dfd)
@@ -89,7 +89,11 @@ def _task_convert(request: dict[str, Any], arrays: list[Any] | None) -> dict[str
     from replaybench.extract.convert.writer import convert_model_in_process
 
     kw = dict(request["kwargs"])
-    for key, cls in (("preprocess", PreprocessSpec), ("postprocess", PostprocessSpec), ("source", SourceInfo)):
+    for key, cls in (
+        ("preprocess", PreprocessSpec),
+        ("postprocess", PostprocessSpec),
+        ("source", SourceInfo),
+    ):
         if kw.get(key) is not None:
             kw[key] = cls.model_validate(kw[key])
     if arrays is not None:
@@ -127,7 +131,7 @@ def _import_runtimes() -> None:
 
         registry.registered_formats()
         import_tf2onnx()
-    except Exception:  # noqa: S110 - a missing runtime is reported by the task that needs it
+    except Exception:  # a missing runtime is reported by the task that needs it
         pass
 
 

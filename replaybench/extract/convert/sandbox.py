@@ -120,7 +120,9 @@ class ChildResult:
     sandbox: dict[str, Any]
 
 
-def pack_arrays(items: Sequence[np.ndarray | Sequence[np.ndarray]] | None) -> tuple[list[int], dict[str, Any]]:
+def pack_arrays(
+    items: Sequence[np.ndarray | Sequence[np.ndarray]] | None,
+) -> tuple[list[int], dict[str, Any]]:
     """Captured input sets as (layout, arrays for an .npz): layout[i] is -1 for a bare array, else its length."""
     layout: list[int] = []
     arrays: dict[str, Any] = {}
@@ -180,7 +182,9 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     # the child imports the same replaybench as this process, wherever it was imported from
     root = str(Path(__file__).resolve().parents[3])
-    env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    )
     return env
 
 

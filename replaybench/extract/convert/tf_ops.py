@@ -23,8 +23,13 @@ from typing import Any
 
 from replaybench.errors import UnsafeInputError
 
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 # Pure tensor compute: math, shapes, images, quantisation, random numbers, strings (no I/O).
-COMPUTE_OPS = frozenset(
+COMPUTE_OPS = _words(
     """
     Abs Acos Acosh Add AddN AddV2 AdjustContrastv2 AdjustHue AdjustSaturation All Any ApproximateEqual
     ArgMax ArgMin AsString Asin Asinh Assert Atan Atan2 Atanh AvgPool AvgPool3D BatchMatMul BatchMatMulV2
@@ -65,11 +70,11 @@ COMPUTE_OPS = frozenset(
     UnravelIndex UnsortedSegmentMax UnsortedSegmentMin UnsortedSegmentProd UnsortedSegmentSum Where
     Xdivy Xlog1py Xlogy ZerosLike Zeta
     _FusedBatchNormEx _FusedConv2D _FusedDepthwiseConv2dNative _FusedMatMul
-    """.split()
+    """
 )
 
 # In-memory state and control flow: variables, TF1 loops/conds, tensor arrays/lists, function calls.
-STATE_AND_CONTROL_OPS = frozenset(
+STATE_AND_CONTROL_OPS = _words(
     """
     Assign AssignAdd AssignSub AssignVariableOp DestroyResourceOp DisableCopyOnRead IsVariableInitialized
     ReadVariableOp VarHandleOp VarIsInitializedOp Variable VariableV2
@@ -81,7 +86,7 @@ STATE_AND_CONTROL_OPS = frozenset(
     TensorListElementShape TensorListFromTensor TensorListGather TensorListGetItem TensorListLength
     TensorListPopBack TensorListPushBack TensorListReserve TensorListResize TensorListScatterIntoExistingList
     TensorListSetItem TensorListSplit TensorListStack
-    """.split()
+    """
 )
 
 ALLOWED_OPS = COMPUTE_OPS | STATE_AND_CONTROL_OPS

@@ -32,7 +32,14 @@ MAX_CODE_BYTES = 16 * 1024 * 1024
 ALLOWED_OP_NAMESPACES = frozenset({"aten", "prim", "quantized", "prepacked"})
 # ... less these, which read or write files or reach the network
 REFUSED_OPS = frozenset(
-    {"aten::from_file", "aten::save", "prim::rpc_async", "prim::rpc_remote", "prim::rpc_sync", "prim::PythonOp"}
+    {
+        "aten::from_file",
+        "aten::save",
+        "prim::rpc_async",
+        "prim::rpc_remote",
+        "prim::rpc_sync",
+        "prim::PythonOp",
+    }
 )
 ALLOWED_CLASS_NAMESPACES = frozenset({"quantized", "xnnpack"})  # torch.classes.NS.* packed params
 _OP_CALL = re.compile(rb"\bops\s*\.\s*(\w+)\s*\.\s*(\w+)")
