@@ -1,6 +1,6 @@
 """Parity table for every real model in ../shared/realdata (the expectations table's models).
 
-Converts all of them in one process with ``convert_many`` (TensorFlow and tf2onnx imported once) and
+Converts all of them with ``convert_many`` (each model in its own sandbox child process) and
 prints model, verdict, max abs diff (worst output), max quantisation steps, and seconds per model.
 
     PYTHONPATH=$PWD python benchmarks/convert_realdata.py [--realdata DIR] [--random N]
