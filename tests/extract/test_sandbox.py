@@ -117,6 +117,24 @@ def test_savedmodel_own_checkpoint_functions_are_not_refused():
     assert {b.op for b in refused_ops(mg.graph_def)} >= {"SaveV2", "RestoreV2", "MergeV2Checkpoints"}
 
 
+def test_a_library_function_may_not_shadow_an_op():
+    """A function named WriteFile would let a WriteFile node pass as a function call."""
+    from tensorflow.core.framework import graph_pb2
+
+    from replaybench.extract.convert.tf_ops import RefusedOp, check_graph, refused_ops
+
+    gd = graph_pb2.GraphDef()
+    gd.library.function.add().signature.name = "WriteFile"
+    node = gd.node.add()
+    node.name, node.op = "w", "WriteFile"
+    assert refused_ops(gd) == []  # without knowing the registry it would pass
+    with pytest.raises(UnsafeInputError, match=r"WriteFile \(WriteFile, function library\)"):
+        check_graph(gd, "shadow.pb")
+    assert RefusedOp("WriteFile", "WriteFile", "function library") in refused_ops(
+        gd, is_op={"WriteFile"}.__contains__
+    )
+
+
 # TorchScript: a custom op (registered in Python, no C++) and a file-mapping aten op
 @torch.library.custom_op("replaybench_test::leak", mutates_args=())
 def _leak(x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ prefix.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,13 +144,19 @@ def _node_name(tensor: str) -> str:
     return tensor.lstrip("^").split(":")[0]
 
 
-def refused_ops(graph_def: Any, saver_def: Any = None, extra_roots: Iterable[str] = ()) -> list[RefusedOp]:
+def refused_ops(
+    graph_def: Any,
+    saver_def: Any = None,
+    extra_roots: Iterable[str] = (),
+    is_op: Callable[[str], bool] = lambda name: False,
+) -> list[RefusedOp]:
     """Every node of ``graph_def`` (a GraphDef) and of its function library whose op is not allowed.
 
     ``saver_def`` (a SavedModel's SaverDef) names the checkpoint save tensor and restore op: the nodes
     only they depend on, and the functions only those nodes call, may also use SAVE_OPS / RESTORE_OPS.
     ``extra_roots``: functions something other than the graph calls (a SavedModel's object-graph
-    functions); they never get the checkpoint exemption.
+    functions); they never get the checkpoint exemption. ``is_op``: whether a name is a registered TF
+    op (a library function may not shadow one).
     """
     library = {f.signature.name: f for f in graph_def.library.function}
     names = set(library)
@@ -184,6 +190,8 @@ def refused_ops(graph_def: Any, saver_def: Any = None, extra_roots: Iterable[str
         return op in ALLOWED_OPS or op in names or op in extra
 
     refused: list[RefusedOp] = []
+    # a function named like a registered op would not be what the allowlist let through
+    refused.extend(RefusedOp(name, name, "function library") for name in sorted(names) if is_op(name))
     for n in graph_def.node:
         extra = SAVE_OPS if n.name in save_nodes else RESTORE_OPS if n.name in restore_nodes else frozenset()
         if not allowed(n.op, extra):
@@ -198,9 +206,16 @@ def refused_ops(graph_def: Any, saver_def: Any = None, extra_roots: Iterable[str
 
 def check_graph(graph_def: Any, what: str, saver_def: Any = None, extra_roots: Iterable[str] = ()) -> None:
     """Raise UnsafeInputError naming the ops and nodes of ``graph_def`` that are not allowed."""
-    bad = refused_ops(graph_def, saver_def, extra_roots)
+    bad = refused_ops(graph_def, saver_def, extra_roots, _registered_op)
     if bad:
         raise unsafe_ops_error(what, bad)
+
+
+def _registered_op(name: str) -> bool:
+    """Whether TensorFlow (imported by the caller, a converter) registers an op called ``name``."""
+    from tensorflow.python.framework import op_def_registry
+
+    return op_def_registry.get(name) is not None
 
 
 def unsafe_ops_error(what: str, bad: list[RefusedOp]) -> UnsafeInputError:
