@@ -120,17 +120,21 @@ TASKS: dict[str, Callable[[dict[str, Any], list[Any] | None], dict[str, Any]]] =
 }
 
 
-def _import_runtimes() -> None:
-    """A warm child's head start: the imports most conversions need, before any request exists."""
+def _import_runtimes(fmt: str) -> None:
+    """A warm child's head start: the imports a conversion of ``fmt`` needs, before any request exists."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
 
         from replaybench.extract.convert import registry, writer  # noqa: F401
-        from replaybench.extract.convert.tf_runtime import import_tf2onnx
 
         registry.registered_formats()
-        import_tf2onnx()
+        if fmt in ("torchscript", "pytorch_lite"):
+            import torch  # noqa: F401
+        elif fmt != "onnx":
+            from replaybench.extract.convert.tf_runtime import import_tf2onnx
+
+            import_tf2onnx()
     except Exception:  # a missing runtime is reported by the task that needs it
         pass
 
@@ -144,8 +148,9 @@ def main(argv: list[str]) -> int:
     # fd 1 is the result channel; everything the runtimes print goes to stderr instead
     result = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    if "--warm" in argv[2:]:
-        _import_runtimes()
+    warm = [a.split("=", 1)[1] for a in argv[2:] if a.startswith("--warm=")]
+    if warm:
+        _import_runtimes(warm[0])
     if sys.stdin.readline().strip() != "go":
         return 0  # the parent ended without a task for it
     doc = json.loads((work / "request.json").read_text(encoding="utf-8"))

@@ -148,7 +148,7 @@ def run_task(
     arrays: dict[str, Any] | None = None,
     limits: ChildLimits | None = None,
     what: str = "the model",
-    prewarm_next: bool | None = None,
+    prewarm_next: bool | str | None = None,
 ) -> ChildResult:
     """Run ``task`` (see ``_sandbox_child.TASKS``) in a fresh child process under ``limits``.
 
@@ -156,7 +156,8 @@ def run_task(
     process that has only imported TensorFlow, tf2onnx and onnxruntime and has read no model; it
     serves one task and exits). ``prewarm_next`` (default: ``REPLAYBENCH_CONVERT_PREWARM=1``) starts
     such a child for the next task as soon as this one is handed out, so its imports overlap this
-    conversion; ``convert_many`` uses it between models.
+    conversion; a format name (the next model's) says which runtimes to import. ``convert_many`` uses
+    it between models.
 
     Raises the child's typed error, ResourceLimitError when a limit was hit, ConversionError when the
     child crashed, ReplaybenchError for an unexpected failure inside the child (a bug).
@@ -164,9 +165,9 @@ def run_task(
     limits = limits or ChildLimits.from_env()
     if prewarm_next is None:
         prewarm_next = os.environ.get(ENV_PREWARM) == "1"
-    child = _take_warm(limits) or _Child.start(limits, warm=False)
+    child = _take_warm(limits) or _Child.start(limits, warm=None)
     if prewarm_next:
-        prewarm(limits)
+        prewarm(limits, prewarm_next if isinstance(prewarm_next, str) else None)
     try:
         (child.work / REQUEST_JSON).write_text(
             json.dumps({"task": task, "request": request}), encoding="utf-8"
@@ -198,14 +199,16 @@ class _Child:
     env: dict[str, str]
 
     @classmethod
-    def start(cls, limits: ChildLimits, *, warm: bool) -> _Child:
+    def start(cls, limits: ChildLimits, *, warm: str | None) -> _Child:
+        """A child for ``limits``; ``warm``: a format whose runtimes it imports before its request
+        ("any": TensorFlow's, the most common), None: import nothing ahead."""
         work = Path(tempfile.mkdtemp(prefix="replaybench-convert-"))  # mode 0700
         env = _child_env()
         try:
             with (work / STDERR_TXT).open("wb") as err:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", CHILD_MODULE, json.dumps(asdict(limits)), str(work)]
-                    + (["--warm"] if warm else []),
+                    + ([f"--warm={warm}"] if warm else []),
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=err,
@@ -264,16 +267,16 @@ class _Child:
 _warm: _Child | None = None
 
 
-def prewarm(limits: ChildLimits | None = None) -> None:
-    """Start an idle child for the next ``run_task`` (if none is waiting) that imports the heavy
-    runtimes before it reads any request; ended at interpreter exit if unused."""
+def prewarm(limits: ChildLimits | None = None, fmt: str | None = None) -> None:
+    """Start an idle child for the next ``run_task`` (if none is waiting) that imports the runtimes
+    of ``fmt`` (None: TensorFlow's) before it reads any request; ended at interpreter exit if unused."""
     global _warm
     limits = limits or ChildLimits.from_env()
     if _warm is not None and (_warm.proc.poll() is not None or _warm.limits != limits):
         _warm.close()
         _warm = None
     if _warm is None:
-        _warm = _Child.start(limits, warm=True)
+        _warm = _Child.start(limits, warm=fmt or "any")
 
 
 def _take_warm(limits: ChildLimits) -> _Child | None:

@@ -182,11 +182,12 @@ def convert_model(
     n_random: int = 3,
     tolerance: float | None = None,
     limits: ChildLimits | None = None,
-    prewarm_next: bool | None = None,
+    prewarm_next: bool | str | None = None,
 ) -> Bundle:
     """Convert ``model`` to ONNX, check parity against its own runtime, and write the bundle in ``out``,
     all in a child process under ``limits`` (default: ``ChildLimits.from_env()``; see ``sandbox``).
-    ``prewarm_next``: start the next conversion's child now (``sandbox.run_task``).
+    ``prewarm_next``: start the next conversion's child now; the next model's format if known
+    (``sandbox.run_task``).
 
     Same arguments, result and typed errors as ``convert_model_in_process``, plus ResourceLimitError
     (exit 6) when the model exceeds a limit.
@@ -385,6 +386,21 @@ def check_parity_for(
     )
 
 
+def _next_format(jobs: Sequence[ConversionJob | tuple[Path, Path]], i: int) -> str | bool:
+    """The format of job ``i + 1`` (which runtimes to prewarm), True if unknown, False if none."""
+    if i + 1 >= len(jobs):
+        return False
+    nxt = jobs[i + 1]
+    job = nxt if isinstance(nxt, ConversionJob) else ConversionJob(Path(nxt[0]), Path(nxt[1]))
+    source = job.options.get("source")
+    if source is not None:
+        return str(source.format)
+    try:
+        return sniff_format(job.model)
+    except ReplaybenchError:
+        return True
+
+
 @dataclass
 class ConversionJob:
     """One model for ``convert_many``, with its own ``convert_model`` keyword arguments
@@ -425,7 +441,7 @@ def convert_many(
             model, out = job.model, job.out
             t = time.perf_counter()
             # the next model's child imports its runtimes while this one converts
-            opts = {"prewarm_next": i < len(jobs) - 1, **kwargs, **job.options}
+            opts = {"prewarm_next": _next_format(jobs, i), **kwargs, **job.options}
             try:
                 b: Bundle | None = convert_model(model, out, **opts)
                 err: ReplaybenchError | None = None
