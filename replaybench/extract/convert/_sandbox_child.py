@@ -1,7 +1,7 @@
 """The conversion child (``python -m replaybench.extract.convert._sandbox_child WORKDIR``); see ``sandbox``.
 
-Order matters: limits and file descriptors are settled before anything heavy is imported or any model
-byte is read. Only the standard library is imported at module level for that reason.
+Order matters: limits and file descriptors are settled before any ML runtime is imported or any model
+byte is read (only replaybench's own light package imports run before).
 """
 
 from __future__ import annotations

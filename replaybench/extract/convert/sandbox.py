@@ -2,8 +2,8 @@
 
 An app's model is untrusted: converting it and running it for parity happens in a fresh Python process
 (``subprocess``, never a fork of this one), started with only stdin/stdout/stderr (``close_fds``; the
-child also closes anything else it finds), that sets its own limits before it imports anything or reads
-the model:
+child also closes anything else it finds), that sets its own limits before it imports any ML runtime
+or reads any byte of the model:
 
 =============  =================================  ==========================================
 limit          default                            environment variable
@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -166,9 +167,9 @@ def run_task(
     if prewarm_next is None:
         prewarm_next = os.environ.get(ENV_PREWARM) == "1"
     child = _take_warm(limits) or _Child.start(limits, warm=None)
-    if prewarm_next:
-        prewarm(limits, prewarm_next if isinstance(prewarm_next, str) else None)
     try:
+        if prewarm_next:
+            prewarm(limits, prewarm_next if isinstance(prewarm_next, str) else None)
         (child.work / REQUEST_JSON).write_text(
             json.dumps({"task": task, "request": request}), encoding="utf-8"
         )
@@ -265,6 +266,7 @@ class _Child:
 
 
 _warm: _Child | None = None
+_warm_lock = threading.Lock()
 
 
 def prewarm(limits: ChildLimits | None = None, fmt: str | None = None) -> None:
@@ -272,16 +274,18 @@ def prewarm(limits: ChildLimits | None = None, fmt: str | None = None) -> None:
     of ``fmt`` (None: TensorFlow's) before it reads any request; ended at interpreter exit if unused."""
     global _warm
     limits = limits or ChildLimits.from_env()
-    if _warm is not None and (_warm.proc.poll() is not None or _warm.limits != limits):
-        _warm.close()
-        _warm = None
-    if _warm is None:
-        _warm = _Child.start(limits, warm=fmt or "any")
+    with _warm_lock:
+        if _warm is not None and (_warm.proc.poll() is not None or _warm.limits != limits):
+            _warm.close()
+            _warm = None
+        if _warm is None:
+            _warm = _Child.start(limits, warm=fmt or "any")
 
 
 def _take_warm(limits: ChildLimits) -> _Child | None:
     global _warm
-    child, _warm = _warm, None
+    with _warm_lock:
+        child, _warm = _warm, None
     if child is None:
         return None
     if child.proc.poll() is None and child.limits == limits and child.env == _child_env():
@@ -293,9 +297,10 @@ def _take_warm(limits: ChildLimits) -> _Child | None:
 @atexit.register
 def _end_warm() -> None:
     global _warm
-    if _warm is not None:
-        _warm.close()
-        _warm = None
+    with _warm_lock:
+        child, _warm = _warm, None
+    if child is not None:
+        child.close()
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
