@@ -21,7 +21,7 @@ def inspect_target(target: Path) -> Bundle:
         return load_bundle(target).bundle
     from replaybench.extract.convert.sandbox import run_task
 
-    res = run_task("inspect", {"model": str(target.absolute())}, what=target.name)
+    res = run_task("inspect", {"model": str(target)}, what=target.name)
     return Bundle.model_validate(res.payload["bundle"])
 
 

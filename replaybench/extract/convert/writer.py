@@ -204,9 +204,9 @@ def convert_model(
     def dump(spec: Any) -> Any:
         return spec.model_dump(mode="json") if spec is not None else None
 
-    request = {
-        "model": str(Path(model).absolute()),
-        "out": str(Path(out).absolute()),
+    request = {  # paths as given: the child runs in this cwd, so its messages name them the same way
+        "model": str(Path(model)),
+        "out": str(Path(out)),
         "layout": layout,
         "kwargs": {
             "preprocess": dump(preprocess),
