@@ -212,6 +212,24 @@ def test_memory_limit_is_a_typed_error(tmp_path):
     assert e.value.limit == "memory"
 
 
+def test_file_size_limit_is_a_typed_error(tmp_path):
+    """A 2.4 MB GraphDef under a 1 MiB file-size limit: writing its bundle (source copy, model.onnx) stops."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 600_000], name="x")
+        w = tf.constant(np.random.default_rng(0).random((1, 600_000), dtype=np.float32))
+        tf.identity(x + w, name="y")
+    pb = tmp_path / "big.pb"
+    pb.write_bytes(g.as_graph_def().SerializeToString())
+    assert pb.stat().st_size > 2_000_000
+    with pytest.raises(ResourceLimitError, match="file-size limit of 1 MiB") as e:
+        convert_model(pb, tmp_path / "b", n_random=1, limits=ChildLimits(file_mb=1))
+    assert e.value.limit == "file_size"
+    assert all(p.stat().st_size <= 1024 * 1024 for p in (tmp_path / "b").rglob("*") if p.is_file())
+
+
 def test_child_inherits_no_file_descriptor(tmp_path):
     secret = tmp_path / "parent_secret.txt"
     secret.write_text("parent only")

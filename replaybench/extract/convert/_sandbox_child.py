@@ -6,6 +6,7 @@ byte is read (only replaybench's own light package imports run before).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -72,16 +73,25 @@ class _Records(logging.Handler):
             self.records.append([record.name, record.levelno, record.getMessage()])
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    """MemoryError, or TensorFlow's ResourceExhaustedError, anywhere in the cause chain."""
+def _in_chain(e: BaseException, hit: Callable[[BaseException], bool]) -> bool:
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, MemoryError) or type(cur).__name__ == "ResourceExhaustedError":
+        if hit(cur):
             return True
         cur = cur.__cause__ or cur.__context__
     return False
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """MemoryError, or TensorFlow's ResourceExhaustedError, anywhere in the cause chain."""
+    return _in_chain(e, lambda c: isinstance(c, MemoryError) or type(c).__name__ == "ResourceExhaustedError")
+
+
+def _file_too_large(e: BaseException) -> bool:
+    """EFBIG anywhere in the cause chain: Python ignores SIGXFSZ, so RLIMIT_FSIZE shows up as this."""
+    return _in_chain(e, lambda c: isinstance(c, OSError) and c.errno == errno.EFBIG)
 
 
 def _task_convert(request: dict[str, Any], arrays: list[Any] | None) -> dict[str, Any]:
@@ -185,6 +195,7 @@ def main(argv: list[str]) -> int:
             "message": getattr(e, "message", None) or str(e),
             "hint": getattr(e, "hint", None),
             "out_of_memory": _out_of_memory(e),
+            "file_too_large": _file_too_large(e),
             "unexpected": not isinstance(e, ReplaybenchError),
         }
         if isinstance(e, ResourceLimitError):

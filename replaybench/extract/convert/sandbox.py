@@ -16,7 +16,9 @@ wall clock     2 x CPU time + 60 s                ``REPLAYBENCH_CONVERT_WALL_SEC
 
 RLIMIT_DATA (heap and private writable mappings), not RLIMIT_AS: TensorFlow, onnxruntime and torch
 reserve gigabytes of address space they never touch, so an address-space cap either breaks them or
-caps nothing. A model that exceeds a limit is a ``ResourceLimitError`` (exit code 6) naming the limit.
+caps nothing. A model that exceeds a limit is a ``ResourceLimitError`` (exit code 6) naming the limit:
+SIGXCPU (or SIGKILL past the hard limit) for CPU, MemoryError / TensorFlow's ResourceExhaustedError /
+an allocation failure on stderr for memory, EFBIG for file size (Python ignores SIGXFSZ).
 
 The request goes in as a JSON file (and an ``.npz`` of captured inputs, read with ``allow_pickle=False``)
 in a private temporary folder; the result comes back as one JSON document on the child's stdout (the
@@ -353,6 +355,8 @@ def _rebuild_error(err: Any, limits: ChildLimits, what: str) -> ReplaybenchError
     hint = str(hint)[:MAX_MESSAGE_CHARS] if hint is not None else None
     if err.get("out_of_memory"):
         return _memory_error(limits, what, message)
+    if err.get("file_too_large"):
+        return _file_size_error(limits, what)
     cls = _error_classes().get(str(err.get("type")))
     if cls is None or err.get("unexpected"):
         trace = str(err.get("traceback", ""))[-_STDERR_TAIL:]
@@ -375,6 +379,14 @@ def _memory_error(limits: ChildLimits, what: str, detail: str = "") -> ResourceL
     )
 
 
+def _file_size_error(limits: ChildLimits, what: str) -> ResourceLimitError:
+    return ResourceLimitError(
+        f"converting {what} tried to write a file over the file-size limit of {limits.file_mb} MiB",
+        limit="file_size",
+        hint=f"raise it with {ENV_FILE}=MIB if the model is known to be that large",
+    )
+
+
 def _death_error(rc: int | None, cpu: float, tail: str, limits: ChildLimits, what: str) -> ReplaybenchError:
     sig = -rc if rc is not None and rc < 0 else None
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds):
@@ -384,11 +396,7 @@ def _death_error(rc: int | None, cpu: float, tail: str, limits: ChildLimits, wha
             hint=f"raise it with {ENV_CPU}=SECONDS if the model is known to be slow",
         )
     if sig == signal.SIGXFSZ:
-        return ResourceLimitError(
-            f"converting {what} tried to write a file over the file-size limit of {limits.file_mb} MiB",
-            limit="file_size",
-            hint=f"raise it with {ENV_FILE}=MIB if the model is known to be that large",
-        )
+        return _file_size_error(limits, what)
     last = [ln for ln in tail.strip().splitlines() if ln.strip()][-3:]
     if _OUT_OF_MEMORY.search(tail):
         return _memory_error(limits, what, last[-1] if last else "")
