@@ -9,7 +9,7 @@ PYTHON  ?= python3
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
-	bash scripts/setup-system.sh
+	PYTHON=$(PYTHON) bash scripts/setup-system.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so that nothing pulls the multi-GB CUDA build from the index
@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/scan_bench.py
 	$(PY) benchmarks/replay_bench.py
 	$(PY) benchmarks/student_bench.py
+	$(PY) benchmarks/native_bench.py
 
 # Refresh the exact tested set after changing dependencies.
 constraints: $(STAMP)

@@ -11,6 +11,10 @@ Also measured side by side in the same run: length-sorted token-budget batches v
 tokens and vs length-sorted fixed-row batches (text graph only), and reduced-scale JPEG decode (PIL draft) vs
 full decode.
 
+The headline table is measured wall-clock posts/s on this machine (with its CPU count and load average);
+a CPU-time projection for two idle cores follows, labelled as such. The int8 score error is export's,
+measured on posts not used for calibration.
+
     python benchmarks/student_bench.py --posts 300
 """
 
@@ -163,8 +167,8 @@ def model_only(
     n = len(captions)
     return {
         "model_posts_per_s": n / (t_img + t_txt),
-        # CPU seconds are what other tenants cannot take away: posts/s two dedicated cores would give.
-        "model_posts_per_s_2_free_cores": 2 * n / cpu,
+        # A projection, not a measurement: 2 x posts / CPU-seconds assumes perfect scaling on two idle cores.
+        "projected_model_posts_per_s_2_idle_cores": 2 * n / cpu,
         "image_graph_per_s": n / t_img,
         "text_graph_per_s": n / t_txt,
         "text_sorted_vs_pad128": t_pad / t_txt,
@@ -234,29 +238,41 @@ def main() -> None:
             cpu = time.process_time() - c0 + (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
             m = model_only(bundle, int8, images, captions, args.batch_size)
             row = {"variant": label, "precision": "int8" if int8 else "fp32", "end_to_end_posts_per_s": e2e,
-                   "end_to_end_posts_per_s_2_free_cores": 2 * args.posts / cpu, "load_avg_1min": os.getloadavg()[0],
-                   "errors": r.summary["errors"], **m}  # fmt: skip
-            if int8:
+                   "projected_end_to_end_posts_per_s_2_idle_cores": 2 * args.posts / cpu,
+                   "load_avg_1min": os.getloadavg()[0], "errors": r.summary["errors"], **m}  # fmt: skip
+            if int8:  # measured by export on posts not used for calibration
                 row["int8_mean_abs_score_diff"] = doc["variants"][0]["mean_abs_diff"]
                 row["int8_max_abs_score_diff"] = doc["variants"][0]["max_abs_diff"]
+                row["int8_diff_posts"] = doc["variants"][0]["inputs_tried"]
             results.append(row)
             print(json.dumps(row))
     self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"\npeak RSS: main process {self_mb:.0f} MB, largest decode worker {child_mb:.0f} MB")
-    print("wall = measured on this shared machine; cpu = 2 x posts / CPU-seconds used (2 dedicated cores)")
-    print(f"{'variant':45s} {'prec':5s} {'e2e wall':>9s} {'e2e cpu':>8s} {'model wall':>11s} {'model cpu':>10s} "
-          f"{'img/s':>7s} {'txt/s':>7s} {'pad128/sorted':>13s} {'rows/budget':>11s}")  # fmt: skip
+    load = max(r["load_avg_1min"] for r in results)
+    print(
+        f"posts/s measured (wall clock) on this machine, {os.cpu_count()} CPUs, 1-min load average up to {load:.1f}"
+    )
+    print(f"{'variant':45s} {'prec':5s} {'end-to-end':>10s} {'model':>7s} {'img/s':>7s} {'txt/s':>7s} "
+          f"{'pad128/sorted':>13s} {'rows/budget':>11s}")  # fmt: skip
     for r in results:
-        print(f"{r['variant']:45s} {r['precision']:5s} {r['end_to_end_posts_per_s']:9.1f} "
-              f"{r['end_to_end_posts_per_s_2_free_cores']:8.1f} {r['model_posts_per_s']:11.1f} "
-              f"{r['model_posts_per_s_2_free_cores']:10.1f} {r['image_graph_per_s']:7.1f} "
-              f"{r['text_graph_per_s']:7.1f} {r['text_sorted_vs_pad128']:13.2f} {r['text_budget_vs_fixed_rows']:11.2f}")  # fmt: skip
+        print(f"{r['variant']:45s} {r['precision']:5s} {r['end_to_end_posts_per_s']:10.1f} "
+              f"{r['model_posts_per_s']:7.1f} {r['image_graph_per_s']:7.1f} {r['text_graph_per_s']:7.1f} "
+              f"{r['text_sorted_vs_pad128']:13.2f} {r['text_budget_vs_fixed_rows']:11.2f}")  # fmt: skip
+    print(
+        "\nprojection, NOT measured: 2 x posts / CPU-seconds used (what two idle cores would give if nothing "
+        "else ran and scaling were perfect)"
+    )
+    for r in results:
+        print(f"{r['variant']:45s} {r['precision']:5s} end-to-end {r['projected_end_to_end_posts_per_s_2_idle_cores']:.1f}"
+              f", model {r['projected_model_posts_per_s_2_idle_cores']:.1f}")  # fmt: skip
     for arch in {r["variant"] for r in results}:
         fp = next(r for r in results if r["variant"] == arch and r["precision"] == "fp32")
         q = next(r for r in results if r["variant"] == arch and r["precision"] == "int8")
-        print(f"{arch}: int8/fp32 end-to-end x{q['end_to_end_posts_per_s'] / fp['end_to_end_posts_per_s']:.2f}, "
-              f"model-only x{q['model_posts_per_s'] / fp['model_posts_per_s']:.2f}")  # fmt: skip
+        print(f"{arch}: int8/fp32 (wall) end-to-end x{q['end_to_end_posts_per_s'] / fp['end_to_end_posts_per_s']:.2f}, "
+              f"model-only x{q['model_posts_per_s'] / fp['model_posts_per_s']:.2f}; int8 score error on "
+              f"{q['int8_diff_posts']} posts not used for calibration: mean {q['int8_mean_abs_score_diff']:.3f}, "
+              f"max {q['int8_max_abs_score_diff']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -78,14 +78,54 @@ class RichProgress:
             self._bar = None
 
 
-def setup_logging(verbose: int, quiet: bool) -> None:
+# The root-logger handler the CLI installs (recognised by name so a second call replaces, not adds).
+_THIRD_PARTY_HANDLER = "replaybench-third-party"
+# Read by TensorFlow, huggingface_hub and transformers when they are imported (later, lazily).
+QUIET_THIRD_PARTY_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ INFO and WARNING lines
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" / "Writing model shards" bars
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+def setup_logging(verbose: int, quiet: bool, *, third_party: bool = False) -> None:
+    """Our records on stderr at the chosen level; third-party chatter only when ``third_party`` (-vv).
+
+    Third-party libraries log through the root logger (tf2onnx's per-op messages, onnxruntime's
+    quantisation advice via ``logging.warning``, which would otherwise install its own root handler) and
+    print progress bars (transformers). Without ``third_party`` the root gets a handler that drops
+    everything and the libraries' own switches are set (unless the user set them). What native code
+    writes to fd 2 (TensorFlow, LiteRT) is the console entry point's business: ``replaybench._stderr``.
+    """
+    import os
+
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    fmt = logging.Formatter("%(levelname)s %(name)s: %(message)s")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("replaybench")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    handler.setFormatter(fmt)
+    ours = logging.getLogger("replaybench")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level)
+    ours.propagate = False
+
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != _THIRD_PARTY_HANDLER]
+    sink: logging.Handler
+    if third_party:
+        sink = logging.StreamHandler(sys.stderr)
+        sink.setFormatter(fmt)
+        root.setLevel(logging.INFO)
+    else:
+        sink = logging.NullHandler()
+        for key, value in QUIET_THIRD_PARTY_ENV.items():
+            os.environ.setdefault(key, value)
+        if "transformers" in sys.modules:  # imported already: the environment is read too late
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
+            transformers.utils.logging.set_verbosity_error()
+    sink.set_name(_THIRD_PARTY_HANDLER)
+    root.addHandler(sink)
 
 
 def emit_json(doc: Any) -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from replaybench.errors import CorruptInputError, InputNotFoundError
 
-BUNDLE_SCHEMA_VERSION = 1
+# 2: parity.reference / parity.reference_reason (optional fields: version-1 bundles still load)
+BUNDLE_SCHEMA_VERSION = 2
 BUNDLE_JSON = "bundle.json"
 MODEL_ONNX = "model.onnx"
 LABELS_TXT = "labels.txt"
@@ -39,15 +40,19 @@ class Provenance(StrEnum):
     APP_CODE = "app_code"  # constants read from the app's code (new NormalizeOp(127.5f, 127.5f))
     USER = "user"  # given on the command line / in a spec file
     DEFAULT = "default"  # documented default, nothing better known
+    # Solved from a trace but NOT accepted: the best candidate does not reproduce the captured tensors
+    # within the acceptance rule (see ``replaybench.extract.preprocess.acceptance_tolerance``). Replay
+    # refuses such a bundle unless told ``--accept-unresolved``.
+    TRACE_UNRESOLVED = "trace_unresolved"
 
 
 ResizeMethod = Literal[
     "nearest",  # nearest neighbour (Android createScaledBitmap filter=false)
     "bilinear_android",  # Android createScaledBitmap(filter=true) / Skia bilinear
-    "bilinear_tf",  # tf.image.resize bilinear, half_pixel_centers (TFLite support ResizeOp)
+    "bilinear_tf",  # tf.image.resize bilinear, half_pixel_centers (TFLite RESIZE_BILINEAR)
     "bilinear_tf_legacy",  # tf.compat.v1 resize_bilinear, align_corners=False, no half pixel
     "bilinear_pil",  # PIL Image.BILINEAR (antialiased when downscaling)
-    "area",  # area averaging / antialiased (OpenCV INTER_AREA, PIL BOX)
+    "area",  # OpenCV INTER_AREA (area averaging down, bilinear up)
     "bicubic_pil",
 ]
 
@@ -59,13 +64,38 @@ class QuantParams(Strict):
     zero_point: int
 
 
+PREPROCESS_SPEC_VERSION = 2  # 2: letterbox pad/placement, shorter side, rotation/mirror, source format
+
+
 class ResizeSpec(Strict):
+    """The geometry from the (oriented) source image to the tensor's width x height, in this order:
+
+    1. ``crop_box`` (fractions of the source, before orientation) when set;
+    2. one of: ``shorter_side`` S set: resize so the shorter side is S (the longer ``int(S * long /
+       short)``, torchvision ``Resize(S)``), then centre-crop width x height (torchvision
+       ``CenterCrop``); ``keep_aspect`` (letterbox): scale to fit inside, place the content at
+       ``placement``, pad the rest with ``pad_value``; ``crop == "center"``: centre-crop the source to the
+       target aspect, then resize; otherwise stretch to width x height.
+    """
+
     width: int
     height: int
     method: ResizeMethod = "bilinear_tf"
-    keep_aspect: bool = False  # letterbox-free: scale the short side, then crop (see crop)
+    keep_aspect: bool = False  # letterbox: scale to fit inside width x height, pad the rest
     crop: Literal["none", "center"] = "none"  # centre-crop to the target aspect before resizing
     crop_box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1) as fractions of the image
+    # Letterbox only: where the content goes, how its size rounds (Java's (int) cast: floor; Python's
+    # round(): half to even; Java's Math.round: half up), and the padding colour in 0..255 pixel units
+    # per RGB channel (one value: all).
+    # center: the odd pixel of padding after the content ((W - w) / 2 in integers); center_up: before it
+    # (Math.round((W - w) / 2f)); top_left: all padding right and below.
+    placement: Literal["center", "center_up", "top_left"] = "center"
+    rounding: Literal["round", "floor", "half_up"] = "round"
+    pad_value: list[float] = Field(default_factory=lambda: [0.0])
+    shorter_side: int | None = None  # torchvision Resize(S) + CenterCrop(width, height)
+    # The app crops a different region of every frame (a detected face) and only that crop reaches the
+    # model: replay must be given such crops (a dataset of crops, or --faces); no fixed box reproduces it.
+    roi: Literal["fixed", "per_image"] = "fixed"
 
 
 class PreprocessSpec(Strict):
@@ -76,6 +106,15 @@ class PreprocessSpec(Strict):
     Equivalent mean/std form: ``mean = -offset / scale``, ``std = 1 / scale``.
     """
 
+    version: int = PREPROCESS_SPEC_VERSION
+    # What the app's source image is: an ARGB Bitmap ("rgb") or a camera frame (NV21 / I420 planes,
+    # BT.601 limited range) the app converts to RGB first. Replay of RGB photos through a "nv21"/"i420"
+    # spec round-trips them through that YUV format (chroma subsampling and limited range included).
+    source_format: Literal["rgb", "nv21", "i420"] = "rgb"
+    # Orientation applied to the source (after crop_box, before resizing): rotate clockwise by
+    # ``rotation`` degrees, then mirror left-right when ``mirror`` (front-camera frames).
+    rotation: Literal[0, 90, 180, 270] = 0
+    mirror: bool = False
     resize: ResizeSpec
     color_order: Literal["RGB", "BGR", "GRAY"] = "RGB"
     layout: Literal["NHWC", "NCHW"] = "NHWC"
@@ -91,6 +130,11 @@ class PreprocessSpec(Strict):
     @property
     def mean(self) -> list[float]:
         return [-o / s for o, s in zip(self.offset, self.scale, strict=True)]
+
+    @property
+    def unresolved(self) -> bool:
+        """True when the trace did not determine this spec (see ``Provenance.TRACE_UNRESOLVED``)."""
+        return Provenance.TRACE_UNRESOLVED in self.provenance.values()
 
     @property
     def std(self) -> list[float]:
@@ -166,8 +210,16 @@ class OutputParity(Strict):
     passed: bool
 
 
+ParityReference = Literal["original", "rewritten"]
+
+
 class ParityReport(Strict):
-    reference_runtime: str  # tflite, torch.jit, tensorflow, onnx-checker, ...
+    reference_runtime: str  # ai-edge-litert 2.3.0, torch.jit, tensorflow, onnxruntime (source file), ...
+    # What the reference runtime ran: the original blob, or a rewrite of it (densified, custom ops
+    # replaced) only where the original cannot run on this host; reference_reason says why. None in
+    # bundles written before schema version 2 (their TFLite parity may be against a rewritten model).
+    reference: ParityReference | None = None
+    reference_reason: str | None = None
     inputs_tried: int
     input_kinds: list[str] = Field(default_factory=list)  # random-range, trace, ...
     outputs: list[OutputParity] = Field(default_factory=list)
@@ -177,6 +229,72 @@ class ParityReport(Strict):
     # the bundle the same way (quantised models: "disabled", see replaybench.extract.convert.parity).
     onnxruntime_optimization: str | None = None
     note: str | None = None
+
+
+RuntimeName = Literal["onnxruntime", "tflite", "ncnn", "mnn", "pytorch_lite"]
+
+
+class RuntimeInfo(Strict):
+    """What replay runs the model with: the converted ``model.onnx`` in onnxruntime, or the app's own
+    engine on the original files (see ``replaybench.replay.runtimes``), and why."""
+
+    name: RuntimeName = "onnxruntime"
+    files: list[str] = Field(default_factory=lambda: [MODEL_ONNX])  # inside the bundle, in the engine's order
+    version: str | None = None  # the engine's version on the host that wrote the bundle
+    reason: str | None = None  # why not onnxruntime (no converter, parity failed, asked with --runtime)
+
+
+class OutputFidelity(Strict):
+    """One model output: replay's value against the app's own, over every checked invoke."""
+
+    name: str  # the bundle's (ONNX) output name
+    traced_name: str | None = None  # the app's tensor it was compared with
+    max_abs_diff: float
+    max_rel_diff: float  # max_abs_diff / max |app output| (relative to the output's magnitude)
+    max_quant_steps: float | None = None  # integer outputs: the largest difference in quantisation steps
+    tolerance: float  # the largest max_abs_diff that passes (see FidelityReport.rtol / atol)
+    passed: bool
+
+
+class FieldAgreement(Strict):
+    """One decoded field (a postprocess decoder's column): does replay decode what the app's outputs do."""
+
+    field: str
+    kind: Literal["label", "number", "other"]
+    agreed: int  # invokes on which the two agree
+    total: int
+    max_abs_diff: float | None = None  # numeric fields
+    tolerance: float | None = None
+    passed: bool
+
+
+class FidelityReport(Strict):
+    """End-to-end fidelity on the traced invokes: replay's preprocessing + ``model.onnx`` run on the
+    bitmaps the app fed its model, against the output tensors the app computed from them.
+
+    ``verdict``: ``passed`` (every output within tolerance, every decoded field agrees on every invoke),
+    ``failed`` (``reason`` says which), ``not_checked`` (``reason`` says why: no traced invoke with both a
+    bitmap and outputs, no preprocess spec, a model replay cannot feed). Tolerance per output:
+    ``atol + rtol * max |app output|``, or ``quant_steps`` steps for integer outputs.
+    """
+
+    verdict: Literal["passed", "failed", "not_checked"]
+    reason: str | None = None
+    invokes_traced: int = 0  # invokes of this model in the trace
+    invokes_checked: int = 0  # of which had a source bitmap and output tensors
+    rtol: float
+    atol: float
+    quant_steps: float
+    output_match: Literal["name", "order"] | None = None  # how bundle outputs were paired with the app's
+    # informational: max |replay's input tensor - the app's captured one| (in the tensor's own units)
+    input_max_abs_diff: float | None = None
+    resize_backend: str | None = None  # the resize kernel backend replay's workers use
+    outputs: list[OutputFidelity] = Field(default_factory=list)
+    fields: list[FieldAgreement] = Field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "failed"
 
 
 class ConversionInfo(Strict):
@@ -233,7 +351,9 @@ class Bundle(Strict):
     io: IOSpec
     preprocess: PreprocessSpec | None = None
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
+    runtime: RuntimeInfo = Field(default_factory=RuntimeInfo)
     parity: ParityReport | None = None
+    fidelity: FidelityReport | None = None  # end-to-end check on traced invokes (extract --trace)
     conversion: ConversionInfo | None = None
     text: TextPreprocessSpec | None = None  # set for models with a caption input (the student)
     parts: list[GraphPart] = Field(default_factory=list)  # split graphs, when the bundle has them
@@ -256,6 +376,11 @@ class LoadedBundle(Strict):
     @property
     def model_path(self) -> Path:
         return self.folder / MODEL_ONNX
+
+    @property
+    def runtime_paths(self) -> list[Path]:
+        """The files the bundle's runtime opens (``model.onnx``, or the original engine's files)."""
+        return [self.folder / f for f in self.bundle.runtime.files]
 
     @property
     def labels(self) -> list[str] | None:
@@ -286,16 +411,84 @@ def load_bundle(folder: Path) -> LoadedBundle:
             f"{BUNDLE_SCHEMA_VERSION}",
             hint="upgrade replaybench",
         )
-    if not (folder / MODEL_ONNX).is_file():
-        raise CorruptInputError(f"bundle {folder} has no {MODEL_ONNX}")
+    for name in bundle.runtime.files:
+        # files come from a document that may have been edited: they must stay inside the bundle
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CorruptInputError(f"{doc}: runtime file {name!r} is outside the bundle")
+        if not (folder / name).is_file():
+            raise CorruptInputError(f"bundle {folder} has no {name} (its {bundle.runtime.name} model)")
     return LoadedBundle(folder=folder, bundle=bundle)
+
+
+def _normalisation_form(doc: dict[str, object], where: str) -> dict[str, object]:
+    """A hand-written preprocess spec may give ``mean``/``std`` (model-card style) with ``pixel_range``
+    ("0-255": mean/std in pixel units, "0-1": on pixels / 255, as torchvision's ImageNet constants) instead
+    of ``scale``/``offset``; turn it into scale/offset. Raises UsageError naming what is wrong."""
+    from replaybench.errors import UsageError
+
+    has_ms = "mean" in doc or "std" in doc
+    if not has_ms:
+        if "pixel_range" in doc:
+            raise UsageError(f"{where}: pixel_range only goes with mean and std")
+        return doc
+    if "scale" in doc or "offset" in doc:
+        raise UsageError(f"{where}: give either mean/std or scale/offset, not both")
+    if "mean" not in doc or "std" not in doc:
+        raise UsageError(f"{where}: mean and std go together (one value, or one per channel)")
+    rng = doc.get("pixel_range")
+    if rng not in ("0-255", "0-1"):
+        raise UsageError(
+            f'{where}: pixel_range must be "0-255" (mean/std in pixel units, e.g. 127.5) or "0-1" '
+            f"(on pixel / 255, e.g. ImageNet 0.485/0.229), got {rng!r}"
+        )
+
+    def floats(key: str) -> list[float]:
+        v = doc[key]
+        vals = v if isinstance(v, list) else [v]
+        if not vals or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vals):
+            raise UsageError(f"{where}: {key} must be a number or a list of numbers, got {v!r}")
+        return [float(x) for x in vals if isinstance(x, int | float)]
+
+    mean, std = floats("mean"), floats("std")
+    if len(mean) != len(std) and 1 not in (len(mean), len(std)):
+        raise UsageError(f"{where}: mean has {len(mean)} values and std {len(std)}")
+    if any(x == 0 for x in std):
+        raise UsageError(f"{where}: std must not be 0")
+    unit = 255.0 if rng == "0-1" else 1.0
+    n = max(len(mean), len(std))
+    mean = [mean[i % len(mean)] * unit for i in range(n)]
+    std = [std[i % len(std)] * unit for i in range(n)]
+    out = {k: v for k, v in doc.items() if k not in ("mean", "std", "pixel_range")}
+    out["scale"] = [1.0 / s for s in std]
+    out["offset"] = [-m / s for m, s in zip(mean, std, strict=True)]
+    return out
+
+
+def _validation_message(e: Any, where: str) -> str:
+    """One line per problem: the field's path, what is wrong, and the allowed values when it is a choice."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "(document)"
+        kind = err.get("type", "")
+        ctx = err.get("ctx") or {}
+        if kind == "literal_error" and "expected" in ctx:
+            lines.append(f"{loc}: {err.get('input')!r} is not allowed; allowed: {ctx['expected']}")
+        elif kind == "extra_forbidden":
+            lines.append(f"{loc}: unknown field")
+        elif kind == "missing":
+            lines.append(f"{loc}: required field missing")
+        else:
+            lines.append(f"{loc}: {err.get('msg')} (got {err.get('input')!r})")
+    return f"{where}: " + "; ".join(lines)
 
 
 def read_spec(path: Path, kind: type[_SpecT]) -> _SpecT:
     """A ``PreprocessSpec`` or ``PostprocessSpec`` from its own JSON file or from a bundle's bundle.json
     (its ``preprocess`` / ``postprocess`` block), so one bundle's recovered settings can seed another.
 
-    Raises InputNotFoundError for a missing file and UsageError for one that holds no such spec.
+    A hand-written preprocess spec may state its normalisation as ``mean``/``std`` with ``pixel_range``
+    ("0-255" or "0-1") instead of ``scale``/``offset``. Raises InputNotFoundError for a missing file and
+    UsageError for one that holds no such spec, naming each bad field and its allowed values.
     """
     import json
 
@@ -310,8 +503,22 @@ def read_spec(path: Path, kind: type[_SpecT]) -> _SpecT:
         raise InputNotFoundError(f"spec file not found: {path}")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(doc, dict) and "schema_version" in doc and "io" in doc:  # a bundle.json
-            doc = doc.get("preprocess" if kind is PreprocessSpec else "postprocess")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not JSON: {e}") from e
+    if isinstance(doc, dict) and "schema_version" in doc and "io" in doc:  # a bundle.json
+        doc = doc.get("preprocess" if kind is PreprocessSpec else "postprocess")
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path} holds no {kind.__name__} (expected a JSON object)")
+    where = f"{path} ({kind.__name__})"
+    if kind is PreprocessSpec:
+        doc = _normalisation_form(doc, where)
+        version = doc.get("version", PREPROCESS_SPEC_VERSION)
+        if isinstance(version, int) and version > PREPROCESS_SPEC_VERSION:
+            raise UsageError(
+                f"{where}: version {version} is newer than this replaybench reads ({PREPROCESS_SPEC_VERSION})",
+                hint="upgrade replaybench",
+            )
+    try:
         return kind.model_validate(doc)
-    except (ValueError, ValidationError) as e:
-        raise UsageError(f"{path} holds no valid {kind.__name__}: {e}") from e
+    except ValidationError as e:
+        raise UsageError(_validation_message(e, f"{path} holds no valid {kind.__name__}")) from e

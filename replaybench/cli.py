@@ -7,6 +7,7 @@ error's exit code in ``main``; tracebacks only with ``--debug``.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from replaybench import __version__
-from replaybench.errors import NotAvailableYetError, ReplaybenchError, UsageError
+from replaybench.errors import ReplaybenchError, UsageError
 
 app = typer.Typer(
     name="replaybench",
@@ -31,10 +32,18 @@ distill_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(distill_app, name="distill")
+hooks_app = typer.Typer(
+    help="Hook manifests for in-app replay (replay-app).\n\nExample: replaybench hooks suggest trace/ -o hooks.json",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(hooks_app, name="hooks")
 
 
 class _State:
     debug = False
+    # -vv or --debug: third-party chatter (log records, progress bars, native start-up lines) is shown
+    loud = False
     # what to tell the user if Ctrl-C stops the command (typer turns it into a silent exit 130)
     on_interrupt = "interrupted"
 
@@ -70,22 +79,15 @@ def _root(
     from replaybench._console import setup_logging
 
     STATE.debug = debug
-    setup_logging(verbose, quiet)
-    if verbose < 2 and not debug:
-        # Third-party deprecation chatter (TensorFlow, torch.onnx, tf2onnx) is for their developers, not
-        # for researchers; our own messages go through logging. -vv or --debug shows everything.
-        import os
+    # Third-party chatter (TensorFlow/absl start-up lines, transformers progress bars, tf2onnx and
+    # onnxruntime log records, deprecation warnings) is for their developers, not for researchers; our
+    # own messages go through logging. -vv or --debug shows everything.
+    loud = STATE.loud = verbose >= 2 or debug
+    setup_logging(verbose, quiet, third_party=loud)
+    if not loud:
         import warnings
 
         warnings.simplefilter("ignore")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _not_yet(command: str, issue: str) -> NotAvailableYetError:
-    return NotAvailableYetError(
-        f"'replaybench {command}' is not available yet ({issue})",
-        hint="run 'replaybench doctor' to see what this installation can do",
-    )
 
 
 # --------------------------------------------------------------------------------------------- extract
@@ -130,19 +132,57 @@ def extract(
     allow_mismatch: Annotated[
         bool, typer.Option("--allow-mismatch", help="Exit 0 even when a bundle fails parity.")
     ] = False,
+    preprocess: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--preprocess",
+            metavar="MODEL=SPEC",
+            help="Preprocessing for one model (blob file name, stem or sha256 prefix) from a spec file or "
+            "bundle; wins over the trace. Repeat for several models.",
+        ),
+    ] = None,
+    allow_unfaithful: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unfaithful",
+            help="Exit 0 even when a bundle fails its end-to-end fidelity check against the trace.",
+        ),
+    ] = False,
+    accept_unresolved: Annotated[
+        bool,
+        typer.Option(
+            "--accept-unresolved",
+            help="Exit 0 even when the trace does not determine a model's preprocessing (the bundle stays "
+            "marked trace_unresolved; replay still asks for --accept-unresolved).",
+        ),
+    ] = False,
 ) -> None:
     """Pull model blobs (and trace dumps), infer preprocessing, convert, write bundles.
 
     Writes OUTPUT/blobs/ (byte-exact, with manifest.json), OUTPUT/bundles/NAME/ and OUTPUT/extract.json.
     With --trace, models the app decrypted in memory are recovered from the trace's dumps and the
-    preprocessing is solved from the captured bitmaps and input tensors.
+    preprocessing is solved from the captured bitmaps and input tensors. A model whose preprocessing the
+    trace does not determine (no candidate reproduces the captured tensors within 1 quantisation step or
+    1e-3 of their range) is written marked trace_unresolved and extract exits 15. Every bundle is then run end
+    to end on the traced bitmaps and compared with the app's own outputs (its fidelity; exit 16 when a
+    bundle fails it, and replay refuses that bundle without --allow-unfaithful).
 
     Example: replaybench extract app.apk --trace trace/ -o extracted/
     """
     from replaybench._console import NullProgress, RichProgress, emit_json
-    from replaybench.errors import ParityError
-    from replaybench.extract.pipeline import extract_app
+    from replaybench.bundle import PreprocessSpec, read_spec
+    from replaybench.errors import ParityError, UnfaithfulBundleError, UnresolvedPreprocessError
+    from replaybench.extract.pipeline import extract_app, unresolved_models
 
+    overrides: dict[str, PreprocessSpec] = {}
+    for item in preprocess or []:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise UsageError(
+                f"--preprocess takes MODEL=SPEC, got {item!r}",
+                hint="e.g. --preprocess face.tflite=spec.json (MODEL: blob file name, stem or sha256 prefix)",
+            )
+        overrides[key] = read_spec(Path(path), PreprocessSpec)
     result = extract_app(
         [app_path],
         output,
@@ -151,6 +191,7 @@ def extract(
         code=not no_code,
         allow_mismatch=allow_mismatch,
         progress=NullProgress() if json_out else RichProgress(),
+        preprocess=overrides,
     )
     if json_out:
         emit_json(result)
@@ -158,11 +199,34 @@ def extract(
         from replaybench.extract.render import print_extract_result
 
         print_extract_result(result)
+    unresolved = unresolved_models(result)
+    if unresolved and not accept_unresolved:
+        worst = ", ".join(
+            f"{m.file} (max error {(m.preprocess_residual or {}).get('max_error', float('nan')):.3g}, "
+            f"tolerance {(m.preprocess_residual or {}).get('tolerance', float('nan')):.3g})"
+            for m in unresolved
+        )
+        first = Path(unresolved[0].file).name
+        raise UnresolvedPreprocessError(
+            f"the trace does not determine the preprocessing of {len(unresolved)} model(s): {worst}. "
+            f"Their bundles and extract.json are written, marked trace_unresolved, with the best "
+            f"candidates and residuals",
+            hint="record more invokes with 'replaybench trace', or give the preprocessing with "
+            f"--preprocess {first}=SPEC.json, or accept the best candidate with --accept-unresolved",
+        )
     mismatched = [m.file for m in result.models if m.status == "parity_mismatch"]
     if mismatched and not allow_mismatch:
         raise ParityError(
             f"{len(mismatched)} bundle(s) disagree with the source runtime: {', '.join(mismatched)}",
             hint="see the parity block with 'replaybench inspect BUNDLE', or accept with --allow-mismatch",
+        )
+    unfaithful = [m.bundle or m.file for m in result.models if m.status == "fidelity_failed"]
+    if unfaithful and not allow_unfaithful:
+        raise UnfaithfulBundleError(
+            f"{len(unfaithful)} bundle(s) do not reproduce the app's own outputs on the traced invokes: "
+            f"{', '.join(unfaithful)}",
+            hint="see the fidelity block with 'replaybench inspect BUNDLE'; check or drop --preprocess, record "
+            "more invokes, or accept with --allow-unfaithful (replay then needs --allow-unfaithful too)",
         )
 
 
@@ -190,8 +254,19 @@ def convert(
     ] = False,
     input_shape: Annotated[
         str | None,
-        typer.Option("--input-shape", help="Input shape for TorchScript models, e.g. 1,3,224,224."),
+        typer.Option(
+            "--input-shape",
+            help="Input shape where the model records none (TorchScript, .ptl, NCNN), e.g. 1,3,224,224.",
+        ),
     ] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="auto: ONNX, else the app's own engine when there is no converter or parity fails; "
+            "onnx: ONNX or fail; native: keep the original for its engine (tflite, ncnn, mnn, pytorch_lite).",
+        ),
+    ] = "auto",
     keep_quantized_io: Annotated[
         bool,
         typer.Option(
@@ -229,11 +304,21 @@ def convert(
         allow_mismatch=allow_mismatch,
         input_shape=shape,
         keep_quantized_io=keep_quantized_io,
+        runtime=runtime,
     )
     if json_out:
         emit_json(bundle)
         return
     _render_bundle(bundle, title=f"bundle written to {output}")
+
+
+def _parity_reference_text(reference: str | None) -> tuple[str, str]:
+    """What parity compared against, for a table title: a rewritten model is flagged."""
+    if reference == "original":
+        return ("the original model", "")
+    if reference == "rewritten":
+        return ("a REWRITTEN model (the original cannot run here)", "yellow")
+    return ("an unrecorded model (bundle older than schema 2)", "yellow")
 
 
 def _render_bundle(bundle: Any, title: str) -> None:
@@ -260,11 +345,36 @@ def _render_bundle(bundle: Any, title: str) -> None:
                 f"{q.scale:g} @ {q.zero_point}" if q else "",
             )
     console.print(io)
+    rt = bundle.runtime
+    console.print(
+        Text.assemble(
+            ("replay runtime: ", "bold"),
+            f"{rt.name}{' ' + rt.version if rt.version else ''} ({', '.join(rt.files)})",
+            f"  why: {rt.reason}" if rt.reason else "",
+        )
+    )
     p = bundle.preprocess
     if p is not None:
         pre = Table("field", "value", "provenance", title="preprocessing")
+        r = p.resize
+        geometry = (
+            f" shorter side {r.shorter_side} + centre crop"
+            if r.shorter_side is not None
+            else f" letterbox {r.placement} pad {', '.join(f'{v:.4g}' for v in r.pad_value)}"
+            if r.keep_aspect
+            else " centre crop"
+            if r.crop == "center"
+            else ""
+        )
+        if r.crop_box is not None:
+            geometry += f" box {', '.join(f'{v:.3g}' for v in r.crop_box)}"
+        if r.roi == "per_image":
+            geometry += " (per-image region)"
+        turn = f" turned {p.rotation}" if p.rotation else ""
+        turn += " mirrored" if p.mirror else ""
+        src = f" from {p.source_format}" if p.source_format != "rgb" else ""
         rows = {
-            "resize": f"{p.resize.width}x{p.resize.height} {p.resize.method}",
+            "resize": f"{r.width}x{r.height} {r.method}{geometry}{turn}{src}",
             "color_order": p.color_order,
             "layout": p.layout,
             "dtype": p.dtype,
@@ -290,7 +400,9 @@ def _render_bundle(bundle: Any, title: str) -> None:
             "tolerance",
             "ok",
             title=Text.assemble(
-                f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs): ",
+                f"parity vs {par.reference_runtime} ({par.inputs_tried} inputs) on ",
+                _parity_reference_text(par.reference),
+                ": ",
                 ("passed", "green") if par.passed else ("FAILED", "red"),
             ),
         )
@@ -306,6 +418,10 @@ def _render_bundle(bundle: Any, title: str) -> None:
                 "yes" if o.passed else "NO",
             )
         console.print(t)
+        if par.reference_reason:
+            console.print(f"  parity reference: {par.reference_reason}", style="yellow")
+    if getattr(bundle, "fidelity", None) is not None:
+        _render_fidelity(console, bundle.fidelity)
     c = bundle.conversion
     if c is not None:
         console.print(f"converter: {c.converter} {c.converter_version or ''}  opset {c.opset}  {c.seconds}s")
@@ -315,6 +431,41 @@ def _render_bundle(bundle: Any, title: str) -> None:
             )
         for n in c.notes:
             console.print(f"  note: {n}")
+
+
+def _render_fidelity(console: Any, fid: Any) -> None:
+    """The bundle's end-to-end fidelity block: verdict, per-output differences, decoded-field agreement."""
+    from rich.table import Table
+    from rich.text import Text
+
+    colour = {"passed": "green", "failed": "red", "not_checked": "yellow"}[fid.verdict]
+    head = Text.assemble(
+        "fidelity vs the app's outputs: ",
+        (fid.verdict.upper() if fid.verdict == "failed" else fid.verdict, colour),
+        f" ({fid.invokes_checked} of {fid.invokes_traced} traced invokes checked; "
+        f"tolerance {fid.atol:g} + {fid.rtol:g} x max|app|, {fid.quant_steps:g} steps for integers)",
+    )
+    if not fid.outputs:
+        console.print(head)
+    else:
+        t = Table("output", "app tensor", "max abs", "max rel", "q-steps", "tolerance", "ok", title=head)
+        for o in fid.outputs:
+            t.add_row(
+                o.name,
+                o.traced_name or "",
+                f"{o.max_abs_diff:.3g}",
+                f"{o.max_rel_diff:.3g}",
+                "" if o.max_quant_steps is None else f"{o.max_quant_steps:.3g}",
+                f"{o.tolerance:.3g}",
+                "yes" if o.passed else "NO",
+            )
+        console.print(t)
+    for f in fid.fields:
+        console.print(f"  decoded {f.field}: agrees on {f.agreed}/{f.total}" + ("" if f.passed else "  NO"))
+    if fid.input_max_abs_diff is not None:
+        console.print(f"  input tensor vs the app's: max |diff| {fid.input_max_abs_diff:.3g}")
+    if fid.reason:
+        console.print(f"  {fid.reason}", style=colour)
 
 
 @app.command()
@@ -411,7 +562,7 @@ def inspect(
     target: Annotated[Path, typer.Argument(help="A bundle folder or a model file.")],
     json_out: JsonFlag = False,
 ) -> None:
-    """Show a bundle's or model's inputs/outputs, preprocessing with provenance, and parity.
+    """Show a bundle's or model's inputs/outputs, preprocessing with provenance, parity and fidelity.
 
     Example: replaybench inspect bundles/age --json
     """
@@ -422,7 +573,8 @@ def inspect(
     if json_out:
         emit_json(bundle)
         return
-    _render_bundle(bundle, title="bundle" if bundle.parity is not None else "model (not converted)")
+    is_bundle = bundle.parity is not None or (target / "bundle.json").is_file()
+    _render_bundle(bundle, title="bundle" if is_bundle else "model (not converted)")
 
 
 # ---------------------------------------------------------------------------------------------- replay
@@ -493,9 +645,29 @@ def replay(
         typer.Option("--face-margin", help="With --faces: grow the face box by this fraction per side."),
     ] = 0.2,
     part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    allow_unfaithful: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unfaithful",
+            help="Replay a bundle whose end-to-end fidelity check failed (recorded in the predictions).",
+        ),
+    ] = False,
+    accept_unresolved: Annotated[
+        bool,
+        typer.Option(
+            "--accept-unresolved",
+            help="Replay bundles whose preprocessing the trace did not determine (trace_unresolved); "
+            "run.json records it.",
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Run a dataset through one or more bundles at high throughput; write predictions as Parquet.
+
+    A bundle whose fidelity check against the app's trace failed is refused (exit 16) unless
+    --allow-unfaithful; run.json and every Parquet part's metadata then record each bundle's verdict.
+    A bundle whose preprocessing is marked trace_unresolved is refused (exit 15) unless
+    --accept-unresolved.
 
     Example: replaybench replay bundles/age bundles/gender UTKFace/ --format utkface -o preds/
     """
@@ -527,6 +699,8 @@ def replay(
         one_face=one_face,
         face_margin=face_margin,
         part_rows=part_rows,
+        allow_unfaithful=allow_unfaithful,
+        accept_unresolved=accept_unresolved,
     )
     progress = NullProgress() if json_out else RichProgress()
     STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"
@@ -546,7 +720,138 @@ def replay(
     console.print(
         f"{result.items_processed} items ({result.items_skipped_done} already done): {result.items_ok} ok, "
         f"{result.items_error} error, {result.items_filtered} skipped; {result.rows_written} rows in "
-        f"{result.parts_written} parts; {result.items_per_second:,.1f} items/s with {result.workers} workers"
+        f"{result.parts_written} parts"
+    )
+    console.print(
+        f"{result.items_per_second:,.1f} items/s overall ({result.seconds:,.1f} s, of which "
+        f"{result.setup_seconds:,.1f} s set-up); {result.steady_items_per_second:,.1f} items/s after "
+        f"set-up; {result.workers} workers"
+    )
+
+
+@app.command("replay-app")
+def replay_app(
+    hooks: Annotated[Path, typer.Argument(help="The hook manifest (JSON) for this app version.")],
+    dataset: Annotated[Path, typer.Argument(help="The dataset (same formats as replay).")],
+    output: OutDir,
+    program_args: Annotated[
+        list[str] | None, typer.Argument(metavar="[-- ARGS]", help="Arguments for a spawned local program.")
+    ] = None,
+    usb: Annotated[bool, typer.Option("--usb", help="Use the USB device.")] = False,
+    remote: Annotated[str | None, typer.Option("--remote", help="Use frida-server at HOST[:PORT].")] = None,
+    pid: Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")] = None,
+    spawn: Annotated[
+        str | None, typer.Option("--spawn", help="Spawn this package or program (lets replay restart it).")
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Dataset format (default: detect), as for replay.")
+    ] = None,
+    pattern: Annotated[str | None, typer.Option("--pattern", help="folders: labels from the path.")] = None,
+    in_flight: Annotated[int, typer.Option("--in-flight", help="Items posted and unanswered at most.")] = 8,
+    item_timeout: Annotated[
+        float, typer.Option("--item-timeout", help="Seconds an item may run before the app counts as hung.")
+    ] = 30.0,
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", help="Give up after restarting a crashed or hung app this often.")
+    ] = 20,
+    workers: Annotated[int, typer.Option("--workers", help="Decode threads on the host.")] = 2,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run in the same output folder.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Replay only the first N items.")] = None,
+    shuffle: Annotated[
+        bool, typer.Option("--shuffle", help="Shuffle items (with --seed) before --limit.")
+    ] = False,
+    seed: Seed = 0,
+    part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    json_out: JsonFlag = False,
+) -> None:
+    """Replay a dataset inside the app: feed each item to the app's own pipeline through the Frida agent,
+    as the hook manifest says, and write its results as predictions (route in_app). Needs the frida extra.
+
+    A separate command from replay: it takes a manifest and a device instead of bundles, and a spawned
+    local program's arguments after --.
+
+    Example: replaybench replay-app hooks.json UTKFace/ --usb --spawn com.example.app -o preds-app/
+    """
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.replay.inapp import InAppOptions, InAppTarget, replay_in_app
+
+    target = InAppTarget(
+        usb=usb, remote=remote, pid=pid, name=name, spawn=spawn, spawn_args=list(program_args or [])
+    )
+    target.check()
+    if fmt is not None and fmt != "folders" and pattern is not None:
+        raise UsageError("--pattern only applies to --format folders")
+    options = InAppOptions(
+        format=fmt,
+        pattern=pattern,
+        in_flight=in_flight,
+        item_timeout=item_timeout,
+        max_restarts=max_restarts,
+        workers=workers,
+        resume=resume,
+        limit=limit,
+        shuffle=shuffle,
+        seed=seed,
+        part_rows=part_rows,
+    )
+    STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"
+    progress = NullProgress() if json_out else RichProgress()
+    result = replay_in_app(hooks, dataset, output, target, options, progress)
+    if json_out:
+        emit_json(result)
+        return
+    from replaybench._console import stdout_console
+
+    stdout_console().print(
+        f"in-app replay of {result.app_package} {result.app_version_reported or '(version not read)'} -> "
+        f"{result.output}: {result.items_processed} items ({result.items_skipped_done} already done): "
+        f"{result.items_ok} ok, {result.items_error} error, {result.items_filtered} skipped; "
+        f"{result.restarts} app restarts; {result.items_per_second:,.1f} items/s"
+    )
+
+
+@hooks_app.command("suggest")
+def hooks_suggest(
+    trace_dir: Annotated[Path, typer.Argument(metavar="TRACE", help="A trace folder (or its trace.jsonl).")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the draft manifest here.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Draft a hook manifest from a trace: the functions that took the traced frames and the ones whose
+    results followed them, for you to confirm. Trace with --watch MODULE!FUNCTION for the candidates.
+
+    Example: replaybench hooks suggest trace/ -o hooks.json
+    """
+    from replaybench._console import emit_json
+    from replaybench.replay.hooks_suggest import suggest_hooks, write_draft
+
+    suggestion = suggest_hooks(trace_dir)
+    if output is not None:
+        write_draft(suggestion, output)
+    if json_out:
+        emit_json(suggestion)
+        return
+    from rich.table import Table
+
+    from replaybench._console import stdout_console
+
+    table = Table("role", "kind", "target", "seen", "evidence", title=f"hook candidates in {trace_dir}")
+    for c in suggestion.candidates:
+        table.add_row(c.role, c.kind, c.target, str(c.count), c.evidence)
+    console = stdout_console()
+    console.print(table)
+    if output is None:
+        sys.stdout.write(json.dumps(suggestion.draft, indent=2) + "\n")
+    for p in suggestion.problems:
+        sys.stderr.write(f"to do: {p}\n")
+    sys.stderr.write(
+        ("draft validates" if suggestion.valid else "draft does not validate yet")
+        + (f"; written to {output}" if output else "")
+        + "\n"
     )
 
 
@@ -681,11 +986,25 @@ def _render_evaluation(summary: Any) -> None:
             )
         console.print(table)
     if summary.comparison:
-        table = Table("field", "n", "agreement", "kappa", "mean |diff|", "worst group")
-        table.title = f"agreement with {summary.comparison.other}"
-        for a in summary.comparison.fields:
+        c = summary.comparison
+        table = Table(
+            "field", "n", "agreement", "kappa", "mean |diff|", "max |diff|", "worst group", "routes"
+        )
+        table.title = f"agreement with {c.other} ({c.route} vs {c.route_other})"
+
+        def g(x: float | None) -> str:  # raw tensors of two engines differ by float noise: show it
+            return "-" if x is None else f"{x:.3g}"
+
+        for a in c.fields:
             table.add_row(
-                a.field, str(a.n), f(a.agreement), f(a.kappa), f(a.mean_abs_diff), a.worst_group or "-"
+                a.field,
+                str(a.n),
+                f(a.agreement),
+                f(a.kappa),
+                g(a.mean_abs_diff),
+                g(a.max_abs_diff),
+                a.worst_group or "-",
+                f"{a.route} vs {a.route_other}",
             )
         console.print(table)
     for w in summary.warnings:
@@ -778,14 +1097,24 @@ def distill_train(
     patience: Annotated[int, typer.Option("--patience", help="Early stopping patience (epochs).")] = 20,
     seed: Seed = 0,
     split: Annotated[
-        Path | None, typer.Option("--split", help="JSON {train:[ids], val:[ids]} or CSV post_id,split.")
+        Path | None,
+        typer.Option("--split", help="JSON {train:[ids], val:[ids], test:[ids]} or CSV post_id,split."),
     ] = None,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of posts for early stopping (seeded split).")
+    ] = 0.15,
+    test_fraction: Annotated[
+        float, typer.Option("--test-fraction", help="Share of posts held out for the reported test figures.")
+    ] = 0.15,
     finetune_last_blocks: Annotated[
         int, typer.Option("--finetune-last-blocks", help="Also train the last N encoder blocks (0-4).")
     ] = 0,
     json_out: JsonFlag = False,
 ) -> None:
     """Train the image+text student on teacher labels.
+
+    The posts are split by post id into train, validation (early stopping) and test; the figures reported
+    are the test split's, which training never saw.
 
     Example: replaybench distill train posts/ labels.parquet -o student/
     """
@@ -799,25 +1128,35 @@ def distill_train(
     result = train_student(
         posts, labels, output, image_weights=image_encoder_weights, text_encoder=text_encoder,
         random_init=random_init, text_arch=text_arch,  # type: ignore[arg-type]
-        epochs=epochs, patience=patience, seed=seed, split=split, finetune_last_blocks=finetune_last_blocks,
+        epochs=epochs, patience=patience, seed=seed, split=split, val_fraction=val_fraction,
+        test_fraction=test_fraction, finetune_last_blocks=finetune_last_blocks,
         progress=None if json_out else RichProgress(),
     )  # fmt: skip
     if json_out:
         emit_json(result)
         return
-    v = result.validation
+    t, v = result.test, result.validation
     _render_doc(
         "student training",
         {
             "output": result.output,
-            "posts used": f"{result.posts_used} ({result.train_posts} train, {result.val_posts} val)",
+            "posts used": f"{result.posts_used} ({result.train_posts} train, {result.val_posts} validation, "
+            f"{result.test_posts} test; {result.split})",
             "skipped posts": len(result.skipped),
-            "epochs": f"{result.epochs_run} (best {result.best_epoch})",
-            "val MAE": f"{v['mae']:.3f} (predict-the-mean {result.baseline_val_mae:.3f})",
-            "within 1 / 2": f"{v['within_1']:.1%} / {v['within_2']:.1%}",
-            "pearson / spearman": f"{v['pearson']} / {v['spearman']}",
+            "epochs": f"{result.epochs_run} (best {result.best_epoch} on validation)",
+            "test MAE": f"{t['mae']:.3f} (predict-the-mean {result.baseline_test_mae:.3f}, "
+            f"{result.test_posts} held-out posts)",
+            "test within 1 / 2": f"{t['within_1']:.1%} / {t['within_2']:.1%}",
+            "test pearson / spearman": f"{_fmt_corr(t['pearson'])} / {_fmt_corr(t['spearman'])}",
+            "validation MAE (early stopping, optimistic)": f"{v['mae']:.3f} "
+            f"(predict-the-mean {result.baseline_val_mae:.3f})",
+            **({"warnings": "; ".join(result.warnings)} if result.warnings else {}),
         },
     )
+
+
+def _fmt_corr(r: float | None) -> str:
+    return "n/a (constant)" if r is None else f"{r:.3f}"
 
 
 @distill_app.command("export")
@@ -825,7 +1164,12 @@ def distill_export(
     student: Annotated[Path, typer.Argument(help="A trained student folder.")],
     output: OutDir,
     calibration: Annotated[
-        Path | None, typer.Option("--calibration", help="Posts to calibrate int8 on (default: kept samples).")
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="Posts for int8: the first half calibrates, the rest measures the int8 error "
+            "(default: the student's training posts calibrate, its held-out posts measure).",
+        ),
     ] = None,
     no_int8: Annotated[bool, typer.Option("--no-int8", help="Skip the int8 variant.")] = False,
     json_out: JsonFlag = False,
@@ -844,7 +1188,11 @@ def distill_export(
     if json_out:
         emit_json(result)
         return
-    _render_doc("student export", result.model_dump())
+    doc = result.model_dump(exclude={"calibration_posts", "int8_eval_posts", "int8_eval_source"})
+    doc["int8 calibrated on"] = f"{len(result.calibration_posts)} posts"
+    if result.int8_eval_source is not None:
+        doc["int8 measured on"] = f"{len(result.int8_eval_posts)} other posts: {result.int8_eval_source}"
+    _render_doc("student export", doc)
 
 
 @distill_app.command("score")
@@ -912,6 +1260,10 @@ def demo(
     scan -> extract with the sample's trace -> convert with parity -> replay a generated face set with a
     planted disparity -> evaluate -> train, export and score a small student. Prints where each artefact
     is; opens nothing.
+
+    OUTPUT must be a new or empty folder, or a previous demo output (it holds a .replaybench-demo
+    marker; only the demo's own artefacts in it are replaced). Anything else is refused with exit code 2
+    and left untouched.
 
     Example: replaybench demo -o demo-out/
     """
@@ -1005,5 +1357,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (and ``python -m replaybench``).
+
+    Only here, not in ``main`` (which tests call in-process), is fd 2 routed through the filter that keeps
+    TensorFlow's and LiteRT's native start-up lines off the terminal unless -vv (see ``_stderr``).
+    """
+    from replaybench._stderr import filter_native_stderr
+
+    filter_native_stderr(lambda: STATE.loud)
     sys.exit(main())

@@ -88,6 +88,7 @@ def _onnxruntime_providers() -> Check:
 def check_environment() -> DoctorReport:
     """Probe this machine. Cheap: finds modules without importing the heavy ones (except onnxruntime)."""
     from replaybench import __version__
+    from replaybench.replay.runtimes import runtimes
 
     apt = "apt-get install -y {}"
     checks = [
@@ -96,7 +97,15 @@ def check_environment() -> DoctorReport:
             "tensorflow (TFLite/TF conversion and parity)", "tensorflow", "pip install tensorflow-cpu"
         ),
         _python_check("tf2onnx", "tf2onnx", "pip install tf2onnx"),
-        _python_check("LiteRT interpreter", "ai_edge_litert", "pip install ai-edge-litert", optional=True),
+        *(
+            _python_check(
+                f"{rt.describe} (replay runtime '{rt.name}')",
+                rt.module.split(".")[0],
+                f"pip install {rt.package}",
+            )
+            for rt in runtimes()
+            if rt.open_engine is not None and rt.name != "pytorch_lite"  # torch: checked below
+        ),
         _python_check("torch (TorchScript / PyTorch Mobile)", "torch", "pip install torch"),
         _python_check("transformers (student text encoder)", "transformers", "pip install transformers"),
         _python_check("androguard (DEX code evidence)", "androguard", "pip install androguard"),
@@ -110,7 +119,8 @@ def check_environment() -> DoctorReport:
         _tool_check(
             "aarch64 cross compiler (test .so files)",
             "aarch64-linux-gnu-gcc",
-            apt.format("gcc-aarch64-linux-gnu"),
+            # without the arm64 C library the compiler links nothing
+            apt.format("gcc-aarch64-linux-gnu libc6-dev-arm64-cross"),
         ),
         _tool_check("chromium (report rendering test)", "chromium", apt.format("chromium")),
     ]

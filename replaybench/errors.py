@@ -13,16 +13,20 @@ Exit codes (also in the README):
 4   UnsupportedFormatError     the input is of a format replaybench does not handle
 5   CorruptInputError          the input is truncated, malformed or not what it claims to be
 6   UnsafeInputError           the input was refused: zip bomb, path traversal, oversize, file/Python/
-                               system ops in a model; ResourceLimitError: a model's conversion exceeded
-                               its CPU-time, memory, file-size or wall-clock limit
+                               system ops in a model
 7   ConversionError            a model could not be converted to ONNX
 8   ParityError                the converted model disagrees with the source runtime
 9   MissingDependencyError     an optional part (frida, a decoder, a tool) is not installed
-10  NotAvailableYetError       the command exists but is not built yet
+10  (retired)                  unused: once 'not available yet'; never reused for another error
 11  DatasetError               the dataset has no items or its labels do not parse
 12  TraceError                 the Frida trace cannot be used (or a capture failed)
 13  ExternalServiceError       a teacher endpoint or device did not answer usefully
 14  EvaluationError            predictions lack what the requested evaluation needs
+15  UnresolvedPreprocessError  the trace does not determine a model's preprocessing (extract), or
+                               a bundle whose preprocessing is unresolved was given to replay
+16  UnfaithfulBundleError      a bundle's end-to-end fidelity check against the trace failed
+17  ResourceLimitError         a model's conversion child exceeded its CPU-time, memory, file-size or
+                               wall-clock limit (REPLAYBENCH_CONVERT_* environment variables)
 ==  =========================  ==========================================================
 """
 
@@ -63,8 +67,10 @@ class UnsafeInputError(ReplaybenchError):
     exit_code = 6
 
 
-class ResourceLimitError(UnsafeInputError):
+class ResourceLimitError(ReplaybenchError):
     """A model's conversion child exceeded a limit; ``limit`` is cpu, memory, file_size or wall."""
+
+    exit_code = 17
 
     def __init__(self, message: str, *, limit: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -83,10 +89,6 @@ class MissingDependencyError(ReplaybenchError):
     exit_code = 9
 
 
-class NotAvailableYetError(ReplaybenchError):
-    exit_code = 10
-
-
 class DatasetError(ReplaybenchError):
     exit_code = 11
 
@@ -103,6 +105,22 @@ class EvaluationError(ReplaybenchError):
     exit_code = 14
 
 
+class UnresolvedPreprocessError(ReplaybenchError):
+    """No candidate preprocessing reproduces the captured input tensors within the acceptance rule.
+
+    ``extract`` raises it after writing every bundle and extract.json (the unresolved specs are marked
+    ``trace_unresolved`` there); ``replay`` raises it for such a bundle unless ``--accept-unresolved``.
+    """
+
+    exit_code = 15
+
+
+class UnfaithfulBundleError(ReplaybenchError):
+    """A bundle whose replay does not reproduce the app's own outputs on the traced invokes."""
+
+    exit_code = 16  # 15 is UnresolvedPreprocessError (branch preproc)
+
+
 ALL_ERRORS: tuple[type[ReplaybenchError], ...] = (
     ReplaybenchError,
     UsageError,
@@ -113,11 +131,13 @@ ALL_ERRORS: tuple[type[ReplaybenchError], ...] = (
     ConversionError,
     ParityError,
     MissingDependencyError,
-    NotAvailableYetError,
     DatasetError,
     TraceError,
     ExternalServiceError,
     EvaluationError,
+    UnresolvedPreprocessError,
+    UnfaithfulBundleError,
+    ResourceLimitError,
 )
 
 

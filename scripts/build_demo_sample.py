@@ -3,12 +3,18 @@
 Run from the repository root (needs the test toolchain: smali, aapt, apksigner, zipalign, gcc-aarch64):
 
     .venv/bin/python scripts/build_demo_sample.py
+    .venv/bin/python scripts/build_demo_sample.py --trace-only   # keep the APK, rewrite only the trace
 
 1. trains the face-attribute model on synthetic faces with a planted skin-tone shortcut
    (scripts/train_demo_model.py) plus an older "v1" model;
 2. builds a real signed APK: v1 plain in assets, the fp16 model embedded in lib/arm64-v8a/libfacekit.so,
    the current model XOR-obfuscated as assets/fa.bin, and code that references all of it;
-3. writes the app's trace in the agent's format (replaybench/demo/sample_app.py).
+3. writes the app's trace in the agent's format (replaybench/demo/sample_app.py), with the app's input
+   tensors made by the reference implementations (Skia's createScaledBitmap via skia-python, TFLite
+   Support's NormalizeOp arithmetic), not by replaybench's kernels.
+
+``--trace-only`` takes the running model from the existing APK (decrypting assets/fa.bin) and rewrites
+only the trace (no toolchain needed beyond the dev extra).
 """
 
 from __future__ import annotations
@@ -54,7 +60,35 @@ APP_SMALI = """.class public Lorg/replaybench/sample/FaceAnalyzer;
 """
 
 
+def face_crops() -> list[np.ndarray]:
+    """Face crops of several sizes, as a face detector would hand them over."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    crops = []
+    for i, (img, _, _) in enumerate(face_samples(6, seed=21)):
+        size = int(rng.integers(72, 140))
+        crops.append(np.asarray(Image.fromarray(img).resize((size, size + (i % 3) * 8))))
+    return crops
+
+
+def rewrite_trace() -> None:
+    """Rewrite the trace only, for the model the existing APK runs."""
+    import zipfile
+
+    with zipfile.ZipFile(OUT / "sample.apk") as z:
+        current = sample_app.xor_keystream(z.read(f"assets/{sample_app.OBFUSCATED_ASSET}"))
+    shutil.rmtree(OUT / "trace", ignore_errors=True)
+    sample_app.write_sample_trace(OUT / "trace", current, face_crops(), agent_version=agent_version())
+
+
 def main() -> None:
+    if "--trace-only" in sys.argv[1:]:
+        rewrite_trace()
+        for p in sorted((OUT / "trace").rglob("*")):
+            if p.is_file():
+                print(f"{p.relative_to(ROOT)}  {p.stat().st_size:,} B")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         train(work / "models")
@@ -87,16 +121,8 @@ def main() -> None:
             smali={"FaceAnalyzer": APP_SMALI},
             code_strings=[sample_app.OBFUSCATED_ASSET, "models/face_gender_v1.tflite"],
         )
-        # face crops of several sizes, as a face detector would hand them over
-        rng = np.random.default_rng(5)
-        crops = []
-        for i, (img, _, _) in enumerate(face_samples(6, seed=21)):
-            size = int(rng.integers(72, 140))
-            from PIL import Image
-
-            crops.append(np.asarray(Image.fromarray(img).resize((size, size + (i % 3) * 8))))
         shutil.rmtree(OUT / "trace", ignore_errors=True)
-        sample_app.write_sample_trace(OUT / "trace", current, crops, agent_version=agent_version())
+        sample_app.write_sample_trace(OUT / "trace", current, face_crops(), agent_version=agent_version())
     for p in sorted(OUT.rglob("*")):
         if p.is_file():
             print(f"{p.relative_to(ROOT)}  {p.stat().st_size:,} B")

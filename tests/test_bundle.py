@@ -43,3 +43,25 @@ def test_decoders_bind_to_the_only_output_or_say_which_exist():
         _bind_decoders(POST, ["scores", "boxes"])
     named = POST.model_copy(update={"decoders": [Decoder(output="boxes", field="b", kind="raw")]})
     assert _bind_decoders(named, ["scores", "boxes"]).decoders[0].output == "boxes"
+
+
+def test_schema_1_bundle_without_parity_reference_still_loads(tmp_path):
+    """Schema 2 adds parity.reference / reference_reason; a version-1 bundle reads with them unset."""
+    from replaybench.bundle import BUNDLE_SCHEMA_VERSION, load_bundle
+    from replaybench.errors import CorruptInputError
+
+    doc = {
+        "schema_version": 1,
+        "name": "old",
+        "source": {"format": "tflite", "sha256": "0" * 64},
+        "io": {"inputs": [], "outputs": []},
+        "parity": {"reference_runtime": "tflite", "inputs_tried": 3, "passed": True},
+    }
+    (tmp_path / "bundle.json").write_text(json.dumps(doc))
+    (tmp_path / "model.onnx").write_bytes(b"")
+    parity = load_bundle(tmp_path).bundle.parity
+    assert parity is not None and parity.reference is None and parity.reference_reason is None
+    assert BUNDLE_SCHEMA_VERSION == 2
+    (tmp_path / "bundle.json").write_text(json.dumps({**doc, "schema_version": 3}))
+    with pytest.raises(CorruptInputError, match="schema version 3"):
+        load_bundle(tmp_path)

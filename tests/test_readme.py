@@ -50,6 +50,11 @@ def workdir(tmp_path_factory) -> Path:
     shutil.copytree(SAMPLE / "trace", wd / "trace")
     shutil.copytree(ROOT / "examples", wd / "examples")
     _utkface(wd / "UTKFace")
+    # an NCNN model for the README's native-runtime lines: a global max pool (no weights, so an empty .bin)
+    (wd / "face.param").write_text(
+        "7767517\n2 2\nInput input 0 1 input\nPooling pool 1 1 input output 0=0 4=1\n"
+    )
+    (wd / "face.bin").write_bytes(b"")
     posts = write_posts(wd / "posts", 24)
     with (wd / "teacher.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["post_id", "score"])

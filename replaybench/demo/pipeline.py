@@ -17,12 +17,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from replaybench._console import NullProgress, Progress
 from replaybench.bundle import Decoder, PostprocessSpec, Provenance, load_bundle
-from replaybench.errors import ReplaybenchError
+from replaybench.errors import ReplaybenchError, UsageError
 
 log = logging.getLogger(__name__)
 SAMPLE = Path(__file__).parent / "sample"
 GROUPS = ["skin_tone", "gender"]
 PATTERN = "{skin_tone}/{gender}/*.jpg"
+# Written first into every demo output: only a folder holding it is ever cleared by a later demo run.
+MARKER = ".replaybench-demo"
+# What a demo run writes at the top of its output (all of it, and only it, is replaced by a re-run).
+DEMO_ENTRIES = (
+    "sample",
+    "inventory.json",
+    "extract",
+    "faces",
+    "predictions",
+    "report",
+    "distill",
+    "demo.json",
+)
 
 
 class DemoStep(BaseModel):
@@ -64,8 +77,46 @@ def _set_app_postprocess(bundle_dir: Path) -> None:
     lb.bundle.model_copy(update={"postprocess": post}).write(bundle_dir)
 
 
+def prepare_demo_output(out: Path) -> None:
+    """Make ``out`` ready for a demo run without ever deleting what replaybench did not write.
+
+    A missing or empty folder is used (and marked with ``MARKER``). A folder holding the marker is a
+    previous demo output: the entries a demo writes (``DEMO_ENTRIES``) are removed, anything else in it is
+    left alone, and a symlink among them is unlinked, never followed. Any other existing path (a
+    non-empty folder without the marker, a file) raises ``UsageError``.
+    """
+    if (out.exists() and not out.is_dir()) or (out.is_symlink() and not out.exists()):
+        raise UsageError(
+            f"the demo output {out} exists and is not a folder",
+            hint="name a new or empty folder with -o",
+        )
+    if out.is_dir() and any(out.iterdir()):
+        marker = out / MARKER
+        if marker.is_symlink() or not marker.is_file():
+            raise UsageError(
+                f"refusing to write the demo into {out}: it is not empty and is not a previous demo output "
+                f"(no {MARKER} file); nothing was changed",
+                hint="name a new or empty folder with -o",
+            )
+        for name in DEMO_ENTRIES:
+            entry = out / name
+            if entry.is_symlink() or entry.is_file():
+                entry.unlink()
+            elif entry.is_dir():
+                shutil.rmtree(entry)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(
+        "written by 'replaybench demo': a later demo run may replace this folder's demo artefacts\n",
+        encoding="utf-8",
+    )
+
+
 def run_demo(out: Path, *, faces: int = 600, posts: int = 48, progress: Progress | None = None) -> DemoResult:
-    """Run every stage on the sample; write all artefacts under ``out`` and return where they are."""
+    """Run every stage on the sample; write all artefacts under ``out`` and return where they are.
+
+    ``out`` must be missing, empty, or a previous demo output (see ``prepare_demo_output``); anything
+    else raises ``UsageError`` before a file is touched.
+    """
     from replaybench.demo.synthetic import write_face_dataset
     from replaybench.evaluate.evaluation import evaluate_predictions
     from replaybench.extract.pipeline import extract_app
@@ -74,9 +125,7 @@ def run_demo(out: Path, *, faces: int = 600, posts: int = 48, progress: Progress
 
     progress = progress or NullProgress()
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    prepare_demo_output(out)
     result = DemoResult(output=str(out))
     t_start = time.perf_counter()
 
@@ -126,7 +175,8 @@ def run_demo(out: Path, *, faces: int = 600, posts: int = 48, progress: Progress
         "replay",
         t,
         preds,
-        f"{run.items_ok} faces ok, {run.items_error} errors, {run.items_per_second:.0f} items/s",
+        f"{run.items_ok} faces ok, {run.items_error} errors, {run.items_per_second:.0f} items/s overall "
+        f"({run.steady_items_per_second:.0f} after {run.setup_seconds:.1f} s set-up)",
     )
 
     t = time.perf_counter()
@@ -199,9 +249,10 @@ def _distill(out: Path, posts: int, progress: Progress) -> tuple[str, Path]:
     )
     buckets = scored.summary["buckets"]
     shares = ", ".join(f"{b}: {v['count']}" for b, v in buckets.items())
-    val = trained.validation
+    test = trained.test
     return (
-        f"student val MAE {val.get('mae', float('nan')):.2f} (mean baseline {trained.baseline_val_mae:.2f}); "
+        f"student test MAE {test.get('mae', float('nan')):.2f} on {trained.test_posts} held-out posts "
+        f"(mean baseline {trained.baseline_test_mae:.2f}); "
         f"{scored.summary['ok']} posts scored int8 [{shares}]",
         folder / "scores",
     )

@@ -7,7 +7,10 @@ camera crops like many Android apps: ``createScaledBitmap(crop, 64, 64, true)`` 
 
 No phone is available to record that app, so ``write_sample_trace`` writes the trace the shipped agent
 records on one (same schema, same event kinds, same dump layout), from the app's own logic run here on
-the real TFLite interpreter. The Frida capture itself is exercised by the test suite on a local process.
+the real TFLite interpreter. That logic uses the reference implementations, never replaybench's kernels:
+Skia (skia-python) draws ``createScaledBitmap`` as Android does, and the normalisation is TFLite Support's
+``NormalizeOp`` arithmetic. So the demo's extract solves the preprocessing from what Android computes.
+The Frida capture itself is exercised by the test suite on a local process.
 """
 
 from __future__ import annotations
@@ -45,12 +48,50 @@ def xor_keystream(data: bytes, seed: bytes = XOR_KEY_SEED) -> bytes:
     return (a ^ np.frombuffer(stream[: len(data)], np.uint8)).tobytes()
 
 
+def create_scaled_bitmap(img: np.ndarray, width: int, height: int, filter: bool) -> np.ndarray:
+    """``Bitmap.createScaledBitmap(src, width, height, filter)`` of an opaque RGB image, drawn by Skia.
+
+    As Android's ``Bitmap.createBitmap(src, 0, 0, w, h, m, filter)`` draws it: ``m.setScale(width /
+    (float) w, height / (float) h)``, a ``Canvas`` over a new 8888 bitmap, ``Paint.setFilterBitmap``
+    (SkSamplingOptions kLinear / kNearest in hwui), ``drawBitmap(src, srcRect, dstRect, paint)``.
+    Needs skia-python (the dev extra).
+    """
+    import skia
+
+    h, w = img.shape[:2]
+    rgba = np.ascontiguousarray(np.concatenate([img, np.full((h, w, 1), 255, np.uint8)], axis=2))
+    src = skia.Image.fromarray(rgba, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType)
+    info = skia.ImageInfo.Make(width, height, skia.kRGBA_8888_ColorType, skia.kPremul_AlphaType)
+    surface = skia.Surface.MakeRaster(info)
+    canvas = surface.getCanvas()
+    canvas.concat(
+        skia.Matrix.Scale(float(np.float32(width) / np.float32(w)), float(np.float32(height) / np.float32(h)))
+    )
+    sampling = skia.SamplingOptions(skia.FilterMode.kLinear if filter else skia.FilterMode.kNearest)
+    rect = skia.Rect.MakeWH(w, h)
+    canvas.drawImageRect(src, rect, rect, sampling, skia.Paint(), skia.Canvas.kFast_SrcRectConstraint)
+    out = surface.makeImageSnapshot().toarray(
+        colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType
+    )
+    return np.ascontiguousarray(out[..., :3])
+
+
+def app_input(crop: np.ndarray) -> np.ndarray:
+    """The app's input tensor for a face crop, computed as the phone computes it (no replaybench kernels):
+    ``createScaledBitmap(crop, 64, 64, true)``, then TFLite Support's ``NormalizeOp(127.5f, 127.5f)``,
+    ``(pixel - mean) / stddev`` in float32, as a (1, 64, 64, 3) NHWC tensor."""
+    r = APP_PREPROCESS.resize
+    pixels = create_scaled_bitmap(crop, r.width, r.height, filter=True).astype(np.float32)
+    mean = stddev = np.float32(127.5)
+    tensor: np.ndarray = (pixels - mean) / stddev
+    return tensor[None]
+
+
 def write_sample_trace(folder: Path, model: bytes, crops: list[np.ndarray], *, agent_version: str) -> Path:
     """Write the trace of the sample app scoring ``crops`` (RGB uint8 face crops of any size)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from replaybench.extract.trace import TraceWriter
-    from replaybench.replay.preprocess import apply_preprocess
 
     interp = Interpreter(model_content=model)
     interp.allocate_tensors()
@@ -121,7 +162,7 @@ def write_sample_trace(folder: Path, model: bytes, crops: list[np.ndarray], *, a
                 },
                 rgba.tobytes(),
             )
-            x = apply_preprocess(crop, APP_PREPROCESS)[None]
+            x = app_input(crop)
             interp.set_tensor(inp["index"], x)
             interp.invoke()
             y = interp.get_tensor(out["index"])

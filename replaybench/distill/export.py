@@ -11,7 +11,7 @@ The bundle holds
   per caption for one static range);
 * ``tokenizer/``: the tokenizer files; ``bundle.json`` with the image preprocessing (normalisation is
   inside the graphs: the input is the raw 0..255 pixel), the text preprocessing, the torch parity report and
-  the int8-vs-fp32 score difference.
+  the int8-vs-fp32 score difference, measured on posts disjoint from the ones int8 was calibrated on.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from replaybench._console import NullProgress, Progress
-from replaybench.errors import ConversionError, InputNotFoundError, ParityError
+from replaybench.errors import ConversionError, DatasetError, InputNotFoundError, ParityError
 
 IMAGE_ONNX = "image.onnx"
 TEXT_HEAD_ONNX = "text_head.onnx"
@@ -38,6 +39,8 @@ PARITY_TOLERANCE = 1e-3  # score points (0-10): fp32 ONNX vs torch
 
 
 class ExportResult(BaseModel):
+    """What export wrote and measured (the CLI's report)."""
+
     model_config = ConfigDict(extra="forbid")
 
     output: str
@@ -46,33 +49,78 @@ class ExportResult(BaseModel):
     parity_passed: bool
     int8_max_abs_diff: float | None
     int8_mean_abs_diff: float | None
+    calibration_posts: list[str]  # post ids the int8 image encoder was calibrated on
+    int8_eval_posts: list[str]  # post ids the int8 error was measured on: none of calibration_posts
+    int8_eval_source: str | None  # where those came from, in words
     inputs_tried: int
     seconds: float
 
 
-def _calibration(student_dir: Path, posts: Path | None) -> tuple[np.ndarray, list[str]]:
+@dataclass
+class Samples:
+    """Real posts for export: ``calibration`` sets the int8 ranges, ``evaluation`` (disjoint) measures int8."""
+
+    images: np.ndarray
+    captions: list[str]
+    post_ids: list[str]
+    eval_images: np.ndarray
+    eval_captions: list[str]
+    eval_post_ids: list[str]
+    eval_source: str
+
+
+def _samples(student_dir: Path, posts: Path | None) -> Samples:
+    """Calibration and evaluation posts, disjoint by post id.
+
+    From ``posts`` (--calibration): the first posts with a readable image, the first half (up to
+    CALIBRATION_SIZE) to calibrate, the rest (up to HOLDOUT_SIZE) to evaluate. Else from the student's
+    calibration.npz: training posts calibrate, held-out test (then validation) posts evaluate.
+    """
     from replaybench.distill.images import try_decode
+    from replaybench.distill.label import group_posts
+    from replaybench.distill.train import CALIBRATION_NPZ, CALIBRATION_SIZE, HOLDOUT_SIZE
     from replaybench.replay.posts import read_posts
 
+    empty = np.zeros((0, 3, 224, 224), np.uint8)
     if posts is not None:
-        images, captions = [], []
-        for it in read_posts(posts):
-            arr, _ = try_decode(it.path)
-            if arr is not None:
-                images.append(arr)
-                captions.append(it.caption or "")
-            if len(images) >= 32:
+        images, captions, ids = [], [], []
+        for pid, items in group_posts(read_posts(posts)).items():
+            for it in items:  # one image per post, so a carousel never lands on both sides
+                arr, _ = try_decode(it.path)
+                if arr is not None:
+                    images.append(arr)
+                    captions.append(it.caption or "")
+                    ids.append(pid)
+                    break
+            if len(images) >= CALIBRATION_SIZE + HOLDOUT_SIZE:
                 break
         if images:
-            return np.stack(images), captions
-    npz = student_dir / "calibration.npz"
-    if npz.is_file():
-        with np.load(npz, allow_pickle=False) as z:
-            return z["images"], [str(c) for c in z["captions"]]
-    raise InputNotFoundError(
-        f"no calibration images: {npz} is missing and no --calibration posts were given",
-        hint="pass --calibration POSTS (a few dozen real posts)",
-    )
+            n_cal = min(CALIBRATION_SIZE, (len(images) + 1) // 2)
+            return Samples(
+                np.stack(images[:n_cal]), captions[:n_cal], ids[:n_cal],
+                np.stack(images[n_cal:]) if len(images) > n_cal else empty, captions[n_cal:], ids[n_cal:],
+                f"posts of {posts} not used for calibration",
+            )  # fmt: skip
+    npz = student_dir / CALIBRATION_NPZ
+    if not npz.is_file():
+        raise InputNotFoundError(
+            f"no calibration images: {npz} is missing and no --calibration posts were given",
+            hint="pass --calibration POSTS (a few dozen real posts)",
+        )
+    with np.load(npz, allow_pickle=False) as z:
+        if "eval_images" not in z.files:
+            raise InputNotFoundError(
+                f"{npz} predates held-out evaluation posts (it has calibration posts only)",
+                hint="retrain the student, or pass --calibration POSTS",
+            )
+        splits = [str(s) for s in z["eval_splits"]]
+        n_test, n_val = splits.count("test"), splits.count("val")
+        return Samples(
+            z["images"], [str(c) for c in z["captions"]], [str(i) for i in z["post_ids"]],
+            z["eval_images"], [str(c) for c in z["eval_captions"]], [str(i) for i in z["eval_post_ids"]],
+            f"held-out posts of the student's training ({n_test} test, {n_val} validation); "
+            "calibrated on training posts",
+        )  # fmt: skip
 
 
 def _encode(tokenizer: Any, captions: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +156,15 @@ def export_student(
     t0 = time.perf_counter()
     progress = progress or NullProgress()
     student, tokenizer, config = load_student(student_dir)
-    images, captions = _calibration(student_dir, calibration_posts)
+    samples = _samples(student_dir, calibration_posts)
+    images, captions = samples.images, samples.captions
+    if int8 and len(samples.eval_images) == 0:
+        raise DatasetError(
+            f"no posts left to measure int8 on: all {len(images)} readable posts calibrate it",
+            hint="give --calibration POSTS with at least two readable posts, or --no-int8",
+        )
+    if len(images) == 0:
+        raise DatasetError("no readable calibration post")
     output.mkdir(parents=True, exist_ok=True)
     progress.start(4 if int8 else 3, "exporting student")
 
@@ -160,9 +216,12 @@ def export_student(
     if int8:
         quantize_image_encoder(output / IMAGE_ONNX, output / IMAGE_INT8, images)
         quantize_text_head(output / TEXT_HEAD_ONNX, output / TEXT_HEAD_INT8)
-        all_ids, all_mask = _encode(tokenizer, captions, config.max_length)
-        fp = run_split(output / IMAGE_ONNX, output / TEXT_HEAD_ONNX, images, all_ids, all_mask)
-        q = run_split(output / IMAGE_INT8, output / TEXT_HEAD_INT8, images, all_ids, all_mask)
+        # Measured on posts that did not set the quantisation ranges: on the calibration posts themselves
+        # int8 looks better than it is on the posts it will score.
+        eval_ids, eval_mask = _encode(tokenizer, samples.eval_captions, config.max_length)
+        ev = samples.eval_images
+        fp = run_split(output / IMAGE_ONNX, output / TEXT_HEAD_ONNX, ev, eval_ids, eval_mask)
+        q = run_split(output / IMAGE_INT8, output / TEXT_HEAD_INT8, ev, eval_ids, eval_mask)
         int8_max, int8_mean = float(np.abs(q - fp).max()), float(np.abs(q - fp).mean())
         progress.advance()
     progress.close()
@@ -174,7 +233,7 @@ def export_student(
             shutil.copy2(f, tok_dir / f.name)
     if not (tok_dir / "tokenizer.json").is_file():
         raise ConversionError("the student's tokenizer has no tokenizer.json (a fast tokenizer is needed)")
-    bundle = _bundle_doc(output, config, tokenizer, diff, passed, n, int8_max, int8_mean, len(images), int8)
+    bundle = _bundle_doc(output, config, tokenizer, diff, passed, n, int8_max, int8_mean, samples, int8)
     bundle.write(output)
     if not passed:
         raise ParityError(
@@ -182,10 +241,18 @@ def export_student(
         )
     files = sorted(p.name for p in output.iterdir())
     return ExportResult(
-        output=str(output), files=files, parity_max_abs_diff=diff, parity_passed=passed,
-        int8_max_abs_diff=int8_max, int8_mean_abs_diff=int8_mean, inputs_tried=n,
+        output=str(output),
+        files=files,
+        parity_max_abs_diff=diff,
+        parity_passed=passed,
+        int8_max_abs_diff=int8_max,
+        int8_mean_abs_diff=int8_mean,
+        calibration_posts=samples.post_ids,
+        int8_eval_posts=samples.eval_post_ids if int8 else [],
+        int8_eval_source=samples.eval_source if int8 else None,
+        inputs_tried=n,
         seconds=time.perf_counter() - t0,
-    )  # fmt: skip
+    )
 
 
 def run_split(
@@ -261,7 +328,7 @@ def _bundle_doc(
     n: int,
     int8_max: float | None,
     int8_mean: float | None,
-    n_calib: int,
+    samples: Samples,
     int8: bool,
 ) -> Any:
     import torch
@@ -317,6 +384,7 @@ def _bundle_doc(
         ),
         parity=ParityReport(
             reference_runtime="torch",
+            reference="original",
             inputs_tried=n,
             input_kinds=["calibration-posts"],
             outputs=[
@@ -365,10 +433,14 @@ def _bundle_doc(
                 VariantReport(
                     name="int8",
                     output="score",
-                    inputs_tried=n_calib,
+                    inputs_tried=len(samples.eval_post_ids),
                     max_abs_diff=float(int8_max or 0.0),
                     mean_abs_diff=float(int8_mean or 0.0),
-                    notes=["image.int8.onnx -> text_head.int8.onnx vs the fp32 pair, on calibration posts"],
+                    notes=[
+                        "image.int8.onnx -> text_head.int8.onnx vs the fp32 pair, on "
+                        f"{len(samples.eval_post_ids)} posts not used for calibration: {samples.eval_source}",
+                        f"calibrated on {len(samples.post_ids)} other posts",
+                    ],
                 )  # fmt: skip
             ]
             if int8

@@ -4,7 +4,9 @@ Fast path (the default): the encoders are frozen, each post is encoded once (ima
 carousel's images, text embedding of the caption) and the embeddings are cached on disk keyed by the post's
 content and the encoders, then only the MLP head is trained: seconds to minutes on a CPU. With
 ``finetune_last_blocks=N`` the last N ResNet stages and the last N transformer blocks are trained too (every
-epoch then runs the encoders). Early stopping on validation MAE keeps the best epoch.
+epoch then runs the encoders). Early stopping on validation MAE keeps the best epoch; the figures reported
+as the student's are measured on a separate held-out test split that neither training nor early stopping
+sees.
 """
 
 from __future__ import annotations
@@ -27,11 +29,18 @@ from replaybench.replay.items import DatasetItem
 REPORT_JSON = "training_report.json"
 CURVE_PNG = "learning_curve.png"
 CALIBRATION_NPZ = "calibration.npz"
-CALIBRATION_SIZE = 32
+SPLIT_JSON = "split.json"
+CALIBRATION_SIZE = 32  # training posts export calibrates int8 on
+HOLDOUT_SIZE = 32  # held-out posts (test, then validation) export measures int8 against fp32 on
+FEW_TEST_POSTS = 30  # fewer test posts than this: the report says its figures are rough
 
 
 class TrainResult(BaseModel):
-    """The training report (also written as training_report.json)."""
+    """The training report (also written as training_report.json).
+
+    ``test`` is the headline: agreement with the teacher on posts that neither training nor early stopping
+    saw. ``validation`` picked the best epoch, so its error is optimistic; it is kept, labelled as such.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -39,53 +48,136 @@ class TrainResult(BaseModel):
     posts_labelled: int
     posts_used: int
     skipped: dict[str, str]  # post id -> why it could not be used (no decodable image)
+    split: str  # how the posts were split: seeded (seed, fractions) or the split file
     train_posts: int
     val_posts: int
+    test_posts: int
     epochs_run: int
     best_epoch: int
-    baseline_val_mae: float  # predicting the training-set mean
-    validation: dict[str, Any]
+    test: dict[str, Any]  # the headline: held-out test posts
+    baseline_test_mae: float  # predicting the training-set mean, on the test posts
+    validation: dict[str, Any]  # the early-stopping posts (optimistic: they chose the epoch)
+    baseline_val_mae: float
     train: dict[str, Any]
     curve: list[dict[str, float]]
     embedding_cache: str | None
     embeddings_computed: int
     embeddings_cached: int
     finetune_last_blocks: int
+    warnings: list[str]
     seconds: float
 
 
+MIN_TRAIN_POSTS = 3
+MIN_POSTS = MIN_TRAIN_POSTS + 2  # three to train on, one to stop early on, one held out for the test
+
+
+class Split(BaseModel):
+    """Which posts train the student, which stop its training early, and which measure it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: list[str]
+    val: list[str]  # early stopping picks the epoch on these: their error is optimistic
+    test: list[str]  # never seen by training or early stopping: the reported figures
+    source: str  # "seeded (seed N, val F, test F)" or the split file
+
+
 def split_posts(
-    post_ids: Sequence[str], *, seed: int, split_file: Path | None, val_fraction: float = 0.2
-) -> tuple[list[str], list[str]]:
-    """(train ids, val ids): from ``split_file`` (JSON {"train": [...], "val": [...]} or CSV post_id,split)
-    or a seeded random 80/20 split."""
-    ids = list(post_ids)
+    post_ids: Sequence[str],
+    *,
+    seed: int,
+    split_file: Path | None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> Split:
+    """Train / validation / test post ids, whole posts each (a carousel never straddles two splits).
+
+    From ``split_file`` (JSON ``{"train": [...], "val": [...], "test": [...]}`` or CSV ``post_id,split`` with
+    split train/val/test), else a seeded random split of the sorted ids: the same ids and seed give the
+    same split whatever order the dataset lists them in. Validation and test get at least one post each
+    and training at least MIN_TRAIN_POSTS; fewer posts than that is a DatasetError.
+    """
+    ids = list(dict.fromkeys(str(i) for i in post_ids))
     if split_file is None:
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(ids))
-        n_val = max(1, int(round(len(ids) * val_fraction)))
-        val_ids = {ids[i] for i in order[:n_val]}
-        return [i for i in ids if i not in val_ids], [i for i in ids if i in val_ids]
+        for name, frac in (("val", val_fraction), ("test", test_fraction)):
+            if not 0.0 < frac < 1.0:
+                raise UsageError(f"the {name} fraction must be between 0 and 1 (exclusive), not {frac}")
+        if val_fraction + test_fraction >= 1.0:
+            raise UsageError("the validation and test fractions leave no posts to train on")
+        n = len(ids)
+        n_val = max(1, int(math.floor(n * val_fraction + 0.5)))
+        n_test = max(1, int(math.floor(n * test_fraction + 0.5)))
+        if n - n_val - n_test < MIN_TRAIN_POSTS:
+            raise DatasetError(
+                f"{n} usable posts are too few to split into train, validation and test: need at least "
+                f"{MIN_TRAIN_POSTS} to train on besides {n_val} validation and {n_test} test posts",
+                hint="label more posts, or give --split with explicit train/val/test lists",
+            )
+        ordered = sorted(ids)
+        order = np.random.default_rng(seed).permutation(n)
+        test_set = {ordered[i] for i in order[:n_test]}
+        val_set = {ordered[i] for i in order[n_test : n_test + n_val]}
+        return Split(
+            train=[i for i in ids if i not in test_set and i not in val_set],
+            val=[i for i in ids if i in val_set],
+            test=[i for i in ids if i in test_set],
+            source=f"seeded (seed {seed}, validation {val_fraction:g}, test {test_fraction:g})",
+        )
+    named = _read_split_file(split_file)
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = named[a] & named[b]
+        if both:
+            raise DatasetError(
+                f"split {split_file} puts {len(both)} post(s) in both {a} and {b} (e.g. {sorted(both)[0]!r}): "
+                "a post in two splits leaks into the held-out figures"
+            )
+    train = [i for i in ids if i in named["train"]]
+    val = [i for i in ids if i in named["val"]]
+    test = [i for i in ids if i in named["test"]]
+    if len(train) < MIN_TRAIN_POSTS or not val or not test:
+        raise DatasetError(
+            f"split {split_file} leaves {len(train)} train, {len(val)} validation and {len(test)} test posts "
+            f"among the usable labelled ones; need at least {MIN_TRAIN_POSTS} train and one of each other",
+            hint='name held-out posts under "test" (JSON) or with split=test (CSV)',
+        )
+    return Split(train=train, val=val, test=test, source=str(split_file))
+
+
+def _read_split_file(split_file: Path) -> dict[str, set[str]]:
     if not split_file.is_file():
         raise InputNotFoundError(f"split file not found: {split_file}")
     if split_file.suffix.lower() == ".json":
-        doc = json.loads(split_file.read_text(encoding="utf-8"))
-        train_set = {str(x) for x in doc.get("train", [])}
-        val_set = {str(x) for x in doc.get("val", doc.get("validation", []))}
-    else:
-        from replaybench.distill.label import read_label_table
+        try:
+            doc = json.loads(split_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CorruptInputError(f"split file {split_file} is not JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise CorruptInputError(
+                f"split file {split_file} must be a JSON object with train/val/test lists"
+            )
 
-        rows = read_label_table(split_file)
-        train_set = {str(r["post_id"]) for r in rows if str(r.get("split")) == "train"}
-        val_set = {str(r["post_id"]) for r in rows if str(r.get("split")) in ("val", "validation")}
-    train = [i for i in ids if i in train_set]
-    val = [i for i in ids if i in val_set]
-    if not train or not val:
-        raise DatasetError(
-            f"split {split_file} leaves {len(train)} train and {len(val)} validation posts among the labelled "
-            "ones; both must be non-empty"
-        )
-    return train, val
+        def ids(*keys: str) -> set[str]:
+            for k in keys:
+                if k in doc:
+                    if not isinstance(doc[k], list):
+                        raise CorruptInputError(f"split file {split_file}: {k!r} must be a list of post ids")
+                    return {str(x) for x in doc[k]}
+            return set()
+
+        return {"train": ids("train"), "val": ids("val", "validation"), "test": ids("test")}
+    from replaybench.distill.label import read_label_table
+
+    rows = read_label_table(split_file)
+    if rows and not {"post_id", "split"} <= set(rows[0]):
+        raise CorruptInputError(f"split table {split_file} needs the columns post_id and split")
+    by: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
+    for r in rows:
+        s = str(r.get("split")).strip().lower()
+        s = "val" if s == "validation" else s
+        if s in by:
+            by[s].add(str(r["post_id"]))
+    return by
 
 
 def _post_key(items: Sequence[DatasetItem]) -> str:
@@ -237,6 +329,8 @@ def train_student(
     patience: int = 20,
     seed: int = 0,
     split: Path | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
     finetune_last_blocks: int = 0,
     batch_size: int = 64,
     lr: float = 1e-3,
@@ -247,8 +341,10 @@ def train_student(
 ) -> TrainResult:
     """Train the student on (posts, teacher labels) and write the student folder ``output``.
 
-    Example: ``train_student(Path("posts"), Path("labels.parquet"), Path("student"),
-    image_weights=Path("resnet18.pth"), text_encoder="distilbert-base-uncased")``.
+    The labelled posts are split (by post id) into train, validation (early stopping) and test (the
+    reported figures); ``split.json`` in ``output`` names them. Example: ``train_student(Path("posts"),
+    Path("labels.parquet"), Path("student"), image_weights=Path("resnet18.pth"),
+    text_encoder="distilbert-base-uncased")``.
     """
     import time
 
@@ -270,15 +366,26 @@ def train_student(
     progress = progress or NullProgress()
     labels = read_labels(labels_path)
     posts = {pid: its for pid, its in group_posts(read_posts(posts_path)).items() if pid in labels}
-    if len(posts) < 5:
+    if len(posts) < MIN_POSTS:
         raise DatasetError(
-            f"only {len(posts)} posts of {posts_path} have a teacher label in {labels_path}; need at least 5",
+            f"only {len(posts)} posts of {posts_path} have a teacher label in {labels_path}; need at least "
+            f"{MIN_POSTS} ({MIN_TRAIN_POSTS} to train on, one for validation, one held out for the test)",
             hint="check that the post ids of the labels match the dataset's",
         )
+    # Split before anything is learned from the posts (the random-init tokenizer's vocabulary included),
+    # so that nothing of the validation and test posts reaches training.
+    parts = split_posts(
+        list(posts), seed=seed, split_file=split, val_fraction=val_fraction, test_fraction=test_fraction
+    )
+    warnings: list[str] = []
+    unassigned = len(posts) - len(parts.train) - len(parts.val) - len(parts.test)
+    if unassigned:
+        warnings.append(f"{unassigned} labelled posts are in no split of {split}: not used")
+    posts = {pid: posts[pid] for pid in parts.train + parts.val + parts.test}
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     text_model, tokenizer, text_name = _prepare_text_encoder(
-        text_encoder, random_init, text_arch, [its[0].caption or "" for its in posts.values()], output
+        text_encoder, random_init, text_arch, [posts[pid][0].caption or "" for pid in parts.train], output
     )
     config = StudentConfig(
         image_weights=str(image_weights) if image_weights else None,
@@ -305,25 +412,35 @@ def train_student(
     embeddings, skipped, computed, cached = encode_posts(
         student, tokenizer, posts, max_length=max_length, cache=cache, progress=progress
     )
-    usable = [pid for pid in posts if pid in embeddings]
-    if len(usable) < 5:
-        raise DatasetError(f"only {len(usable)} labelled posts have a readable image; need at least 5")
-    train_ids, val_ids = split_posts(usable, seed=seed, split_file=split)
-    y_train = np.array([labels[i] for i in train_ids], dtype=np.float32)
-    y_val = np.array([labels[i] for i in val_ids], dtype=np.float32)
-    baseline = float(np.abs(y_val - y_train.mean()).mean())
+    train_ids, val_ids, test_ids = (
+        [i for i in ids if i in embeddings] for ids in (parts.train, parts.val, parts.test)
+    )
+    if len(train_ids) < MIN_TRAIN_POSTS or not val_ids or not test_ids:
+        raise DatasetError(
+            f"{len(skipped)} posts have no readable image; the rest leave {len(train_ids)} train, "
+            f"{len(val_ids)} validation and {len(test_ids)} test posts: need at least {MIN_TRAIN_POSTS} "
+            "train and one of each other"
+        )
+    if len(test_ids) < FEW_TEST_POSTS:
+        warnings.append(f"the test figures rest on only {len(test_ids)} posts: treat them as rough")
+    y_train, y_val, y_test = (
+        np.array([labels[i] for i in ids], dtype=np.float32) for ids in (train_ids, val_ids, test_ids)
+    )
+    baseline_val = float(np.abs(y_val - y_train.mean()).mean())
+    baseline_test = float(np.abs(y_test - y_train.mean()).mean())
 
     if finetune_last_blocks:
-        curve, best_epoch, pred_train, pred_val = _finetune(
-            student, tokenizer, posts, train_ids, val_ids, y_train, y_val, finetune_last_blocks,
+        curve, best_epoch, pred_train, pred_val, pred_test = _finetune(
+            student, tokenizer, posts, train_ids, val_ids, test_ids, y_train, y_val, finetune_last_blocks,
             epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed, max_length=max_length,
             progress=progress,
         )  # fmt: skip
     else:
-        x_train = np.stack([embeddings[i] for i in train_ids])
-        x_val = np.stack([embeddings[i] for i in val_ids])
-        curve, best_epoch, pred_train, pred_val = _train_head(
-            student.head, x_train, y_train, x_val, y_val,
+        x_train, x_val, x_test = (
+            np.stack([embeddings[i] for i in ids]) for ids in (train_ids, val_ids, test_ids)
+        )
+        curve, best_epoch, pred_train, pred_val, pred_test = _train_head(
+            student.head, x_train, y_train, x_val, y_val, x_test,
             epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
         )  # fmt: skip
 
@@ -332,26 +449,33 @@ def train_student(
     result = TrainResult(
         output=str(output),
         posts_labelled=len(labels),
-        posts_used=len(usable),
+        posts_used=len(train_ids) + len(val_ids) + len(test_ids),
         skipped=skipped,
+        split=parts.source,
         train_posts=len(train_ids),
         val_posts=len(val_ids),
+        test_posts=len(test_ids),
         epochs_run=len(curve),
         best_epoch=best_epoch,
-        baseline_val_mae=baseline,
+        test=agreement(y_test, pred_test),
+        baseline_test_mae=baseline_test,
         validation=agreement(y_val, pred_val),
+        baseline_val_mae=baseline_val,
         train=agreement(y_train, pred_train),
         curve=curve,
         embedding_cache=cache_path,
         embeddings_computed=computed,
         embeddings_cached=cached,
         finetune_last_blocks=finetune_last_blocks,
+        warnings=warnings,
         seconds=time.perf_counter() - t0,
     )
     save_student(student, tokenizer, config, output, result.model_dump(exclude={"curve"}))
     (output / REPORT_JSON).write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    _plot_curve(curve, baseline, output / CURVE_PNG)
-    _save_calibration(posts, val_ids + train_ids, output / CALIBRATION_NPZ)
+    used = Split(train=train_ids, val=val_ids, test=test_ids, source=parts.source)
+    (output / SPLIT_JSON).write_text(used.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    _plot_curve(curve, baseline_val, output / CURVE_PNG)
+    _save_calibration(posts, train_ids, test_ids, val_ids, output / CALIBRATION_NPZ)
     return result
 
 
@@ -361,6 +485,7 @@ def _train_head(
     y_train: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
+    x_test: np.ndarray,
     *,
     epochs: int,
     patience: int,
@@ -368,7 +493,10 @@ def _train_head(
     lr: float,
     seed: int,
     progress: Progress,
-) -> tuple[list[dict[str, float]], int, np.ndarray, np.ndarray]:
+) -> tuple[list[dict[str, float]], int, np.ndarray, np.ndarray, np.ndarray]:
+    """Train the head on frozen embeddings; early stopping on the validation posts only.
+
+    Returns (curve, best epoch, train, validation and test predictions of the best epoch)."""
     import copy
 
     import torch
@@ -419,13 +547,14 @@ def _train_head(
     head.eval()
     with torch.no_grad():
         pred_train, pred_val = run(xt).numpy(), run(xv).numpy()
+        pred_test = run(torch.from_numpy(x_test)).numpy()
         # Fold the standardisation into the first linear layer: W' = W/sd, b' = b - W'@mu.
         w = first.weight / sd
         first.bias.copy_(first.bias - w @ mu)
         first.weight.copy_(w)
     for p in head.parameters():
         p.requires_grad_(False)
-    return curve, best[1], pred_train, pred_val
+    return curve, best[1], pred_train, pred_val, pred_test
 
 
 def _finetune(
@@ -434,6 +563,7 @@ def _finetune(
     posts: dict[str, list[DatasetItem]],
     train_ids: list[str],
     val_ids: list[str],
+    test_ids: list[str],
     y_train: np.ndarray,
     y_val: np.ndarray,
     n_blocks: int,
@@ -445,8 +575,11 @@ def _finetune(
     seed: int,
     max_length: int,
     progress: Progress,
-) -> tuple[list[dict[str, float]], int, np.ndarray, np.ndarray]:
-    """Train the head and the last ``n_blocks`` ResNet stages / transformer blocks end to end."""
+) -> tuple[list[dict[str, float]], int, np.ndarray, np.ndarray, np.ndarray]:
+    """Train the head and the last ``n_blocks`` ResNet stages / transformer blocks end to end.
+
+    The frozen rest stays in eval mode throughout: BatchNorm in training mode would update its running
+    statistics from these batches even though no gradient reaches it (and dropout would add noise)."""
     import copy
 
     import torch
@@ -460,13 +593,13 @@ def _finetune(
                 return arr
         raise CorruptInputError(f"post {pid} lost its image during training")
 
-    imgs = {pid: torch.from_numpy(first_image(pid)) for pid in train_ids + val_ids}
-    trainable = list(student.head.parameters())
-    for stage in ("layer4", "layer3", "layer2", "layer1")[:n_blocks]:
-        trainable += list(getattr(student.image.resnet, stage).parameters())
+    imgs = {pid: torch.from_numpy(first_image(pid)) for pid in train_ids + val_ids + test_ids}
     layers = _transformer_layers(student.text.model)
-    for layer in layers[len(layers) - n_blocks :]:
-        trainable += list(layer.parameters())
+    unfrozen = [getattr(student.image.resnet, s) for s in ("layer4", "layer3", "layer2", "layer1")[:n_blocks]]
+    unfrozen += layers[len(layers) - n_blocks :]
+    trainable = list(student.head.parameters())
+    for block in unfrozen:
+        trainable += list(block.parameters())
     for p in trainable:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(
@@ -494,7 +627,7 @@ def _finetune(
     yt = torch.from_numpy(y_train)
     progress.start(epochs, "fine-tuning")
     for epoch in range(1, epochs + 1):
-        student.train()
+        _train_mode(student, unfrozen)
         perm = torch.randperm(len(train_ids), generator=gen).tolist()
         total = 0.0
         for s in range(0, len(perm), batch_size):
@@ -526,7 +659,15 @@ def _finetune(
     student.eval()
     for p in student.parameters():
         p.requires_grad_(False)
-    return curve, best[1], predict(train_ids), predict(val_ids)
+    return curve, best[1], predict(train_ids), predict(val_ids), predict(test_ids)
+
+
+def _train_mode(student: Any, unfrozen: list[Any]) -> None:
+    """Training mode for the head and the unfrozen blocks only; every frozen module stays in eval mode."""
+    student.eval()
+    student.head.train()
+    for block in unfrozen:
+        block.train()
 
 
 def _transformer_layers(model: Any) -> list[Any]:
@@ -550,7 +691,7 @@ def _plot_curve(curve: list[dict[str, float]], baseline: float, path: Path) -> N
     fig, ax = plt.subplots(figsize=(6, 4))
     ep = [c["epoch"] for c in curve]
     ax.plot(ep, [c["train_mae"] for c in curve], label="train MAE")
-    ax.plot(ep, [c["val_mae"] for c in curve], label="validation MAE")
+    ax.plot(ep, [c["val_mae"] for c in curve], label="validation MAE (early stopping)")
     ax.axhline(baseline, color="grey", linestyle="--", label="predict-the-mean (val)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("MAE (score points)")
@@ -560,16 +701,43 @@ def _plot_curve(curve: list[dict[str, float]], baseline: float, path: Path) -> N
     plt.close(fig)
 
 
-def _save_calibration(posts: dict[str, list[DatasetItem]], order: list[str], path: Path) -> None:
-    """A few decoded images + captions kept with the student: export calibrates int8 on them."""
+def _save_calibration(
+    posts: dict[str, list[DatasetItem]],
+    train_ids: list[str],
+    test_ids: list[str],
+    val_ids: list[str],
+    path: Path,
+) -> None:
+    """Decoded images + captions kept with the student for export: int8 is calibrated on training posts
+    (``images``) and measured against fp32 on held-out ones (``eval_images``: test, then validation posts),
+    so the reported int8 error is not measured on the posts that set the quantisation ranges."""
     from replaybench.distill.images import try_decode
 
-    images, captions = [], []
-    for pid in order:
-        arr, _ = try_decode(posts[pid][0].path)
-        if arr is not None:
-            images.append(arr)
-            captions.append(posts[pid][0].caption or "")
-        if len(images) >= CALIBRATION_SIZE:
-            break
-    np.savez_compressed(path, images=np.stack(images), captions=np.array(captions, dtype=np.str_))
+    def pick(ids: list[str], limit: int) -> tuple[list[np.ndarray], list[str], list[str]]:
+        images: list[np.ndarray] = []
+        captions: list[str] = []
+        kept: list[str] = []
+        for pid in ids:
+            if len(images) >= limit:
+                break
+            arr, _ = try_decode(posts[pid][0].path)
+            if arr is not None:
+                images.append(arr)
+                captions.append(posts[pid][0].caption or "")
+                kept.append(pid)
+        return images, captions, kept
+
+    images, captions, ids = pick(train_ids, CALIBRATION_SIZE)
+    eval_images, eval_captions, eval_ids = pick(test_ids + val_ids, HOLDOUT_SIZE)
+    test_set = set(test_ids)
+    empty = np.zeros((0, 3, 224, 224), np.uint8)
+    np.savez_compressed(
+        path,
+        images=np.stack(images) if images else empty,
+        captions=np.array(captions, dtype=np.str_),
+        post_ids=np.array(ids, dtype=np.str_),
+        eval_images=np.stack(eval_images) if eval_images else empty,
+        eval_captions=np.array(eval_captions, dtype=np.str_),
+        eval_post_ids=np.array(eval_ids, dtype=np.str_),
+        eval_splits=np.array(["test" if i in test_set else "val" for i in eval_ids], dtype=np.str_),
+    )

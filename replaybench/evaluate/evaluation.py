@@ -34,6 +34,7 @@ from replaybench.evaluate.predictions import (
 )
 from replaybench.evaluate.summary import (
     Association,
+    BundleParity,
     ComparisonSummary,
     ConceptSummary,
     DisparitySummary,
@@ -141,7 +142,7 @@ def evaluate_predictions(
         found = detect_tasks(rows)
         # a named task runs on the bundles that predict it (an age bundle has no gender_pred)
         plan += [(bundle, t, rows) for t in found if task is None or t == task]
-    if not plan:
+    if not plan and (compare is None or task is not None):  # a comparison alone needs no task
         if task is not None:
             check_task(predictions.ok, task, label_column)  # raises the message naming what is missing
         raise EvaluationError(msg.NO_TASK_DETECTED)
@@ -204,8 +205,17 @@ def evaluate_predictions(
         other = load_predictions(compare)
         label_cols = [c for c in ("age", "gender", "race", label_column) if c in predictions.ok.columns]
         comparison_table = compare_predictions(predictions.ok, other.ok, groups, label_columns=label_cols)
-        comparison = ComparisonSummary(other=str(compare), fields=_agreements(comparison_table))
+        from replaybench.evaluate.compare import routes
 
+        comparison = ComparisonSummary(
+            other=str(compare),
+            fields=_agreements(comparison_table),
+            route=routes(predictions.ok),
+            route_other=routes(other.ok),
+        )
+
+    bundle_parity = _bundle_parity(Path(preds), predictions.bundles)
+    warnings += _parity_warnings(bundle_parity)
     out = Path(out)
     summary = EvaluationSummary(
         predictions=str(preds),
@@ -223,6 +233,7 @@ def evaluate_predictions(
         tasks=[r.summary for r in task_results],
         concepts=[r.summary for r in concept_results],
         comparison=comparison,
+        bundle_parity=bundle_parity,
         warnings=warnings,
     )
     write_report(out, summary, task_results, concept_results, comparison_table, predictions)
@@ -450,8 +461,11 @@ def _agreements(table: pl.DataFrame) -> list[FieldAgreement]:
                 agreement=num(overall["agreement"]),
                 kappa=num(overall["kappa"]),
                 mean_abs_diff=num(overall["mean_abs_diff"]),
+                max_abs_diff=num(overall["max_abs_diff"]),
                 worst_group=worst,
                 worst_group_value=worst_v,
+                route=overall.get("route"),
+                route_other=overall.get("route_other"),
             )
         )
     return out
@@ -460,3 +474,42 @@ def _agreements(table: pl.DataFrame) -> list[FieldAgreement]:
 def load(preds: Path) -> Predictions:
     """Load predictions (re-exported for callers that want the rows without a report)."""
     return load_predictions(preds)
+
+
+def _bundle_parity(preds: Path, bundles: list[str]) -> dict[str, BundleParity]:
+    """Each evaluated bundle's parity from the replay run's ``run.json`` (none for a bare Parquet file
+    or a run written before replay recorded it)."""
+    import json
+
+    from replaybench.replay.sink import RUN_MANIFEST
+
+    doc = (preds if preds.is_dir() else preds.parent) / RUN_MANIFEST
+    if not doc.is_file():
+        return {}
+    from pydantic import ValidationError
+
+    try:
+        recorded = json.loads(doc.read_text(encoding="utf-8")).get("bundle_parity") or {}
+        if not isinstance(recorded, dict):
+            return {}
+        return {
+            name: BundleParity.model_validate(recorded[name] or {}) for name in bundles if name in recorded
+        }
+    except (ValueError, AttributeError, ValidationError):  # a foreign run.json: the report just lacks it
+        return {}
+
+
+def _parity_warnings(bundle_parity: dict[str, BundleParity]) -> list[str]:
+    """Warnings for bundles whose numbers may not be what the app computes."""
+    out = []
+    for name, p in bundle_parity.items():
+        if p.passed is False:
+            out.append(
+                f"bundle {name}: parity FAILED against {p.reference_runtime}; its outputs may differ from the app's"
+            )
+        if p.reference == "rewritten":
+            out.append(
+                f"bundle {name}: parity was measured against a rewritten model, not the original "
+                f"({p.reference_reason})"
+            )
+    return out

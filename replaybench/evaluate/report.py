@@ -340,6 +340,26 @@ def _html(
         f"{s.min_group_size} items are shown in grey and never ranked</p>"
     ]
     parts += [f"<p class='warn'>{html.escape(w)}</p>" for w in s.warnings]
+    if s.bundle_parity:
+        parity_rows = [
+            [
+                html.escape(name),
+                "—" if p.passed is None else ("passed" if p.passed else "<span class='sp'>FAILED</span>"),
+                html.escape(p.reference_runtime or "—"),
+                html.escape(p.reference or "not recorded"),
+                html.escape(p.reference_reason or ""),
+            ]
+            for name, p in sorted(s.bundle_parity.items())
+        ]
+        parts.append("<h2>Bundles: parity with the app's model</h2>")
+        parts.append(
+            _table(
+                ["bundle", "parity", "reference runtime", "reference model", "why"],
+                parity_rows,
+                left=4,
+                text_last=True,
+            )
+        )
     for t in tasks:
         ts = t.summary
         parts.append(f"<h2>{html.escape(ts.bundle)} — {html.escape(ts.task)}</h2>")
@@ -475,10 +495,24 @@ def _html(
                 )
             )
     if s.comparison is not None and comparison is not None:
-        parts.append(f"<h2>Agreement with {html.escape(s.comparison.other)}</h2>")
+        cmp = s.comparison
+        parts.append(
+            f"<h2>Agreement with {html.escape(cmp.other)} ({html.escape(str(cmp.route))} vs "
+            f"{html.escape(str(cmp.route_other))})</h2>"
+        )
         parts.append(
             _table(
-                ["field", "kind", "n", "agreement", "Cohen's κ", "mean |diff|", "worst group", "value"],
+                [
+                    "field",
+                    "kind",
+                    "n",
+                    "agreement",
+                    "Cohen's κ",
+                    "mean |diff|",
+                    "worst group",
+                    "value",
+                    "routes",
+                ],
                 [
                     [
                         html.escape(f.field),
@@ -489,6 +523,7 @@ def _html(
                         _fmt(f.mean_abs_diff),
                         _fmt(f.worst_group),
                         _fmt(f.worst_group_value),
+                        html.escape(f"{f.route} vs {f.route_other}"),
                     ]
                     for f in s.comparison.fields
                 ],

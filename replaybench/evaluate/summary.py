@@ -106,13 +106,27 @@ class FieldAgreement(_Strict):
     agreement: float | None = None
     kappa: float | None = None
     mean_abs_diff: float | None = None
+    max_abs_diff: float | None = None
     worst_group: str | None = None
     worst_group_value: float | None = None
+    route: str | None = None  # where this run's numbers came from: in_app, offline (unrecorded: older)
+    route_other: str | None = None  # and the other run's
 
 
 class ComparisonSummary(_Strict):
     other: str
     fields: list[FieldAgreement]
+    route: str | None = None  # the routes of the two runs (in_app vs offline: the phone vs the workstation)
+    route_other: str | None = None
+
+
+class BundleParity(_Strict):
+    """A replayed bundle's parity as its bundle.json records it (from the replay run's run.json)."""
+
+    passed: bool | None = None  # None: the bundle has no parity block
+    reference: str | None = None  # original | rewritten | None (bundle older than schema 2)
+    reference_runtime: str | None = None
+    reference_reason: str | None = None
 
 
 class EvaluationSummary(_Strict):
@@ -134,5 +148,7 @@ class EvaluationSummary(_Strict):
     tasks: list[TaskSummary] = Field(default_factory=list)
     concepts: list[ConceptSummary] = Field(default_factory=list)
     comparison: ComparisonSummary | None = None
+    #: bundle name -> its parity (what the converted model was checked against); empty without run.json
+    bundle_parity: dict[str, BundleParity] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)

@@ -27,25 +27,8 @@ from replaybench.extract.containers import (
     safe_file_name,
     safe_output_path,
 )
+from replaybench.extract.formats import file_extension
 from replaybench.extract.inventory import ExtractedBlob, ExtractManifest, Inventory, ModelBlob
-
-EXTENSIONS = {
-    "tflite": ".tflite",
-    "onnx": ".onnx",
-    "torchscript": ".pt",
-    "pytorch_lite": ".ptl",
-    "savedmodel": ".pb",
-    "tf_graphdef": ".pb",
-    "ncnn_param": ".param",
-    "ncnn_bin": ".bin",
-    "mnn": ".mnn",
-    "caffe_prototxt": ".prototxt",
-    "caffemodel": ".caffemodel",
-    "paddle_lite": ".nb",
-    "snpe_dlc": ".dlc",
-    "coreml": ".mlmodel",
-    "unknown_high_entropy": ".bin",
-}
 
 AfterBlob = Callable[[ExtractedBlob, Path], None]
 
@@ -55,7 +38,7 @@ def _blob_name(i: int, blob: ModelBlob) -> str:
     stem = base.rsplit(".", 1)[0] if "." in base else base
     if blob.location.section is not None:
         stem += f"@{blob.location.offset:x}"
-    return f"{i:02d}_{stem}{EXTENSIONS.get(blob.format, '.bin')}"
+    return f"{i:02d}_{stem}{file_extension(blob.format)}"
 
 
 def extract_blobs(

@@ -87,10 +87,8 @@ def _typed(value: int | str | None, kind: str) -> float | int | bool | str | Non
 
 def quiet_androguard() -> None:
     """androguard logs every parsed item at DEBUG through loguru (its dependency): silence it."""
-    try:
-        from loguru import logger
-    except ImportError:  # pragma: no cover - androguard without loguru logs nothing
-        return
+    from loguru import logger  # androguard's own dependency
+
     logger.disable("androguard")
 
 

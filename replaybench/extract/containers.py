@@ -275,6 +275,12 @@ def iter_zip(
             if ckind in ("xapk", "apks", "apkm") and info.filename.lower().endswith(".apk"):
                 yield from iter_nested(z, info, source, (*chain, info.filename), walk, "apk", on_disk)
                 continue
+            if info.filename.lower().endswith(".task") and _starts_like_zip(z, info, where):
+                # a MediaPipe task bundle is a zip of models: list them by name, as entries of the .task
+                yield from iter_nested(
+                    z, info, source, (*chain, info.filename), walk, "mediapipe_task", on_disk
+                )
+                continue
             disk_range = None
             if stored and on_disk is not None and raw is not None and info.file_size:
                 disk_range = (on_disk[0], on_disk[1] + stored_data_offset(raw, info, on_disk[1]))  # type: ignore[arg-type]
@@ -289,6 +295,13 @@ def iter_zip(
             )
         if raw is not None:
             raw.close()
+
+
+def _starts_like_zip(z: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bool:
+    if info.file_size < 22:  # smaller than an end-of-central-directory record
+        return False
+    with _entry_opener(z, info, where)() as f:
+        return bool(f.read(4) == b"PK\x03\x04")
 
 
 def _size_of(f: BinaryIO) -> int:

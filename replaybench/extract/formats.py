@@ -73,6 +73,30 @@ def describer(key: str) -> Callable[[Describe], Describe]:
 
 MODEL_EXTENSIONS: dict[str, str] = {}  # filled below from the registry: ".tflite" -> "tflite"
 
+# The extension a copy of a blob of each format is written with (extracted blobs, trace dumps, a bundle's
+# ``source.<ext>``): the one place this fact lives.
+FILE_EXTENSIONS = {
+    "tflite": ".tflite",
+    "onnx": ".onnx",
+    "torchscript": ".pt",
+    "pytorch_lite": ".ptl",
+    "savedmodel": ".pb",
+    "tf_graphdef": ".pb",
+    "ncnn_param": ".param",
+    "ncnn_bin": ".bin",
+    "mnn": ".mnn",
+    "caffe_prototxt": ".prototxt",
+    "caffemodel": ".caffemodel",
+    "paddle_lite": ".nb",
+    "snpe_dlc": ".dlc",
+    "coreml": ".mlmodel",
+}
+
+
+def file_extension(fmt: str) -> str:
+    """The extension a copy of a ``fmt`` blob is written with (``.bin`` for formats without one)."""
+    return FILE_EXTENSIONS.get(fmt, ".bin")
+
 
 def claimed_format(name: str) -> str | None:
     """The format a file name claims by its extension (None for generic names like .bin)."""

@@ -124,7 +124,9 @@ class ContainerInfo(_Strict):
     """One container opened: an APK, a split, a bundle, an OBB or a zip nested in assets."""
 
     path: list[str]
-    kind: Literal["apk", "split_apk", "xapk", "apks", "apkm", "zip", "obb", "folder", "file"]
+    kind: Literal[
+        "apk", "split_apk", "xapk", "apks", "apkm", "zip", "obb", "mediapipe_task", "folder", "file"
+    ]
     size: int
     entries: int = 0
     sha256: str | None = None

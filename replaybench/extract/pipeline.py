@@ -15,14 +15,25 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from replaybench._console import NullProgress, Progress
-from replaybench.bundle import PreprocessSpec, ResizeMethod, SourceInfo
+from replaybench.bundle import FidelityReport, PreprocessSpec, Provenance, ResizeMethod, SourceInfo
 from replaybench.errors import ReplaybenchError, TraceError
 from replaybench.extract.inventory import AppInfo, Inventory, ModelBlob
 
 log = logging.getLogger(__name__)
 
 EXTRACT_SCHEMA_VERSION = "1"
-CONVERTIBLE = {"tflite", "onnx", "torchscript", "pytorch_lite", "tf_graphdef"}
+
+
+def bundle_formats() -> set[str]:
+    """Formats extract makes bundles of: those with an ONNX converter or a native replay runtime.
+    (A SavedModel is a folder: inside an app it is scattered entries, not one blob to convert.)"""
+    from replaybench.extract.convert.registry import CONVERTIBLE_FORMATS
+    from replaybench.replay.runtimes import runtimes
+
+    native = {f for r in runtimes() if r.open_engine is not None for f in r.formats}
+    return (set(CONVERTIBLE_FORMATS) - {"savedmodel"}) | native
+
+
 RUNTIME_OF = {
     "tflite": "tflite",
     "onnx": "onnxruntime",
@@ -42,11 +53,21 @@ class ExtractedModel(BaseModel):
     sha256: str
     location: str  # where it lives in the app (for a dump: the encrypted entry it came from, if known)
     ran_in_trace: bool | None = None  # None without a trace
-    preprocess_from: str | None = None  # trace / app_code / metadata-or-default
+    # trace / trace_unresolved / user / app_code / metadata-or-default
+    preprocess_from: str | None = None
+    # Trace-solved preprocessing: the best candidate's residuals (max_error against tolerance) and the
+    # best candidates, so an unresolved spec shows how close the search came.
+    preprocess_residual: dict[str, float] | None = None
+    preprocess_candidates: list[dict[str, Any]] | None = None
     bundle: str | None = None  # bundle folder, relative to the output folder
-    status: Literal["converted", "parity_mismatch", "failed", "not_converted"]
+    status: Literal["converted", "parity_mismatch", "fidelity_failed", "failed", "not_converted"]
     error: str | None = None
     parity_max_abs_diff: float | None = None
+    # end-to-end check of the bundle on the traced invokes (None without a trace); also in bundle.json
+    fidelity: FidelityReport | None = None
+    # what parity compared the bundle with: the original blob, or a rewrite of it (see the reason)
+    parity_reference: Literal["original", "rewritten"] | None = None
+    parity_reference_reason: str | None = None
 
 
 class ExtractResult(BaseModel):
@@ -106,9 +127,17 @@ def extract_app(
     code: bool = True,
     allow_mismatch: bool = False,
     progress: Progress | None = None,
+    preprocess: dict[str, PreprocessSpec] | None = None,
 ) -> ExtractResult:
     """Scan ``paths``, write every blob byte-exact, match ``trace`` (if any), infer preprocessing and
     convert each convertible model to a bundle. A model that fails to convert is recorded, not fatal.
+
+    ``preprocess`` maps a model (its blob file name or stem, its name in the app, or a sha256 prefix) to
+    a spec given by hand; it wins over the trace. A trace-solved spec that misses the captured tensors
+    is written with provenance ``trace_unresolved`` (``preprocess_from`` says so too); the caller
+    decides whether that is fatal (the CLI exits 15 after writing everything).
+    With a trace, every bundle's end-to-end fidelity is checked on the traced invokes
+    (``ExtractedModel.fidelity``, and the bundle's ``fidelity`` block).
 
     Example::
 
@@ -151,11 +180,31 @@ def extract_app(
 
     pairs_by_sha: dict[str, Any] = {}
     inputs_by_sha: dict[str, list[Any]] = {}
+    traced_by_sha: dict[str, list[Any]] | None = None
     if trace is not None:
-        _use_trace(trace, inv, out_dir, result, candidates, pairs_by_sha, inputs_by_sha)
+        traced_by_sha = {}
+        _use_trace(trace, inv, out_dir, result, candidates, pairs_by_sha, inputs_by_sha, traced_by_sha)
+    for key, given in (preprocess or {}).items():
+        if not any(_override({key: given}, m) for _, m, _ in candidates):
+            from replaybench.errors import UsageError
+
+            raise UsageError(
+                f"--preprocess {key}=...: no model of the app is called {key}",
+                hint="name a model by its blob file (see blobs/manifest.json), file stem or sha256 prefix",
+            )
 
     if convert:
-        _convert(inv, out_dir, candidates, pairs_by_sha, inputs_by_sha, allow_mismatch, progress)
+        _convert(
+            inv,
+            out_dir,
+            candidates,
+            pairs_by_sha,
+            inputs_by_sha,
+            allow_mismatch,
+            progress,
+            overrides=preprocess or {},
+            traced_by_sha=traced_by_sha,
+        )
     result.models = [m for _, m, _ in candidates]
     (out_dir / "extract.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return result
@@ -169,16 +218,18 @@ def _use_trace(
     candidates: list[tuple[Path, ExtractedModel, SourceInfo]],
     pairs_by_sha: dict[str, Any],
     inputs_by_sha: dict[str, list[Any]],
+    traced_by_sha: dict[str, list[Any]],
 ) -> None:
-    """Mark what ran, pull memory-only models from their dumps, collect bitmap/tensor pairs."""
+    """Mark what ran, pull memory-only models from their dumps, collect bitmap/tensor pairs and every
+    model's traced invokes (for the fidelity check)."""
     from replaybench.extract.containers import safe_file_name
     from replaybench.extract.convert.sniff import sniff_format
+    from replaybench.extract.formats import file_extension
     from replaybench.extract.trace import read_trace
     from replaybench.extract.trace_match import (
         AppIdentity,
         InventoryBlob,
         match_trace,
-        preprocessing_pairs,
         traced_invokes,
     )
 
@@ -216,10 +267,7 @@ def _use_trace(
             fmt = sniff_format(probe)
         except ReplaybenchError:
             fmt = "unknown"
-        ext = {"tflite": ".tflite", "onnx": ".onnx", "torchscript": ".pt", "pytorch_lite": ".ptl"}.get(
-            fmt, ".bin"
-        )
-        dest = probe.with_suffix(ext)
+        dest = probe.with_suffix(file_extension(fmt))
         probe.rename(dest)
         origin = m.blob
         candidates.append(
@@ -247,13 +295,58 @@ def _use_trace(
             )
         )
     invokes = traced_invokes(tr)
+    traced_by_sha.update(invokes)
     for sha, calls in invokes.items():
-        pairs = preprocessing_pairs(tr, sha)
-        if pairs:
-            pairs_by_sha[sha] = pairs
+        with_images = [c for c in calls if c.bitmap is not None and c.inputs]
+        if with_images:
+            pairs_by_sha[sha] = with_images
         inputs_by_sha[sha] = [
             [t.array for t in sorted(c.inputs, key=lambda t: t.index)] for c in calls if c.inputs
         ]
+
+
+def _override(overrides: dict[str, PreprocessSpec], model: ExtractedModel) -> PreprocessSpec | None:
+    """The hand-given spec for this model: by blob file name or stem, the name it has in the app
+    (assets/face.tflite: face.tflite or face), or a sha256 prefix of 8+ characters."""
+    name = Path(model.file).name
+    entry = model.location.split("@", 1)[0].replace("!", "/").rsplit("/", 1)[-1]
+    names = {name, Path(name).stem, entry, Path(entry).stem}
+    for key, spec in overrides.items():
+        if key in names or (len(key) >= 8 and model.sha256.startswith(key.lower())):
+            return spec
+    return None
+
+
+def _best_candidate(spec: PreprocessSpec) -> dict[str, Any]:
+    r = spec.resize
+    geometry = (
+        "shorter_side"
+        if r.shorter_side is not None
+        else "letterbox"
+        if r.keep_aspect
+        else "center"
+        if r.crop == "center"
+        else "stretch"
+    )
+    return {
+        "geometry": geometry,
+        "rotation": spec.rotation,
+        "mirror": spec.mirror,
+        "method": r.method,
+        "color_order": spec.color_order,
+        "layout": spec.layout,
+        "shorter_side": r.shorter_side,
+        "scale": spec.scale,
+        "offset": spec.offset,
+        "max_error": spec.residual.get("max_error"),
+        "mean_error": spec.residual.get("mean_error"),
+        "best": True,
+    }
+
+
+def unresolved_models(result: ExtractResult) -> list[ExtractedModel]:
+    """The models whose preprocessing the trace did not determine (``trace_unresolved``)."""
+    return [m for m in result.models if m.preprocess_from == "trace_unresolved"]
 
 
 def _convert(
@@ -264,26 +357,42 @@ def _convert(
     inputs_by_sha: dict[str, list[Any]],
     allow_mismatch: bool,
     progress: Progress,
+    *,
+    overrides: dict[str, PreprocessSpec] | None = None,
+    traced_by_sha: dict[str, list[Any]] | None = None,
 ) -> None:
     from replaybench.errors import ParityError
     from replaybench.extract.containers import safe_file_name
     from replaybench.extract.convert.writer import ConversionJob, convert_many
-    from replaybench.extract.preprocess import infer_preprocess
+    from replaybench.extract.preprocess import infer_from_invokes
 
     blobs_by_sha = {b.sha256: b for b in inv.model_blobs}
     jobs, models = [], []
     used: set[str] = set()
     for path, model, src in candidates:
-        if model.format not in CONVERTIBLE:
+        if model.format not in bundle_formats():
             continue
+        user = _override(overrides or {}, model)
         spec: PreprocessSpec | None = None
-        if model.sha256 in pairs_by_sha:
+        if user is not None:
+            spec = user.model_copy(update={"provenance": user.provenance or _user_provenance()})
+            model.preprocess_from = "user"
+        elif model.sha256 in pairs_by_sha:
             try:
-                spec = infer_preprocess(pairs_by_sha[model.sha256])
-                model.preprocess_from = "trace"
+                spec = infer_from_invokes(pairs_by_sha[model.sha256])
+                model.preprocess_from = "trace_unresolved" if spec.unresolved else "trace"
+                model.preprocess_residual = dict(spec.residual)
+                model.preprocess_candidates = [_best_candidate(spec), *spec.alternatives[:4]]
+                if spec.unresolved:
+                    log.warning(
+                        "%s: preprocessing unresolved (max error %.3g, tolerance %.3g)",
+                        model.file,
+                        spec.residual.get("max_error", float("nan")),
+                        spec.residual.get("tolerance", float("nan")),
+                    )
             except TraceError as e:
                 log.warning("preprocessing not recoverable from the trace for %s: %s", model.file, e)
-        if spec is None and model.sha256 in blobs_by_sha:
+        if spec is None and user is None and model.sha256 in blobs_by_sha:
             spec = _static_preprocess(inv, blobs_by_sha[model.sha256])
             if spec is not None:
                 model.preprocess_from = "app_code"
@@ -295,6 +404,12 @@ def _convert(
         options: dict[str, Any] = {"source": src, "preprocess": spec, "allow_mismatch": True}
         if model.sha256 in inputs_by_sha:
             options["trace_inputs"] = inputs_by_sha[model.sha256][:4]
+        if model.format == "ncnn_param" and model.sha256 in blobs_by_sha:
+            # blob files are numbered, so the .bin is found by its entry in the app, as scan paired them
+            entry = blobs_by_sha[model.sha256].details.get("weights")
+            options["weights"] = next(
+                (p for p, _, s in candidates if s.entry == entry and s.container == src.container), None
+            )
         jobs.append(ConversionJob(path, out_dir / "bundles" / name, options))
         models.append((model, name))
     for outcome, (model, name) in zip(convert_many(jobs, progress=progress), models, strict=True):
@@ -305,10 +420,38 @@ def _convert(
         parity = outcome.bundle.parity
         if parity is not None and parity.outputs:
             model.parity_max_abs_diff = max(o.max_abs_diff for o in parity.outputs)
+        if parity is not None:
+            model.parity_reference = parity.reference
+            model.parity_reference_reason = parity.reference_reason
         if parity is not None and not parity.passed:
             model.status = "parity_mismatch"
-            model.error = f"parity failed against {parity.reference_runtime}"
+            model.error = f"parity failed against {parity.reference_runtime} ({parity.reference} model)"
             if not allow_mismatch:
                 log.warning("%s: %s", model.file, ParityError(model.error).message)
         else:
             model.status = "converted"
+        if traced_by_sha is not None:
+            _check_fidelity(out_dir / "bundles" / name, model, traced_by_sha)
+
+
+def _user_provenance() -> dict[str, Provenance]:
+    fields = ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
+    return {f: Provenance.USER for f in fields}
+
+
+def _check_fidelity(folder: Path, model: ExtractedModel, traced_by_sha: dict[str, list[Any]]) -> None:
+    """Run the bundle end to end on the model's traced invokes; record the verdict in the bundle and the
+    extract result, and mark a bundle that does not reproduce the app's outputs."""
+    from replaybench.extract.fidelity import check_fidelity, not_checked, write_fidelity
+
+    invokes = traced_by_sha.get(model.sha256, [])
+    try:
+        report = check_fidelity(folder, invokes)
+    except Exception as e:  # a model that crashes onnxruntime on a real bitmap: say so, do not stop
+        log.warning("%s: fidelity check failed to run: %s", model.file, e)
+        report = not_checked(f"the check could not run: {type(e).__name__}: {e}", invokes_traced=len(invokes))
+    write_fidelity(folder, report)
+    model.fidelity = report
+    if report.verdict == "failed" and model.status == "converted":
+        model.status = "fidelity_failed"
+        model.error = f"replay does not reproduce the app's outputs: {report.reason}"

@@ -79,13 +79,63 @@ def print_extract_result(result: ExtractResult) -> None:
         con.print("no on-device model found; nothing extracted", style="green")
     else:
         t = Table(
-            "model", "format", "origin", "ran", "preprocess", "bundle / status", title="extracted models"
+            "model",
+            "format",
+            "origin",
+            "ran",
+            "preprocess",
+            "parity vs",
+            "bundle / status",
+            title="extracted models",
         )
         for m in result.models:
             ran = "" if m.ran_in_trace is None else ("yes" if m.ran_in_trace else "no")
             status = m.bundle if m.status == "converted" else f"{m.status}: {m.error or ''}"
-            t.add_row(m.file, m.format, m.location, ran, m.preprocess_from or "", status)
+            pre: str | Text = m.preprocess_from or ""
+            if m.preprocess_from == "trace_unresolved" and m.preprocess_residual:
+                res = m.preprocess_residual
+                pre = Text.assemble(
+                    ("UNRESOLVED", "red"),
+                    f" max err {res.get('max_error', float('nan')):.3g} > {res.get('tolerance', float('nan')):.3g}",
+                )
+            reference = Text(m.parity_reference or "", "yellow" if m.parity_reference == "rewritten" else "")
+            t.add_row(m.file, m.format, m.location, ran, pre, reference, status)
         con.print(t)
+        for m in result.models:
+            if m.parity_reference_reason:
+                con.print(
+                    Text.assemble(("parity reference:", "yellow"), f" {m.file}: {m.parity_reference_reason}")
+                )
+        checked = [m for m in result.models if m.fidelity is not None]
+        if checked:
+            f = Table(
+                "model",
+                "fidelity",
+                "invokes",
+                "worst output",
+                "decoded fields / reason",
+                title="end-to-end fidelity",
+            )
+            colour = {"passed": "green", "failed": "red", "not_checked": "yellow"}
+            for m in checked:
+                fid = m.fidelity
+                assert fid is not None
+                worst = max(fid.outputs, key=lambda o: o.max_abs_diff / (o.tolerance or 1), default=None)
+                worst_text = (
+                    ""
+                    if worst is None
+                    else f"{worst.name}: {worst.max_abs_diff:.3g} (tolerance {worst.tolerance:.3g})"
+                )
+                fields = ", ".join(f"{x.field} {x.agreed}/{x.total}" for x in fid.fields)
+                detail = fid.reason if fid.verdict != "passed" else fields
+                f.add_row(
+                    m.bundle or m.file,
+                    Text(fid.verdict, colour[fid.verdict]),
+                    f"{fid.invokes_checked}/{fid.invokes_traced}",
+                    worst_text,
+                    detail or "",
+                )
+            con.print(f)
     if result.trace is not None:
         version = result.trace.get("version", {})
         same = version.get("same_app")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -29,10 +30,9 @@ MAX_LABELS = 2000
 
 @lru_cache(maxsize=1)
 def _builtin_names() -> dict[int, str]:
-    try:  # the generated schema ships with ai-edge-litert (and tensorflow); it only needs flatbuffers
-        from ai_edge_litert.schema_py_generated import BuiltinOperator
-    except ImportError:  # pragma: no cover - names fall back to numbers
-        return {}
+    # The generated schema ships with ai-edge-litert (a required dependency); it only needs flatbuffers.
+    from ai_edge_litert.schema_py_generated import BuiltinOperator
+
     return {v: k for k, v in vars(BuiltinOperator).items() if isinstance(v, int) and not k.startswith("_")}
 
 
@@ -156,7 +156,7 @@ def _appended_zip(data: bytes | bytearray | memoryview, start: int) -> tuple[int
                 if info.file_size > 4 << 20:  # a label file, not a payload: refuse anything large
                     continue
                 text = z.read(info).decode("utf-8", "replace")
-                labels[info.filename] = text.splitlines()[:MAX_LABELS]
+                labels[info.filename] = text.splitlines()
     except Exception:  # a damaged label archive (zlib, CRC...): the model is still the model
         return start, {}
     return end, labels
@@ -167,6 +167,49 @@ def parse_tflite(data: bytes | bytearray | memoryview) -> dict[str, Any]:
 
     Raises ``FlatbufferError`` when the flatbuffer is malformed.
     """
+    return _parse(data)[0]
+
+
+@dataclass
+class TFLiteMetadata:
+    """What ``convert`` takes from TFLite Support metadata: the first input's normalisation and the
+    output's label file (whole, not cut to ``MAX_LABELS`` as in the inventory)."""
+
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    labels: list[str] | None = None
+    label_file: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_metadata(data: bytes | bytearray | memoryview) -> TFLiteMetadata:
+    """Normalisation and labels from the model's metadata, read by the bounds-checked parser. Malformed
+    metadata does not stop a conversion: it is reported in ``notes``."""
+    meta = TFLiteMetadata()
+    try:
+        info, files = _parse(data)
+    except FlatbufferError as e:
+        meta.notes.append(f"TFLite metadata unreadable: {e}")
+        return meta
+    if "metadata_error" in info:
+        meta.notes.append(f"TFLite metadata unreadable: {info['metadata_error']}")
+    md = info.get("metadata", {})
+    inputs, outputs = md.get("inputs") or [{}], md.get("outputs") or [{}]
+    if norm := inputs[0].get("normalization"):
+        meta.mean, meta.std = list(norm["mean"]), list(norm["std"])
+    for f in outputs[0].get("associated_files", []):
+        if f.get("type") == "TENSOR_AXIS_LABELS":
+            meta.label_file = f.get("name")
+            break
+    if meta.label_file:
+        if meta.label_file in files:
+            meta.labels = [x.strip() for x in files[meta.label_file] if x.strip()]
+        else:
+            meta.notes.append(f"label file {meta.label_file} named in metadata but not readable")
+    return meta
+
+
+def _parse(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], dict[str, list[str]]]:
     r = Reader(data)
     model = r.root()
     if bytes(data[4:8]) != b"TFL3":
@@ -274,9 +317,9 @@ def parse_tflite(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     zip_end, labels = _appended_zip(data, end)
     if labels:
         info["associated_file_contents"] = {k: v[:MAX_LABELS] for k, v in labels.items()}
-        info["labels"] = _labels(info, labels)
+        info["labels"] = _labels(info, labels)[:MAX_LABELS]
     info["_extent"] = zip_end
-    return info
+    return info, labels
 
 
 def _labels(info: dict[str, Any], files: dict[str, list[str]]) -> list[str]:

@@ -51,6 +51,7 @@ class _Event(BaseModel):
 
     v: int = TRACE_SCHEMA_VERSION
     t: float = 0.0  # ms since the agent started
+    tid: int | None = None  # the thread the event happened on (pairs bitmaps with the invokes they fed)
 
 
 class Quantization(BaseModel):
@@ -141,13 +142,26 @@ class TensorEvent(_Event):
 
 
 class BitmapEvent(_Event):
+    """An image the app is about to preprocess: an ARGB Bitmap or a camera frame (YUV 4:2:0 planes).
+
+    Which invoke it fed: the next invoke of ``interpreter`` when the agent knows it, else the next
+    invoke on the same thread (``tid``), else the agent's ``invoke`` tag (the next invoke of any model:
+    wrong when two models run on two threads; kept for traces of older agents).
+    """
+
     kind: Literal["bitmap"]
     width: int
     height: int
-    format: str = "RGBA_8888"  # pixel layout of the dump: RGBA_8888, RGB_888, ARGB_8888_INT
+    # Pixel layout of the dump: RGBA_8888, RGB_888, ARGB_8888 (Bitmaps); NV21, NV12, I420 (camera
+    # frames: Y plane then chroma, packed without row padding; BT.601 limited range).
+    format: str = "RGBA_8888"
     premultiplied: bool = False
-    invoke: int | None = None  # the invoke this bitmap was fed to (the next one after capture)
-    api: str | None = None  # createScaledBitmap, TensorImage.load, ...
+    invoke: int | None = None  # the agent's guess: the next invoke of any model after capture
+    interpreter: str | None = None  # the interpreter this image was fed to, when the agent knows it
+    # The region the app cut out of this image and fed on (x, y, width, height in its pixels), when the
+    # app passed one (Bitmap.createBitmap(src, x, y, w, h), a crop rectangle); None: the whole image.
+    crop: list[int] | None = None
+    api: str | None = None  # createScaledBitmap, TensorImage.load, YuvImage, ...
     sha256: str | None = None
     dump: str | None = None
 

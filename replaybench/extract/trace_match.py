@@ -12,6 +12,7 @@ inventory document (or ``InventoryBlob.from_inventory``) plugs in.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import posixpath
 from dataclasses import dataclass, field
@@ -364,7 +365,7 @@ class TracedTensor:
 
 @dataclass
 class TracedInvoke:
-    """One invoke of one model: its captured inputs/outputs and the Bitmap fed to it, if captured."""
+    """One invoke of one model: its captured inputs/outputs and the image fed to it, if captured."""
 
     seq: int
     model_sha256: str | None
@@ -372,7 +373,11 @@ class TracedInvoke:
     interpreter: str | None
     inputs: list[TracedTensor] = field(default_factory=list)
     outputs: list[TracedTensor] = field(default_factory=list)
-    bitmap: np.ndarray | None = None  # (H, W, 3) uint8 RGB
+    bitmap: np.ndarray | None = None  # (H, W, 3) uint8 RGB, the app's crop of it when it passed one
+    tid: int | None = None
+    crop: tuple[float, float, float, float] | None = None  # the app's crop as fractions (x0, y0, x1, y1)
+    source_format: str = "rgb"  # rgb (a Bitmap), nv21 / i420 (a camera frame)
+    pairing: str | None = None  # how the image was linked to this invoke: interpreter, thread, tag
 
 
 def _tensor_array(trace: Trace, e: TensorEvent) -> np.ndarray | None:
@@ -391,10 +396,24 @@ def _tensor_array(trace: Trace, e: TensorEvent) -> np.ndarray | None:
         return None
 
 
+_YUV_FORMATS = {"NV21": "nv21", "NV12": "nv21", "I420": "i420", "YUV_420_888": "i420"}
+
+
 def _bitmap_array(trace: Trace, e: BitmapEvent) -> np.ndarray | None:
+    """The image as (H, W, 3) uint8 RGB: Bitmaps un-premultiplied, camera frames converted with
+    libyuv's BT.601 limited-range formula (``yuv420_to_rgb``)."""
+    from replaybench.replay.preprocess import yuv420_to_rgb
+
     data = trace.read_dump(e.dump)
-    if data is None:
+    if data is None or e.width <= 0 or e.height <= 0:
         return None
+    if e.format in _YUV_FORMATS:
+        layout = "I420" if e.format == "YUV_420_888" else e.format
+        try:
+            return yuv420_to_rgb(data, e.width, e.height, layout)
+        except ValueError as err:
+            log.warning("bitmap %s: %s", e.dump, err)
+            return None
     channels = {"RGBA_8888": 4, "RGB_888": 3, "ARGB_8888": 4}.get(e.format)
     if channels is None or len(data) != e.width * e.height * channels:
         return None
@@ -408,12 +427,89 @@ def _bitmap_array(trace: Trace, e: BitmapEvent) -> np.ndarray | None:
     return np.ascontiguousarray(img[..., :3])
 
 
+def _apply_crop(
+    img: np.ndarray, crop: list[int] | None
+) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
+    if not crop or len(crop) != 4:
+        return img, None
+    h, w = img.shape[:2]
+    x, y, cw, ch = (int(v) for v in crop)
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(w, x + cw), min(h, y + ch)
+    if x1 <= x0 or y1 <= y0:
+        return img, None
+    return np.ascontiguousarray(img[y0:y1, x0:x1]), (x0 / w, y0 / h, x1 / w, y1 / h)
+
+
+def _pair_bitmaps(trace: Trace) -> dict[int, tuple[BitmapEvent, str]]:
+    """Which invoke each captured image fed: invoke seq -> (the latest image before it, how linked).
+
+    An image names its interpreter: the next invoke of that interpreter. Otherwise, when the trace
+    records threads: the next invoke on the image's thread (two models run on two threads interleave
+    their invokes, so "the next invoke" of the process is often the other model's). Otherwise the
+    agent's own ``invoke`` tag.
+    """
+    first_pos: dict[int, int] = {}
+    interp_of: dict[int, str | None] = {}
+    tid_of: dict[int, int | None] = {}
+    bitmaps: list[tuple[int, BitmapEvent]] = []
+    for pos, e in enumerate(trace.events):
+        if isinstance(e, TensorEvent) and e.invoke is not None:
+            first_pos.setdefault(e.invoke, pos)
+            interp_of.setdefault(e.invoke, e.interpreter)
+            if e.tid is not None:
+                tid_of.setdefault(e.invoke, e.tid)
+        elif isinstance(e, InvokeEvent):
+            first_pos.setdefault(e.seq, pos)
+            if e.interpreter:
+                interp_of[e.seq] = e.interpreter
+            if e.tid is not None:
+                tid_of[e.seq] = e.tid
+        elif isinstance(e, BitmapEvent):
+            bitmaps.append((pos, e))
+    # Per interpreter and per thread, the invokes in trace order: the next one after an image is a bisect.
+    by_interp: dict[str, list[tuple[int, int]]] = {}
+    by_tid: dict[int, list[tuple[int, int]]] = {}
+    for seq, p in sorted(first_pos.items(), key=lambda kv: kv[1]):
+        if interp_of.get(seq):
+            by_interp.setdefault(str(interp_of[seq]), []).append((p, seq))
+        if tid_of.get(seq) is not None:
+            by_tid.setdefault(int(tid_of[seq]), []).append((p, seq))  # type: ignore[arg-type]
+
+    def next_after(rows: list[tuple[int, int]] | None, pos: int) -> int | None:
+        if not rows:
+            return None
+        i = bisect.bisect_right(rows, (pos, 1 << 62))
+        return rows[i][1] if i < len(rows) else None
+
+    threads_known = bool(by_tid)
+    out: dict[int, tuple[BitmapEvent, str]] = {}
+    untagged: list[BitmapEvent] = []
+    for pos, b in bitmaps:
+        if b.interpreter:
+            target, how = next_after(by_interp.get(b.interpreter), pos), "interpreter"
+        elif b.tid is not None and threads_known:
+            target, how = next_after(by_tid.get(b.tid), pos), "thread"
+        else:
+            target, how = b.invoke, "tag"
+        if target is not None:
+            out[target] = (b, how)  # a later image before the same invoke replaces an earlier one
+        elif how == "thread":
+            untagged.append(b)
+    if not out and untagged:
+        # The app draws its images on one thread and runs its models on another: no image shares a
+        # thread with any invoke. Only the agent's tag is left.
+        for b in untagged:
+            if b.invoke is not None:
+                out[b.invoke] = (b, "tag")
+    return out
+
+
 def traced_invokes(trace: Trace) -> dict[str, list[TracedInvoke]]:
     """Per model (keyed by its sha256, or ``handle:<ptr>`` when unknown), the invokes whose tensors were
-    dumped, with inputs/outputs as numpy arrays and the Bitmap fed to each (if captured)."""
+    dumped, with inputs/outputs as numpy arrays and the image fed to each (if captured; see
+    ``_pair_bitmaps`` for how an image is linked to the invoke it fed)."""
     handle_sha: dict[str, str | None] = {}
     invokes: dict[int, TracedInvoke] = {}
-    bitmaps: dict[int, np.ndarray] = {}
     for e in trace.events:
         if isinstance(e, ModelLoadEvent) and e.handle:
             handle_sha[e.handle] = e.sha256  # the latest load wins: handles are reused after frees
@@ -428,19 +524,23 @@ def traced_invokes(trace: Trace) -> dict[str, list[TracedInvoke]]:
                     model_sha256=handle_sha.get(e.model or ""),
                     model_handle=e.model,
                     interpreter=e.interpreter,
+                    tid=e.tid,
                 )
             t = TracedTensor(
                 e.io, e.index, e.name, list(e.shape), e.dtype or "", e.quantization, e.invoke, arr
             )
             (inv.inputs if e.io == "input" else inv.outputs).append(t)
-        elif isinstance(e, BitmapEvent) and e.invoke is not None:
-            img = _bitmap_array(trace, e)
-            if img is not None:
-                bitmaps[e.invoke] = img
+    paired = _pair_bitmaps(trace)
     out: dict[str, list[TracedInvoke]] = {}
     for seq in sorted(invokes):
         inv = invokes[seq]
-        inv.bitmap = bitmaps.get(seq)
+        if seq in paired:
+            b, how = paired[seq]
+            img = _bitmap_array(trace, b)
+            if img is not None:
+                inv.bitmap, inv.crop = _apply_crop(img, b.crop)
+                inv.source_format = _YUV_FORMATS.get(b.format, "rgb")
+                inv.pairing = how
         key = inv.model_sha256 or f"handle:{inv.model_handle or inv.interpreter}"
         out.setdefault(key, []).append(inv)
     return out

@@ -309,10 +309,8 @@ def read_manifest(path: Path, options: ReadOptions) -> list[DatasetItem]:
 
 @register("posts", "Instagram-style posts: one JSON per post with images beside it, or a table")
 def read_posts_dataset(path: Path, options: ReadOptions) -> list[DatasetItem]:
-    try:
-        from replaybench.replay.posts import read_posts
-    except ImportError as e:
-        raise UnsupportedFormatError("the posts reader is not available in this installation") from e
+    from replaybench.replay.posts import read_posts
+
     return read_posts(path)
 
 

@@ -223,7 +223,7 @@ class FaceDetector:
 
     def __init__(self, folder: Path) -> None:
         from replaybench.bundle import load_bundle
-        from replaybench.replay.sessions import open_model
+        from replaybench.replay.runtimes import open_bundle_model
 
         lb = load_bundle(folder)
         spec = lb.bundle.preprocess
@@ -232,7 +232,7 @@ class FaceDetector:
         if spec.resize.crop != "none" or spec.resize.keep_aspect or spec.resize.crop_box is not None:
             raise UsageError(f"detector bundle {folder}: only a plain resize is supported for face detection")
         self.spec = spec
-        self.model = open_model(lb.model_path, threads=1)
+        self.model = open_bundle_model(lb, threads=1)  # an app's NCNN/MNN detector runs in its engine
         det = dict(lb.bundle.postprocess.detection or {})
         kind = det.get("kind")
         if kind is None:

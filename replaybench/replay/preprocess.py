@@ -4,8 +4,12 @@ Replay runs it for every image; trace-based preprocessing inference (``extract/p
 same kernels to test candidate settings against captured tensors, so the two can never disagree.
 
 Input images are ``uint8`` arrays of shape (H, W, 3) in RGB order. Resize kernels return ``float32``
-(H', W', C); the kernels that model an 8-bit intermediate image (an Android Bitmap, a PIL image) round to
-integers, the TF kernels do not.
+(H', W', C); the kernels that model an 8-bit intermediate image (an Android Bitmap, a PIL image, an OpenCV
+``Mat``) are integers, the TF kernels are not.
+
+Each kernel is checked against the library it names, on real photos (tests/replay/test_kernel_references.py):
+``bilinear_android`` / ``nearest`` against Skia (skia-python, drawn as ``Bitmap.createScaledBitmap`` draws),
+``bilinear_tf*`` against TensorFlow, the PIL kernels against Pillow, ``area`` against OpenCV.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 
 from replaybench.bundle import PreprocessSpec, ResizeMethod, ResizeSpec
 
-_PIL_FILTERS = {"bilinear_pil": "BILINEAR", "area": "BOX", "bicubic_pil": "BICUBIC"}
+_PIL_FILTERS = {"bilinear_pil": "BILINEAR", "bicubic_pil": "BICUBIC"}
 RESIZE_METHODS: tuple[ResizeMethod, ...] = (
     "nearest",
     "bilinear_android",
@@ -44,9 +48,99 @@ def _bilinear_axis(n_in: int, n_out: int, half_pixel: bool) -> tuple[np.ndarray,
 
 
 @lru_cache(maxsize=256)
+def _skia_centres(n_in: int, n_out: int) -> np.ndarray:
+    """Source-space x of each output pixel centre, in Skia's float32 arithmetic.
+
+    ``Bitmap.createScaledBitmap`` sets ``Matrix.setScale(dstWidth / (float) width, ...)``; Skia inverts it
+    (1 / scale, float32) and maps each destination pixel centre ``x + 0.5`` through the inverse.
+    """
+    f32 = np.float32
+    inverse = f32(1) / (f32(n_out) / f32(n_in))
+    centres: np.ndarray = (np.arange(n_out, dtype=f32) + f32(0.5)) * inverse
+    return centres
+
+
+@lru_cache(maxsize=256)
 def _nearest_axis(n_in: int, n_out: int) -> np.ndarray:
-    # Skia / Android nearest: sample at pixel centres.
-    return np.minimum(np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+    # createScaledBitmap(.., filter=false): hwui draws with SkFilterMode::kNearest (the same Android 12+
+    # path as _skia_bilinear's docstring). Skia picks the pixel containing the mapped centre, and a
+    # centre exactly on a pixel boundary goes to the pixel before it: ceil(x) - 1, not floor(x) (measured
+    # against skia-python 144: 200 -> 5 samples columns 19, 59, ...; floor would give 20, 60, ...).
+    idx = np.ceil(_skia_centres(n_in, n_out)).astype(np.int64) - 1
+    return np.clip(idx, 0, n_in - 1)
+
+
+@lru_cache(maxsize=256)
+def _skia_bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Taps (lo, hi) and the signed Q15 weight of one axis of Skia's 8-bit bilinear sampler.
+
+    Skia's raster pipeline samples an 8888 image with ``SkFilterMode::kLinear`` in its low-precision
+    stage ``bilerp_clamp_8888`` (src/opts/SkRasterPipeline_opts.h): the sample coordinate ``x - 0.5`` is
+    quantised to 16.16 fixed point, the integer part picks the taps (clamped to the image: clamp tiling),
+    and the 16-bit fraction, offset by -0.5 (``q ^ 0x8000`` read as int16), is the Q15 weight.
+    """
+    q = np.floor(np.float32(65536) * _skia_centres(n_in, n_out) + np.float32(0.5)).astype(np.int64) - 32768
+    whole = q >> 16
+    frac = (q & 0xFFFF) ^ 0x8000
+    weight = np.where(frac >= 32768, frac - 65536, frac).astype(np.int32)
+    lo = np.clip(whole, 0, n_in - 1)
+    hi = np.clip(whole + 1, 0, n_in - 1)
+    return lo, hi, weight
+
+
+def _skia_bilinear(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``Bitmap.createScaledBitmap(src, width, height, true)`` on an opaque ARGB_8888 bitmap.
+
+    Skia's lowp ``bilerp_clamp_8888``: each tap is scaled to 15 bits (``<< 7``); the horizontal lerp
+    keeps one extra bit, ``(q15(tx, r - l) + r + l + 1) >> 1``; the vertical one rounds back to 8 bits,
+    ``(q15(ty, b - t) + b + t + 128) >> 8``, where ``q15(a, b) = (a * b + 2^14) >> 15`` is the rounding
+    Q15 multiply (ARM vqrdmulh, x86 pmulhrsw). Bit-exact with skia-python 144 (Skia m144) on real photos,
+    up- and downscaling by integer and non-integer factors (tests/replay/test_kernel_references.py).
+
+    Which Android versions this is: ``Bitmap.createScaledBitmap`` -> ``createBitmap(src, 0, 0, w, h, m,
+    filter)`` draws with ``Paint.setFilterBitmap(filter)`` on a ``Canvas`` over a new software bitmap
+    (frameworks/base graphics/java/android/graphics/Bitmap.java, read in Android 16's copy,
+    github.com/bluestacks/frameworks-base-a16); hwui's ``SkiaCanvas::drawBitmap(src rect, dst rect)``
+    calls ``drawImageRect(image, src, dst, paint.sampling(), ..., kFast_SrcRectConstraint)``, where the
+    filter flag becomes ``SkSamplingOptions(SkFilterMode::kLinear)`` (libs/hwui/SkiaCanvas.cpp, read in
+    Android 15's copy, github.com/muhomorr/platform_frameworks_base-15). Android 12 and later pass
+    sampling options this way; older releases used SkFilterQuality and Skia's legacy SkBitmapProcState
+    sampler (4-bit weights), which this kernel does not model. Within 12+, a device's Skia milestone
+    may differ from m144 in this stage's arithmetic; that was not measured on devices.
+    """
+    y0, y1, ty = _skia_bilinear_axis(img.shape[0], height)
+    x0, x1, tx = _skia_bilinear_axis(img.shape[1], width)
+    wx = tx[None, :, None]
+
+    # In-place int32 arithmetic on output-sized arrays (no product can overflow: |weight| <= 2^15 and
+    # |tap difference << 7| < 2^15). 1080x1440 -> 224: 12 ms, against 20 ms with temporaries.
+    def horizontal(rows: np.ndarray) -> np.ndarray:
+        r = np.take(img, rows, axis=0)
+        left = np.take(r, x0, axis=1).astype(np.int32)
+        d = np.take(r, x1, axis=1).astype(np.int32)
+        d -= left  # right - left
+        left <<= 1
+        left += d
+        left <<= 7  # (right + left) << 7
+        d <<= 7
+        d *= wx
+        d += 1 << 14
+        d >>= 15  # q15(tx, (right - left) << 7)
+        d += left
+        d += 1
+        d >>= 1
+        return d
+
+    top, bottom = horizontal(y0), horizontal(y1)
+    total = top + bottom
+    bottom -= top
+    bottom *= ty[:, None, None]
+    bottom += 1 << 14
+    bottom >>= 15  # q15(ty, bottom - top)
+    bottom += total
+    bottom += 128
+    bottom >>= 8
+    return bottom.astype(np.float32)
 
 
 def _bilinear(img: np.ndarray, width: int, height: int, half_pixel: bool) -> np.ndarray:
@@ -137,12 +231,18 @@ def resize(
 ) -> np.ndarray:
     """Resize an (H, W, C) uint8 image to (height, width, C) float32 with the named kernel.
 
-    ``bilinear_tf`` is ``tf.image.resize(..., "bilinear")`` (half-pixel centres, no antialiasing), which the
-    TFLite support library's ``ResizeOp`` uses; ``bilinear_android`` is the same geometry rounded to 8 bits,
-    as ``Bitmap.createScaledBitmap(.., filter=true)`` produces a new 8-bit Bitmap.
+    - ``bilinear_tf``: ``tf.image.resize(..., "bilinear")`` (half-pixel centres, no antialiasing; TFLite's
+      ``RESIZE_BILINEAR`` with ``half_pixel_centers=True``);
+    - ``bilinear_tf_legacy``: ``tf.compat.v1.image.resize_bilinear(align_corners=False)``;
+    - ``bilinear_android`` / ``nearest``: ``Bitmap.createScaledBitmap(.., filter=true / false)``, i.e.
+      Skia's 8-bit bilinear / nearest sampling (see ``_skia_bilinear``); the TFLite Support library's
+      ``ResizeOp`` on a Bitmap calls exactly this;
+    - ``bilinear_pil`` / ``bicubic_pil``: Pillow's ``Image.resize`` (antialiased when downscaling);
+    - ``area``: OpenCV's ``cv2.resize(..., interpolation=cv2.INTER_AREA)`` (pixel-area averaging when
+      downscaling, bilinear when upscaling).
 
-    ``backend="onnxruntime"`` runs the bilinear kernels of uint8 images in onnxruntime's ``Resize`` (about
-    3x faster, within 0.03 pixel steps of the numpy reference); replay's workers use it.
+    ``backend="onnxruntime"`` runs the TF bilinear kernels of uint8 images in onnxruntime's ``Resize``
+    (about 3x faster, within 0.03 pixel steps of the numpy reference); replay's workers use it.
     """
     if img.ndim != 3:
         raise ValueError(f"expected an (H, W, C) image, got shape {img.shape}")
@@ -152,13 +252,19 @@ def resize(
         return img[_nearest_axis(img.shape[0], height)][:, _nearest_axis(img.shape[1], width)].astype(
             np.float32
         )
-    if method in ("bilinear_tf", "bilinear_android", "bilinear_tf_legacy"):
-        half_pixel = method != "bilinear_tf_legacy"
+    if method == "bilinear_android":
+        return _skia_bilinear(img, width, height)
+    if method in ("bilinear_tf", "bilinear_tf_legacy"):
+        half_pixel = method == "bilinear_tf"
         if backend == "onnxruntime" and img.dtype == np.uint8:
-            out = _OrtBilinear.run(img, width, height, half_pixel)
-        else:
-            out = _bilinear(img, width, height, half_pixel=half_pixel)
-        return np.rint(out, out=out) if method == "bilinear_android" else out
+            return _OrtBilinear.run(img, width, height, half_pixel)
+        return _bilinear(img, width, height, half_pixel=half_pixel)
+    if method == "area":
+        import cv2
+
+        # cv2 takes (width, height); a 1-channel result loses its channel axis, so keep (H, W, C).
+        out = cv2.resize(np.ascontiguousarray(img), (width, height), interpolation=cv2.INTER_AREA)
+        return out.reshape(height, width, img.shape[2]).astype(np.float32)
     if method in _PIL_FILTERS:
         from PIL import Image
 
@@ -173,33 +279,204 @@ def resize(
 
 def crop(img: np.ndarray, spec: ResizeSpec) -> np.ndarray:
     """Apply the spec's crop box, then its centre crop to the target aspect ratio (before resizing)."""
-    h, w = img.shape[:2]
-    if spec.crop_box is not None:
-        x0, y0, x1, y1 = spec.crop_box
-        img = img[int(round(y0 * h)) : int(round(y1 * h)), int(round(x0 * w)) : int(round(x1 * w))]
-        h, w = img.shape[:2]
-    if spec.crop == "center":
-        target = spec.width / spec.height
-        if w / h > target:  # too wide: trim the sides
-            cw = max(1, int(round(h * target)))
-            left = (w - cw) // 2
-            img = img[:, left : left + cw]
-        elif w / h < target:
-            ch = max(1, int(round(w / target)))
-            top = (h - ch) // 2
-            img = img[top : top + ch]
+    img = crop_box(img, spec.crop_box)
+    if spec.crop == "center" and spec.shorter_side is None:
+        img = center_crop_to_aspect(img, spec.width, spec.height)
     return img
+
+
+def center_crop_to_aspect(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The largest centred window of the width:height aspect (the odd pixel goes after it)."""
+    h, w = img.shape[:2]
+    target = width / height
+    if w / h > target:  # too wide: trim the sides
+        cw = max(1, int(round(h * target)))
+        left = (w - cw) // 2
+        return img[:, left : left + cw]
+    if w / h < target:
+        ch = max(1, int(round(w / target)))
+        top = (h - ch) // 2
+        return img[top : top + ch]
+    return img
+
+
+def crop_box(img: np.ndarray, box: tuple[float, float, float, float] | None) -> np.ndarray:
+    """The (x0, y0, x1, y1) box given as fractions of the image (edges rounded to whole pixels)."""
+    if box is None:
+        return img
+    h, w = img.shape[:2]
+    x0, y0, x1, y1 = box
+    top, bottom = int(round(y0 * h)), int(round(y1 * h))
+    left, right = int(round(x0 * w)), int(round(x1 * w))
+    if bottom <= top or right <= left:
+        raise ValueError(f"crop box {box} is empty on a {w}x{h} image")
+    return img[top:bottom, left:right]
+
+
+def orient(img: np.ndarray, rotation: int, mirror: bool) -> np.ndarray:
+    """Rotate clockwise by ``rotation`` degrees (0/90/180/270), then mirror left-right when ``mirror``.
+
+    The eight combinations are every way a camera frame can be turned (sensor orientation, front camera).
+    """
+    if rotation % 90:
+        raise ValueError(f"rotation must be a multiple of 90 degrees, got {rotation}")
+    k = (rotation // 90) % 4
+    if k:
+        img = np.rot90(img, k=-k)  # numpy turns counter-clockwise for positive k
+    if mirror:
+        img = img[:, ::-1]
+    return img
+
+
+def letterbox_geometry(src_w: int, src_h: int, spec: ResizeSpec) -> tuple[int, int, int, int]:
+    """(content width, content height, left, top) of a letterbox of a src_w x src_h image.
+
+    The content keeps the source aspect and fits inside width x height; its size rounds as the spec says
+    (``floor``: Java's ``(int) (w * scale)``, with a 1e-6 allowance for float error on the fitting side;
+    ``round``: Python/YOLO ``round``, half to even; ``half_up``: Java's ``Math.round``); ``center``
+    puts the odd pixel of padding after the content, ``center_up`` before it.
+    """
+    s = min(spec.width / src_w, spec.height / src_h)
+    if spec.rounding == "floor":
+        nw, nh = int(np.floor(src_w * s + 1e-6)), int(np.floor(src_h * s + 1e-6))
+    elif spec.rounding == "half_up":
+        nw, nh = int(np.floor(src_w * s + 0.5)), int(np.floor(src_h * s + 0.5))
+    else:
+        nw, nh = int(round(src_w * s)), int(round(src_h * s))
+    nw, nh = min(max(1, nw), spec.width), min(max(1, nh), spec.height)
+    if spec.placement == "top_left":
+        return nw, nh, 0, 0
+    if spec.placement == "center_up":
+        return nw, nh, (spec.width - nw + 1) // 2, (spec.height - nh + 1) // 2
+    return nw, nh, (spec.width - nw) // 2, (spec.height - nh) // 2
 
 
 def _letterbox(img: np.ndarray, spec: ResizeSpec, backend: ResizeBackend = "numpy") -> np.ndarray:
     h, w = img.shape[:2]
-    s = min(spec.width / w, spec.height / h)
-    nw, nh = max(1, int(round(w * s))), max(1, int(round(h * s)))
+    nw, nh, left, top = letterbox_geometry(w, h, spec)
     inner = resize(img, nw, nh, spec.method, backend)
-    out = np.zeros((spec.height, spec.width, img.shape[2]), dtype=np.float32)
-    top, left = (spec.height - nh) // 2, (spec.width - nw) // 2
+    pad = np.resize(np.asarray(spec.pad_value, dtype=np.float32), img.shape[2])
+    out = np.empty((spec.height, spec.width, img.shape[2]), dtype=np.float32)
+    out[...] = pad
     out[top : top + nh, left : left + nw] = inner
     return out
+
+
+def shorter_side_size(src_w: int, src_h: int, shorter: int) -> tuple[int, int]:
+    """torchvision ``Resize(S)``: the shorter side becomes S, the longer ``int(S * long / short)``."""
+    if src_w <= src_h:
+        return shorter, int(shorter * src_h / src_w)
+    return int(shorter * src_w / src_h), shorter
+
+
+def center_crop_offsets(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
+    """torchvision ``CenterCrop``: (left, top) = ``int(round((src - crop) / 2))`` (Python's round)."""
+    return int(round((src_w - width) / 2.0)), int(round((src_h - height) / 2.0))
+
+
+def _shorter_side_crop(img: np.ndarray, spec: ResizeSpec, backend: ResizeBackend = "numpy") -> np.ndarray:
+    assert spec.shorter_side is not None
+    h, w = img.shape[:2]
+    nw, nh = shorter_side_size(w, h, spec.shorter_side)
+    if nw < spec.width or nh < spec.height:
+        raise ValueError(
+            f"shorter side {spec.shorter_side} of a {w}x{h} image is smaller than the {spec.width}x"
+            f"{spec.height} crop"
+        )
+    resized = resize(img, nw, nh, spec.method, backend)
+    left, top = center_crop_offsets(nw, nh, spec.width, spec.height)
+    return resized[top : top + spec.height, left : left + spec.width]
+
+
+def geometry(img: np.ndarray, r: ResizeSpec, backend: ResizeBackend = "numpy") -> np.ndarray:
+    """The resize/crop/letterbox part of a spec on an (already oriented) RGB image: float32 pixels."""
+    if r.shorter_side is not None:
+        return _shorter_side_crop(img, r, backend)
+    if r.keep_aspect and r.crop == "none":
+        return _letterbox(img, r, backend)
+    if r.crop == "center":
+        img = center_crop_to_aspect(img, r.width, r.height)
+    return resize(img, r.width, r.height, r.method, backend)
+
+
+# ------------------------------------------------------------------------------- camera frames (YUV)
+# BT.601 limited range ("video range"), as Android camera frames are and as libyuv converts them
+# (NV21ToARGB / I420ToARGB with kYuvI601Constants). Chroma is 2x2 subsampled and upsampled by
+# repetition (libyuv's row functions use one U/V pair for two pixels on two rows).
+
+# libyuv row_common.cc YuvPixel, 6-bit fixed point: YG = round(1.164 * 64 * 256 * 256 / 257),
+# YGB = 1.164 * 64 * -16 + 64 / 2, UB = max(-128, round(-2.018 * 64)), UG = round(0.391 * 64),
+# VG = round(0.813 * 64), VR = round(-1.596 * 64).
+_YG, _YGB, _UB, _UG, _VG, _VR = 18997, -1160, -128, 25, 52, -102
+_BB, _BG, _BR = _UB * 128 + _YGB, _UG * 128 + _VG * 128 + _YGB, _VR * 128 + _YGB
+
+
+def yuv_to_rgb_bt601(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Full-resolution Y, U, V planes (uint8, same shape) to (H, W, 3) uint8 RGB with libyuv's integer
+    BT.601 limited-range formula (``YuvPixel`` in libyuv's row_common.cc)."""
+    y32 = y.astype(np.int64)
+    u32 = u.astype(np.int64)
+    v32 = v.astype(np.int64)
+    y1 = (y32 * 0x0101 * _YG) >> 16
+    b = (-(u32 * _UB) + y1 + _BB) >> 6  # arithmetic shift, as the C code on int32
+    g = (-(v32 * _VG + u32 * _UG) + y1 + _BG) >> 6
+    r = (-(v32 * _VR) + y1 + _BR) >> 6
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+
+
+def _upsample_chroma(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.repeat(np.repeat(plane, 2, axis=0), 2, axis=1)[:height, :width]
+
+
+def yuv420_to_rgb(data: bytes | np.ndarray, width: int, height: int, layout: str) -> np.ndarray:
+    """A packed 4:2:0 frame to RGB: ``layout`` "NV21" (Y, then V/U interleaved: Android's camera
+    default), "NV12" (Y, then U/V) or "I420" (Y, U, V planes). Odd sizes round the chroma planes up."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else np.asarray(data, np.uint8)
+    cw, ch = (width + 1) // 2, (height + 1) // 2
+    need = width * height + 2 * cw * ch
+    if buf.size != need:
+        raise ValueError(f"a {width}x{height} {layout} frame has {need} bytes, got {buf.size}")
+    y = buf[: width * height].reshape(height, width)
+    rest = buf[width * height :]
+    if layout in ("NV21", "NV12"):
+        inter = rest.reshape(ch, cw, 2)
+        first, second = inter[..., 0], inter[..., 1]
+        u, v = (second, first) if layout == "NV21" else (first, second)
+    elif layout == "I420":
+        u, v = rest[: cw * ch].reshape(ch, cw), rest[cw * ch :].reshape(ch, cw)
+    else:
+        raise ValueError(f"unknown YUV layout {layout!r}; known: NV21, NV12, I420")
+    return yuv_to_rgb_bt601(y, _upsample_chroma(u, height, width), _upsample_chroma(v, height, width))
+
+
+def rgb_to_yuv420(img: np.ndarray, layout: str = "NV21") -> bytes:
+    """RGB (H, W, 3) uint8 to a packed 4:2:0 frame, BT.601 limited range with libyuv's integer
+    ``RGBToY``/``RGBToU``/``RGBToV`` (chroma from the rounded mean of each 2x2 block). Replay uses it
+    to give photos the chroma subsampling and limited range a camera frame has."""
+    h, w = img.shape[:2]
+    px = img[..., :3].astype(np.int64)
+    r, g, b = px[..., 0], px[..., 1], px[..., 2]
+    y = (66 * r + 129 * g + 25 * b + 0x1080) >> 8
+    ph, pw = h + (h & 1), w + (w & 1)
+    padded = np.pad(px, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+    avg = (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2] + 2) >> 2
+    ar, ag, ab = avg[..., 0], avg[..., 1], avg[..., 2]
+    u = (112 * ab - 74 * ag - 38 * ar + 0x8080) >> 8
+    v = (112 * ar - 94 * ag - 18 * ab + 0x8080) >> 8
+    y8, u8, v8 = (np.clip(c, 0, 255).astype(np.uint8) for c in (y, u, v))
+    if layout == "I420":
+        return y8.tobytes() + u8.tobytes() + v8.tobytes()
+    pair = np.stack([v8, u8] if layout == "NV21" else [u8, v8], axis=-1)
+    return y8.tobytes() + pair.tobytes()
+
+
+def source_roundtrip(img: np.ndarray, source_format: str) -> np.ndarray:
+    """RGB -> the spec's camera format -> RGB (``rgb``: unchanged)."""
+    if source_format == "rgb":
+        return img
+    layout = {"nv21": "NV21", "i420": "I420"}[source_format]
+    h, w = img.shape[:2]
+    return yuv420_to_rgb(rgb_to_yuv420(img, layout), w, h, layout)
 
 
 def to_color_order(img: np.ndarray, order: str) -> np.ndarray:
@@ -228,7 +505,8 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def apply_preprocess(img: np.ndarray, spec: PreprocessSpec, backend: ResizeBackend = "numpy") -> np.ndarray:
-    """The whole spec: crop, resize, colour order, normalise/quantise, layout. Returns no batch axis.
+    """The whole spec: camera-format round trip, crop box, orientation, geometry (stretch, centre crop,
+    letterbox or shorter side + centre crop), colour order, normalise/quantise, layout. No batch axis.
 
     ``backend``: see ``resize`` (replay's workers pass ``"onnxruntime"``).
 
@@ -239,11 +517,9 @@ def apply_preprocess(img: np.ndarray, spec: PreprocessSpec, backend: ResizeBacke
         (2, 2, 3)
     """
     r = spec.resize
-    img = crop(img, r)
-    if r.keep_aspect and r.crop == "none":
-        pixels = _letterbox(img, r, backend)
-    else:
-        pixels = resize(img, r.width, r.height, r.method, backend)
+    img = source_roundtrip(img, spec.source_format)
+    img = orient(crop_box(img, r.crop_box), spec.rotation, spec.mirror)
+    pixels = geometry(img, r, backend)
     pixels = to_color_order(pixels, spec.color_order)
     if spec.dtype == "float32" and spec.quantization is None and pixels.dtype == np.float32:
         # ``pixels`` is a fresh array owned here: normalise in place (same arithmetic as ``normalize``).

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from replaybench._console import NullProgress, Progress
 from replaybench.bundle import LoadedBundle, PreprocessSpec, load_bundle
 from replaybench.errors import ReplaybenchError, UsageError
+from replaybench.replay.admission import check_bundle_admissible
 from replaybench.replay.items import DatasetItem
 from replaybench.replay.preprocess import ResizeBackend
 
@@ -73,6 +75,9 @@ class ReplayOptions:
     # the benchmark compares against.
     resize_backend: ResizeBackend = "onnxruntime"
     simplejpeg: bool = True  # library-only: plain JPEGs through simplejpeg (same pixels as Pillow)
+    # replay a bundle whose end-to-end fidelity failed (recorded in run.json and the parts' metadata)
+    allow_unfaithful: bool = False
+    accept_unresolved: bool = False  # replay a bundle whose preprocessing is unresolved (admission.py)
 
 
 class BundleRun(BaseModel):
@@ -101,8 +106,10 @@ class ReplayResult(BaseModel):
     bundles: list[BundleRun]
     preprocess_groups: int
     workers: int
-    seconds: float
-    items_per_second: float
+    seconds: float  # the whole call: set-up and the items
+    setup_seconds: float  # before the first item: dataset listing, bundles, sessions, worker start-up
+    items_per_second: float  # items_processed / seconds: the end-to-end rate, set-up included
+    steady_items_per_second: float  # items_processed / (seconds - setup_seconds): the rate once set up
 
 
 # ----------------------------------------------------------------------------------------- workers
@@ -300,9 +307,55 @@ def _mp_context() -> Any:
         "onnx",
         "onnxruntime",
         "simplejpeg",
+        "cv2",  # the "area" resize kernel
     ]
     ctx.set_forkserver_preload(["__main__", __name__, *preload])  # a module that is not installed is skipped
     return ctx
+
+
+def _parts_metadata(bundles: Sequence[LoadedBundle], opts: ReplayOptions) -> dict[str, str]:
+    """Key/values stored in every Parquet part: each bundle's fidelity verdict and whether unfaithful
+    bundles were allowed, so a predictions file says how far its numbers are the app's."""
+    verdicts = {
+        lb.bundle.name: (lb.bundle.fidelity.verdict if lb.bundle.fidelity else None) for lb in bundles
+    }
+    return {
+        "replaybench.fidelity": json.dumps(verdicts, sort_keys=True),
+        "replaybench.allow_unfaithful": json.dumps(opts.allow_unfaithful),
+        "replaybench.unfaithful_bundles": json.dumps(sorted(n for n, v in verdicts.items() if v == "failed")),
+    }
+
+
+def _parity_record(lb: LoadedBundle) -> dict[str, Any] | None:
+    """What a bundle's outputs were checked against, for evaluate's report. A bundle replayed in the app's
+    own engine runs the original itself: nothing was converted, so there is no parity to fail."""
+    b = lb.bundle
+    if b.runtime.name != "onnxruntime":
+        return {
+            "passed": None,
+            "reference": "original",
+            "reference_runtime": f"{b.runtime.name} {b.runtime.version or ''}".strip(),
+            "reference_reason": f"replayed in the app's own engine: {b.runtime.reason}",
+        }
+    if b.parity is None:
+        return None
+    return b.parity.model_dump(
+        mode="json", include={"passed", "reference", "reference_runtime", "reference_reason"}
+    )
+
+
+def _manifest_bundle(lb: LoadedBundle) -> dict[str, Any]:
+    """A bundle's entry in run.json; an unresolved preprocessing replayed anyway is recorded there."""
+    entry: dict[str, Any] = {
+        "name": lb.bundle.name,
+        "model_sha256": _file_sha256(lb.runtime_paths[0]),
+        "runtime": lb.bundle.runtime.name,
+        "fidelity": lb.bundle.fidelity.verdict if lb.bundle.fidelity else None,
+    }
+    if lb.bundle.preprocess is not None and lb.bundle.preprocess.unresolved:
+        entry["preprocess_unresolved"] = True
+        entry["accepted_unresolved"] = True  # only reachable with --accept-unresolved
+    return entry
 
 
 def _group_specs(bundles: Sequence[LoadedBundle]) -> tuple[list[PreprocessSpec], list[int]]:
@@ -460,18 +513,12 @@ def _open_sessions(
     kind) they make together. ``spinning``: off when decode workers share the cores (idle onnxruntime
     threads would busy-wait on them)."""
     from replaybench.replay.decoders import decoded_columns
-    from replaybench.replay.sessions import open_model
+    from replaybench.replay.runtimes import open_bundle_model
 
     sessions = []
     decoded: dict[str, str] = {}
     for lb, g in zip(bundles, groups, strict=True):
-        ms = open_model(
-            lb.model_path,
-            providers=list(opts.providers),
-            threads=threads,
-            optimization=lb.bundle.parity.onnxruntime_optimization if lb.bundle.parity else None,
-            spinning=spinning,
-        )
+        ms = open_bundle_model(lb, providers=opts.providers, threads=threads, spinning=spinning)
         want = np.dtype(specs[g].dtype)
         if np.dtype(ms.input_dtype) != want:
             raise UsageError(
@@ -497,6 +544,7 @@ def replay(
 
         replay([Path("bundles/gender")], Path("utkface_300"), Path("preds"), ReplayOptions(format="utkface"))
     """
+    t0 = time.perf_counter()  # first: the imports below are part of the set-up a user waits for
     import polars as pl
 
     from replaybench.replay.datasets import ReadOptions, read_dataset
@@ -521,8 +569,13 @@ def replay(
         raise UsageError("--one-face needs --faces DETECTOR_BUNDLE")
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    t0 = time.perf_counter()
     bundles = [load_bundle(Path(p)) for p in bundle_paths]
+    admitted = [
+        check_bundle_admissible(
+            lb.bundle, allow_unfaithful=opts.allow_unfaithful, accept_unresolved=opts.accept_unresolved
+        )
+        for lb in bundles
+    ]
     names = [lb.bundle.name for lb in bundles]
     if len(set(names)) != len(names):
         raise UsageError(f"two bundles share a name ({', '.join(names)}); rows are keyed by bundle name")
@@ -546,7 +599,9 @@ def replay(
             "fingerprint": _fingerprint(fmt, items),
             "items": len(items),
         },
-        "bundles": [{"name": lb.bundle.name, "model_sha256": _file_sha256(lb.model_path)} for lb in bundles],
+        "bundles": [_manifest_bundle(lb) for lb in bundles],
+        # what each bundle's parity was measured against, for evaluate's report (not compared on --resume)
+        "bundle_parity": {lb.bundle.name: _parity_record(lb) for lb in bundles},
         "settings": {
             "limit": opts.limit,
             "shuffle": opts.shuffle,
@@ -555,6 +610,7 @@ def replay(
             "faces": str(opts.faces) if opts.faces else None,
             "one_face": opts.one_face,
             "face_margin": opts.face_margin if opts.faces else None,
+            "allow_unfaithful": opts.allow_unfaithful,
         },
     }
     check_or_write_manifest(output, manifest, opts.resume)
@@ -580,14 +636,17 @@ def replay(
         reserved = (
             set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption"}
         )
+        reserved.add("route")  # the route column (offline here; in_app from replay/inapp.py)
         label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = {"route": "str"}
         if any(it.post_id is not None or it.caption is not None for it in items):
             extra.update({"post_id": "str", "caption": "str"})
         if opts.faces is not None:
             extra.update(FACE_COLUMNS)
         schema = build_schema({label_cols[k]: t for k, t in ltypes.items()}, extra, decoded)
-        writer = PartWriter(output, max(opts.part_rows, len(bundles)))
+        writer = PartWriter(
+            output, max(opts.part_rows, len(bundles)), metadata=_parts_metadata(bundles, opts)
+        )
 
         counts = {"ok": 0, "error": 0, "skipped": 0}
         rows_written = 0
@@ -622,6 +681,7 @@ def replay(
                 "source_path": [str(it.path.absolute()) if it.path else None for it in chunk],
                 "status": status,
                 "error": res["error"],
+                "route": ["offline"] * n,
             }
             for key, kind in ltypes.items():
                 base[label_cols[key]] = [as_label(kind, it.labels.get(key)) for it in chunk]
@@ -660,7 +720,8 @@ def replay(
     finally:
         if pool is not None:
             pool.close()
-    elapsed = time.perf_counter() - t_run
+    t_end = time.perf_counter()
+    seconds, setup_seconds = t_end - t0, t_run - t0
     return ReplayResult(
         output=str(output),
         format=fmt,
@@ -678,12 +739,19 @@ def replay(
                 folder=str(lb.folder),
                 batch_mode=ms.batch_mode,
                 preprocess_group=g,
-                notes=ms.notes,
+                notes=[*accepted, *ms.notes]
+                + (
+                    ["the app fed this model a per-image region (a detected face): give it such crops"]
+                    if lb.bundle.preprocess is not None and lb.bundle.preprocess.resize.roi == "per_image"
+                    else []
+                ),
             )
-            for lb, ms, g in zip(bundles, sessions, groups, strict=True)
+            for lb, ms, g, accepted in zip(bundles, sessions, groups, admitted, strict=True)
         ],
         preprocess_groups=len(specs),
         workers=n_workers,
-        seconds=round(time.perf_counter() - t0, 3),
-        items_per_second=round(len(todo) / elapsed, 2) if elapsed > 0 else 0.0,
+        seconds=round(seconds, 3),
+        setup_seconds=round(setup_seconds, 3),
+        items_per_second=round(len(todo) / seconds, 2) if seconds > 0 else 0.0,
+        steady_items_per_second=round(len(todo) / (t_end - t_run), 2) if t_end > t_run else 0.0,
     )

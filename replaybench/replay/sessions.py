@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from replaybench.errors import CorruptInputError, UsageError, missing_dependency
+from replaybench.errors import CorruptInputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,8 @@ _ORT_DTYPES = {
 
 
 def _ort() -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise missing_dependency("onnxruntime") from e
+    import onnxruntime as ort
+
     return ort
 
 

@@ -171,9 +171,10 @@ class PartWriter:
     """Buffers blocks of rows (DataFrames of the schema) and writes them as whole parts; ``add`` takes
     whole items only."""
 
-    def __init__(self, folder: Path, rows_per_part: int) -> None:
+    def __init__(self, folder: Path, rows_per_part: int, metadata: dict[str, str] | None = None) -> None:
         self.folder = folder
         self.rows_per_part = rows_per_part
+        self.metadata = metadata  # Parquet key/value metadata of every part (the run's fidelity verdicts)
         self.frames: list[Any] = []
         self.n_rows = 0
         parts = existing_parts(folder)
@@ -195,7 +196,7 @@ class PartWriter:
         table = pl.concat(self.frames)
         name = f"part-{self.next_index:05d}.parquet"
         tmp = self.folder / f".{name}.tmp"
-        table.write_parquet(tmp, compression="zstd")
+        table.write_parquet(tmp, compression="zstd", metadata=self.metadata)
         with open(tmp, "rb+") as f:  # durable before it becomes visible
             os.fsync(f.fileno())
         tmp.replace(self.folder / name)

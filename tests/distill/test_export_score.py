@@ -34,8 +34,91 @@ def test_bundle_document_and_files(trained):
     }
     (variant,) = b.variants
     assert variant.name == "int8" and np.isfinite(variant.max_abs_diff)
-    assert variant.mean_abs_diff < 1.0  # int8 stays close to fp32 on the calibration posts
+    assert variant.mean_abs_diff < 1.0  # int8 stays close to fp32 on held-out posts
+    assert variant.inputs_tried == 18  # the 9 test and 9 validation posts
+    assert variant.notes[0].endswith("on 18 posts not used for calibration: held-out posts of the student's "
+                                     "training (9 test, 9 validation); calibrated on training posts")  # fmt: skip
+    assert variant.notes[1] == "calibrated on 32 other posts"
     assert (trained / "bundle" / "tokenizer" / "tokenizer.json").is_file()
+
+
+def _pair_scores(bundle: Path, suffix: str, images: np.ndarray, captions: list[str]) -> np.ndarray:
+    """image{suffix}.onnx -> text_head{suffix}.onnx run by onnxruntime directly, the captions as one batch
+    padded with [PAD] by the tokenizers library (dynamic int8 ranges are per batch, as export ran them)."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(bundle / "tokenizer" / "tokenizer.json"))
+    tok.enable_padding(pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]")
+    tok.enable_truncation(128)
+    enc = tok.encode_batch(captions)
+    ids = np.array([e.ids for e in enc], np.int64)
+    mask = np.array([e.attention_mask for e in enc], np.int64)
+    providers = ["CPUExecutionProvider"]
+    emb = ort.InferenceSession(str(bundle / f"image{suffix}.onnx"), providers=providers).run(
+        None, {"image": images}
+    )
+    text = ort.InferenceSession(str(bundle / f"text_head{suffix}.onnx"), providers=providers)
+    return text.run(None, {"input_ids": ids, "attention_mask": mask, "image_embedding": emb[0]})[0]
+
+
+def test_int8_error_is_measured_on_posts_not_used_for_calibration(trained):
+    from PIL import Image
+
+    split = json.loads((trained / "student" / "split.json").read_text())
+    with np.load(trained / "student" / "calibration.npz", allow_pickle=False) as z:
+        calibrated = [str(i) for i in z["post_ids"]]
+        held_out = [str(i) for i in z["eval_post_ids"]]
+        images = z["eval_images"]
+    assert len(calibrated) == 32 and set(calibrated) <= set(split["train"])
+    assert held_out == split["test"] + split["val"]  # test posts first
+    assert not set(calibrated) & set(held_out)
+    # The stored pixels are those posts' images (Pillow, independently: 64x64 JPEGs, bilinear to 224).
+    for pid, arr in zip(held_out[:3], images[:3], strict=True):
+        with Image.open(trained / "posts" / f"{pid}.jpg") as im:
+            ref = np.asarray(im.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+        assert np.abs(arr.transpose(1, 2, 0).astype(int) - ref).max() <= 1, pid
+    captions = [
+        json.loads((trained / "posts" / f"{pid}.json").read_text())["edge_media_to_caption"]["edges"][0][
+            "node"
+        ]["text"]
+        for pid in held_out
+    ]
+    diff = np.abs(
+        _pair_scores(trained / "bundle", ".int8", images, captions)
+        - _pair_scores(trained / "bundle", "", images, captions)
+    )
+    variant = json.loads((trained / "bundle" / "bundle.json").read_text())["variants"][0]
+    assert variant["mean_abs_diff"] == pytest.approx(float(diff.mean()), abs=1e-5)
+    assert variant["max_abs_diff"] == pytest.approx(float(diff.max()), abs=1e-5)
+
+
+def test_export_calibration_posts_are_split_in_two(trained, tmp_path):
+    from replaybench.distill.export import export_student
+    from replaybench.errors import DatasetError, InputNotFoundError
+
+    r = export_student(trained / "student", tmp_path / "b", calibration_posts=trained / "posts")
+    ids = sorted(p.stem for p in (trained / "posts").glob("*.json"))
+    assert r.calibration_posts == ids[:30] and r.int8_eval_posts == ids[30:]
+    assert r.int8_eval_source == f"posts of {trained / 'posts'} not used for calibration"
+    variant = json.loads((tmp_path / "b" / "bundle.json").read_text())["variants"][0]
+    assert variant["inputs_tried"] == 30 and variant["notes"][1] == "calibrated on 30 other posts"
+    # One readable post cannot both calibrate int8 and measure it.
+    one = tmp_path / "one"
+    one.mkdir()
+    for f in ("p000.jpg", "p000.json"):
+        shutil.copy(trained / "posts" / f, one / f)
+    with pytest.raises(
+        DatasetError, match="no posts left to measure int8 on: all 1 readable posts calibrate it"
+    ):
+        export_student(trained / "student", tmp_path / "b1", calibration_posts=one)
+    # A student folder from before held-out samples were kept: say so rather than measure on calibration.
+    old = tmp_path / "old-student"
+    shutil.copytree(trained / "student", old)
+    with np.load(old / "calibration.npz") as z:
+        np.savez_compressed(old / "calibration.npz", images=z["images"], captions=z["captions"])
+    with pytest.raises(InputNotFoundError, match="predates held-out evaluation posts"):
+        export_student(old, tmp_path / "b2")
 
 
 def test_onnx_matches_torch_and_int8_is_quantised(trained):
@@ -96,9 +179,8 @@ def test_score_error_rows_and_summary(trained, tmp_path):
     assert df.height == 60 and df["item_id"].n_unique() == 60
     errors = {d["item_id"]: d["error"] for d in df.filter(pl.col("status") == "error").to_dicts()}
     assert set(errors) == {"p000", "p001"}
-    assert errors["p000"].startswith("missing") and errors["p001"].startswith(
-        ("corrupt", "truncated", "not an")
-    )
+    assert errors["p000"] == "missing: file not found"
+    assert errors["p001"].startswith("truncated: ")  # the JPEG header is there, the data is not
     ok = df.filter(pl.col("status") == "ok")
     assert ok.filter(pl.col("item_id") == "p002")["score"][0] is not None
     assert ok["score"].min() >= 0 and ok["score"].max() <= 10

@@ -53,3 +53,17 @@ def test_compare_errors():
     with pytest.raises(EvaluationError) as e:
         compare_predictions(a, b, [])
     assert str(e.value) == msg.COMPARE_NO_OVERLAP
+
+
+def test_compare_raw_tensors_of_two_runtimes():
+    """The same model replayed in two engines: per item, the largest element difference of each output."""
+    ids = ["a", "b", "c"]
+    x = [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, 8.0]]
+    y = [[0.0, 1.0, 2.0], [3.0, 4.5, 5.0], [6.0, 7.0, 8.0 + 1e-5]]
+    a = pl.DataFrame({"item_id": ids, "bundle": ["onnx"] * 3, "raw__scores": x, "status": ["ok"] * 3})
+    b = pl.DataFrame({"item_id": ids, "bundle": ["ncnn"] * 3, "raw__scores": y, "status": ["ok"] * 3})
+    row = compare_predictions(a, b, []).row(0, named=True)
+    assert row["field"] == "raw__scores" and row["kind"] == "tensor" and row["n"] == 3
+    assert row["max_abs_diff"] == pytest.approx(0.5)
+    assert row["mean_abs_diff"] == pytest.approx((0.0 + 0.5 + 1e-5) / 3)
+    assert row["agreement"] == pytest.approx(2 / 3)  # within 1e-3 of the range 8: items a and c

@@ -2,9 +2,12 @@
 
 Used by tests/extract/test_convert_realdata.py and benchmarks/convert_realdata.py. Each entry:
 ``verdict``: "pass" (converts, parity within tolerance), "cut" (converts up to a custom op, parity
-within tolerance on the cut outputs), or "error" (a typed error whose message matches ``match``);
+within tolerance on the cut outputs), "native" (no faithful ONNX route: the bundle keeps the original for
+the app's own engine ``runtime``, the reason matching ``match``), or "error" (a typed error whose message
+matches ``match``);
 optional ``tolerance`` (overrides the per-kind default), ``cut_at``, ``input_shape`` (TorchScript),
-``disabled: reason``.
+``reference`` (what parity ran: "original" unless given; "rewritten" only where the source runtime
+cannot run the original), ``disabled: reason``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ EXPECTATIONS: dict[str, dict[str, Any]] = {
     f"{MEDIAPIPE}/face_landmark.tflite": {"verdict": "pass"},
     f"{MEDIAPIPE}/iris_landmark.tflite": {"verdict": "pass"},
     f"{MEDIAPIPE}/face_detection_full_range_sparse.tflite": {"verdict": "pass", "note": "densified"},
+    # LiteRT's XNNPACK delegate runs MediaPipe's Convolution2DTransposeBias: parity against the original
     f"{MEDIAPIPE}/selfie_segmentation.tflite": {"verdict": "pass", "note": "Convolution2DTransposeBias"},
     f"{MEDIAPIPE}/selfie_segmentation_landscape.tflite": {
         "verdict": "pass",
@@ -46,16 +50,22 @@ EXPECTATIONS: dict[str, dict[str, Any]] = {
         "error": "ConversionError",
         "match": "TransformTensorBilinear",
     },
-    "quant_ssd_detect_aamba/detect.tflite": {"verdict": "cut", "cut_at": ["TFLite_Detection_PostProcess"]},
+    # ONNX would stop before the detection post-processing op; ai-edge-litert runs the whole model
+    "quant_ssd_detect_aamba/detect.tflite": {
+        "verdict": "native",
+        "runtime": "tflite",
+        "match": "cut before custom op(s) TFLite_Detection_PostProcess",
+    },
     f"{ULTRAFACE}/tflite/pretrained/version-RFB-320_without_postprocessing.tflite": {"verdict": "pass"},
     f"{ULTRAFACE}/models/onnx/version-RFB-320.onnx": {"verdict": "pass"},
     f"{ULTRAFACE}/models/onnx/version-RFB-320_simplified.onnx": {"verdict": "pass"},
     f"{ULTRAFACE}/models/onnx/version-RFB-320_without_postprocessing.onnx": {"verdict": "pass"},
-    # XNNPACK prepacked ops (optimize_for_mobile); this torch build has no XNNPACK op classes
+    # XNNPACK prepacked ops (optimize_for_mobile); this torch build has no XNNPACK op classes, so neither
+    # the ONNX export nor the lite interpreter can run them here
     f"{FRUIT}/model.ptl": {
         "verdict": "error",
         "error": "ConversionError",
-        "match": "prepacked.conv2d_clamp_run",
+        "match": "has no XNNPACK",
         "input_shape": [1, 3, 100, 100],
     },
     f"{FRUIT}/model_cpu.ptl": {
@@ -65,11 +75,20 @@ EXPECTATIONS: dict[str, dict[str, Any]] = {
         "input_shape": [1, 3, 100, 100],
     },
     f"{ULTRAFACE}/ncnn/data/version-RFB/RFB-320.param": {
-        "verdict": "error",
-        "error": "ConversionError",
-        "match": "no converter for ncnn_param",
+        "verdict": "native",
+        "runtime": "ncnn",
+        "match": "no converter from ncnn_param",
+        "input_shape": [1, 3, 240, 320],
     },
     f"{ULTRAFACE}/MNN/model/version-RFB/RFB-320.mnn": {
-        "disabled": "MNN has no magic bytes; its detection (content heuristics) belongs to scan's formats registry"
+        "verdict": "native",
+        "runtime": "mnn",
+        "match": "no converter from mnn",
+    },
+    # KL-calibrated int8 with EltwiseInt8, an op MNN 3.x dropped: the engine refuses it, nothing is written
+    f"{ULTRAFACE}/MNN/model/version-RFB/RFB-320-quant-KL-5792.mnn": {
+        "verdict": "error",
+        "error": "CorruptInputError",
+        "match": "cannot run RFB-320-quant-KL-5792.mnn",
     },
 }

@@ -121,12 +121,14 @@ def test_capture_without_frida_names_the_install_command(monkeypatch) -> None:
     assert "pip install 'replaybench[frida]'" in (e.value.hint or "")
 
 
-def test_trace_command_needs_exactly_one_target(tmp_path: Path) -> None:
-    r = CliRunner().invoke(app, ["trace", "-o", str(tmp_path / "t"), "--pid", "1", "--spawn", "x"])
-    assert r.exit_code != 0
+@pytest.mark.parametrize("targets", [["--pid", "1", "--spawn", "x"], []], ids=["two", "none"])
+def test_trace_command_needs_exactly_one_target(tmp_path: Path, targets: list[str], capsys) -> None:
     from replaybench.cli import main
 
-    assert main(["trace", "-o", str(tmp_path / "t")]) == 2
+    assert main(["trace", "-o", str(tmp_path / "t"), *targets]) == 2  # UsageError's documented code
+    err = capsys.readouterr().err
+    assert "error: give exactly one of --pid, --name or --spawn" in err.splitlines()
+    assert "Traceback" not in err and not (tmp_path / "t").exists()
 
 
 @pytest.mark.frida

@@ -66,7 +66,8 @@ def test_sniff(tfl, tmp_path):
 def test_tflite_every_quant_mode(tfl, mode, tmp_path):
     b = convert_model(tfl[mode], tmp_path / "b", n_random=2)
     assert b.parity is not None and b.parity.passed
-    assert b.parity.reference_runtime == "tflite"
+    assert b.parity.reference_runtime.startswith("ai-edge-litert")
+    assert b.parity.reference == "original" and b.parity.reference_reason is None
     inp = b.io.inputs[0]
     assert inp.shape[1:] == [32, 32, 3] and inp.layout == "NHWC"
     # the model's own I/O dtypes are kept
@@ -109,11 +110,22 @@ def test_user_preprocess_provenance(tfl, tmp_path):
 
 def test_parity_failure_is_written_then_raised(tfl, tmp_path):
     with pytest.raises(ParityError, match="disagrees"):
-        convert_model(tfl["dynamic"], tmp_path / "b", n_random=1, tolerance=0.0 - 1.0)
+        convert_model(tfl["dynamic"], tmp_path / "b", n_random=1, tolerance=0.0 - 1.0, runtime="onnx")
     doc = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert doc["parity"]["passed"] is False
-    b = convert_model(tfl["dynamic"], tmp_path / "c", n_random=1, tolerance=-1.0, allow_mismatch=True)
+    b = convert_model(
+        tfl["dynamic"], tmp_path / "c", n_random=1, tolerance=-1.0, allow_mismatch=True, runtime="onnx"
+    )
     assert b.parity is not None and not b.parity.passed and b.parity.allow_mismatch
+
+
+def test_parity_failure_falls_back_to_the_apps_own_engine(tfl, tmp_path):
+    """By default a model whose ONNX disagrees with the original is replayed in the original's engine."""
+    b = convert_model(tfl["dynamic"], tmp_path / "b", n_random=1, tolerance=-1.0)
+    assert b.runtime.name == "tflite" and b.runtime.files == ["source.tflite"]
+    assert "disagrees with" in (b.runtime.reason or "") and b.parity is None
+    assert not (tmp_path / "b" / "model.onnx").exists()
+    assert (tmp_path / "b" / "source.tflite").read_bytes() == tfl["dynamic"].read_bytes()
 
 
 def test_trace_inputs_are_used(tfl, tmp_path):
@@ -130,6 +142,7 @@ def test_torchscript_and_lite(tmp_path):
     for p in (pt, ptl):
         b = convert_model(p, tmp_path / p.name, input_shape=[1, 3, 32, 32], n_random=2)
         assert b.parity is not None and b.parity.passed and b.parity.reference_runtime == "torch.jit"
+        assert b.parity.reference == "original"
         assert b.io.outputs[0].shape == [1, 2]
     assert (tmp_path / "tiny.ptl" / "source.ptl").is_file()
 
@@ -220,7 +233,7 @@ def test_cli_convert_and_inspect(tfl, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == doc
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "parity vs tflite" in text and "provenance" in text
+    assert "parity vs ai-edge-litert" in text and "the original model" in text and "provenance" in text
     assert main(["convert", str(tfl["int8"]), "-o", str(tmp_path / "f"), "--float-io", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["io"]["inputs"][0]["dtype"] == "float32"
     assert main(["inspect", str(tfl["float"])]) == 0
@@ -351,6 +364,8 @@ def test_mediapipe_transpose_conv_bias_handler(tmp_path):
     assert b.parity is not None and b.parity.passed
     assert b.conversion is not None and any("Convolution2DTransposeBias" in n for n in b.conversion.notes)
     assert b.conversion.cut_at == []
+    # LiteRT's XNNPACK delegate runs MediaPipe's op, so parity ran the original model
+    assert b.parity.reference == "original" and b.parity.reference_reason is None
     # independent reference: the builtin TRANSPOSE_CONV model the custom op was made from
     x = np.random.default_rng(3).standard_normal((1, 8, 8, 4)).astype(np.float32)
     it = Interpreter(model_path=str(folder / "builtin.tflite"))
@@ -364,6 +379,69 @@ def test_mediapipe_transpose_conv_bias_handler(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+def _build_transpose_conv_with_runtime_weights(out: Path) -> None:
+    """The MediaPipe-style model with its weights computed at run time (weights + 0 by a builtin ADD):
+    XNNPACK only takes Convolution2DTransposeBias with static weights and the builtin kernels lack the
+    op, so LiteRT cannot run this original at all; the rewrite (TRANSPOSE_CONV + ADD) it can."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from replaybench.extract.convert import tflite_rewrite as rw
+    from tests.fixtures.cache import cached_build
+
+    src = cached_build("mp-transpose-conv", _build_mediapipe_style_transpose_conv)
+    model = rw.read((src / "mediapipe_style.tflite").read_bytes())
+    sg = model.subgraphs[0]
+    op = sg.operators[0]
+    w = sg.tensors[int(op.inputs[1])]
+    zeros, runtime_w = schema.TensorT(), schema.TensorT()
+    for t, name in ((zeros, "zeros"), (runtime_w, "weights_at_run_time")):
+        t.shape, t.type, t.name = np.asarray(w.shape, dtype=np.int32), w.type, name
+    zeros.buffer = rw._add_buffer(model, np.zeros([int(d) for d in w.shape], dtype=np.float32).tobytes())
+    runtime_w.buffer = 0
+    sg.tensors += [zeros, runtime_w]
+    add = schema.OperatorT()
+    add.opcodeIndex = rw._opcode_index(model, rw.ADD, 1)
+    add.inputs = np.array([int(op.inputs[1]), len(sg.tensors) - 2], dtype=np.int32)
+    add.outputs = np.array([len(sg.tensors) - 1], dtype=np.int32)
+    add.builtinOptionsType, add.builtinOptions = schema.BuiltinOptions.AddOptions, schema.AddOptionsT()
+    op.inputs = np.array([int(op.inputs[0]), len(sg.tensors) - 1, int(op.inputs[2])], dtype=np.int32)
+    sg.operators = [add, *sg.operators]
+    (out / "runtime_weights.tflite").write_bytes(rw.to_bytes(model))
+
+
+def test_parity_against_the_rewrite_only_when_the_original_cannot_run(tmp_path, capsys):
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tests.fixtures.cache import cached_build
+
+    folder = cached_build("mp-transpose-conv-runtime-weights", _build_transpose_conv_with_runtime_weights)
+    with pytest.raises(RuntimeError, match="Convolution2DTransposeBias"):  # LiteRT itself refuses it
+        Interpreter(model_path=str(folder / "runtime_weights.tflite")).allocate_tensors()
+    b = convert_model(folder / "runtime_weights.tflite", tmp_path / "b", n_random=1)
+    assert b.parity is not None and b.parity.passed
+    assert b.parity.reference == "rewritten"
+    assert b.parity.reference_reason is not None
+    assert "cannot run the original model" in b.parity.reference_reason
+    assert "rewrote Convolution2DTransposeBias" in b.parity.reference_reason
+    # recorded in bundle.json, and shown by inspect
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["parity"]["reference"] == "rewritten"
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "b")]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "REWRITTEN model" in text and "cannot run the original" in text
+    # independent reference: the builtin TRANSPOSE_CONV model (weights + 0 = weights)
+    src = cached_build("mp-transpose-conv", _build_mediapipe_style_transpose_conv)
+    x = np.random.default_rng(4).standard_normal((1, 8, 8, 4)).astype(np.float32)
+    it = Interpreter(model_path=str(src / "builtin.tflite"))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    ref = it.get_tensor(it.get_output_details()[0]["index"])
+    s = ort.InferenceSession(str(tmp_path / "b" / "model.onnx"))
+    np.testing.assert_allclose(s.run(None, {s.get_inputs()[0].name: x})[0], ref, atol=1e-5)
+
+
 def test_lite_only_ptl_is_named_clearly(tmp_path):
     import zipfile
 
@@ -375,4 +453,7 @@ def test_lite_only_ptl_is_named_clearly(tmp_path):
                 dst.writestr(info, src.read(info))
     assert sniff_format(lite_only) == "pytorch_lite"
     with pytest.raises(ConversionError, match="lite-interpreter-only"):
-        convert_model(lite_only, tmp_path / "b", input_shape=[1, 3, 32, 32])
+        convert_model(lite_only, tmp_path / "b", input_shape=[1, 3, 32, 32], runtime="onnx")
+    # by default it is kept for torch's lite interpreter, which can run it
+    b = convert_model(lite_only, tmp_path / "c", input_shape=[1, 3, 32, 32])
+    assert b.runtime.name == "pytorch_lite" and "lite-interpreter-only" in (b.runtime.reason or "")

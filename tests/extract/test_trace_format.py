@@ -17,7 +17,10 @@ from replaybench.extract.preprocess import infer_preprocess
 from replaybench.extract.trace import (
     TRACE_JSONL,
     BitmapEvent,
+    FileOpenEvent,
+    InvokeEvent,
     ModelLoadEvent,
+    SessionEvent,
     TensorEvent,
     TraceWriter,
     read_trace,
@@ -163,11 +166,20 @@ def test_roundtrip_and_dumps_named_by_sha256(tmp_path: Path) -> None:
     assert trace.summary.models_loaded == 2 and trace.summary.invokes == 2
     loads = trace.of_kind(ModelLoadEvent)
     assert [m.sha256 for m in loads] == [sha(PLAIN), sha(DECRYPTED)]
-    for m in loads:
-        assert (trace.dumps / m.sha256).read_bytes() in (PLAIN, DECRYPTED)
+    assert [(trace.dumps / m.sha256).read_bytes() for m in loads] == [PLAIN, DECRYPTED]
     s = trace.session()
     assert (s.package, s.version_code, s.abi, s.agent_version) == ("com.example.app", 123, "arm64", "1.0.0")
-    assert all(isinstance(e, (TensorEvent, BitmapEvent)) or e.kind for e in trace.events)
+    # Every line comes back as its own typed event, in order.
+    per_invoke = [BitmapEvent, TensorEvent, TensorEvent, InvokeEvent]
+    expected = [SessionEvent, SessionEvent, FileOpenEvent, ModelLoadEvent, FileOpenEvent, ModelLoadEvent]
+    assert [type(e) for e in trace.events] == expected + per_invoke * 2
+    tensors = trace.of_kind(TensorEvent)
+    assert [(t.invoke, t.io, t.shape) for t in tensors] == [
+        (1, "input", [1, 8, 8, 3]),
+        (1, "output", [1, 2]),
+        (2, "input", [1, 8, 8, 3]),
+        (2, "output", [1, 2]),
+    ]
 
 
 def test_garbage_and_truncated_lines_are_counted_and_skipped(tmp_path: Path, caplog) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from replaybench.errors import TraceError
-from replaybench.extract.trace import FileOpenEvent, ModelLoadEvent, read_trace
+from replaybench.extract.trace import FileOpenEvent, InvokeEvent, ModelLoadEvent, TensorEvent, read_trace
 from replaybench.extract.trace_match import traced_invokes
 from tests.extract.trace_target import stop_when_exists
 from tests.fixtures.models import tflite_models
@@ -86,6 +86,9 @@ def test_frida_trace_records_model_and_tensors(tmp_path: Path, kind: str, mode: 
         assert inp.dtype == str(fed[f"input_{i}"].dtype)
         (out,) = inv.outputs
         np.testing.assert_array_equal(out.array, fed[f"output_{i}"])
+    # Every event names its thread, so an image can be paired with the invoke it fed on that thread.
+    tids = {e.tid for e in trace.events if isinstance(e, TensorEvent | InvokeEvent)}
+    assert None not in tids and tids == {inv.tid for inv in invokes}
     if kind == "int8":
         q = invokes[0].inputs[0].quantization
         assert q is not None and q.scale > 0

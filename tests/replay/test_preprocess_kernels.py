@@ -15,7 +15,9 @@ IMG = RNG.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
 
 @pytest.fixture(scope="module")
 def tf():
-    return pytest.importorskip("tensorflow")
+    import tensorflow  # a required dependency (the reference): a broken install must fail, not skip
+
+    return tensorflow
 
 
 @pytest.mark.parametrize("size", [(16, 16), (20, 31), (64, 90)])
@@ -39,9 +41,7 @@ def test_nearest_matches_tf_half_pixel_nearest(tf):
     np.testing.assert_array_equal(resize(IMG, 24, 16, "nearest"), ref.astype(np.float32))
 
 
-@pytest.mark.parametrize(
-    "method,pil", [("bilinear_pil", "BILINEAR"), ("area", "BOX"), ("bicubic_pil", "BICUBIC")]
-)
+@pytest.mark.parametrize("method,pil", [("bilinear_pil", "BILINEAR"), ("bicubic_pil", "BICUBIC")])
 def test_pil_kernels_match_pil_rgb(method, pil):
     ref = np.asarray(Image.fromarray(IMG).resize((20, 15), getattr(Image.Resampling, pil)))
     np.testing.assert_array_equal(resize(IMG, 20, 15, method), ref.astype(np.float32))
@@ -96,7 +96,7 @@ def test_gray_has_one_channel():
     assert apply_preprocess(IMG, spec).shape == (4, 4, 1)
 
 
-@pytest.mark.parametrize("method", ["bilinear_tf", "bilinear_tf_legacy", "bilinear_android"])
+@pytest.mark.parametrize("method", ["bilinear_tf", "bilinear_tf_legacy"])
 @pytest.mark.parametrize("size", [(16, 16), (20, 31), (64, 90), (37, 53)])
 def test_onnxruntime_resize_backend_matches_numpy_reference(method, size):
     h, w = size
@@ -105,10 +105,7 @@ def test_onnxruntime_resize_backend_matches_numpy_reference(method, size):
         ref = resize(img, w, h, method)
         got = resize(img, w, h, method, backend="onnxruntime")
         assert got.dtype == np.float32 and got.shape == ref.shape
-        if method == "bilinear_android":  # rounded to 8 bits: a value on .5 may round either way
-            assert np.abs(got - ref).max() <= 1 and np.mean(got != ref) < 0.01
-        else:
-            np.testing.assert_allclose(got, ref, atol=0.05)
+        np.testing.assert_allclose(got, ref, atol=0.05)
 
 
 def test_apply_preprocess_backends_agree_within_a_fraction_of_a_step():

@@ -53,6 +53,7 @@ def test_predictions_equal_direct_onnxruntime_per_item(tmp_path, dataset):
     assert res.parts_written == 3
     df = pl.read_parquet(tmp_path / "p" / "*.parquet")
     assert df.height == 42 and df["item_id"].n_unique() == 42
+    assert set(df["route"]) == {"offline"}  # in-app replay writes "in_app" (tests/inapp)
     errors = dict(zip(*df.filter(pl.col("status") == "error").select("item_id", "error"), strict=True))
     assert errors["7_1_2_20170101000000001.jpg.chip.jpg"].startswith("empty")
     assert errors["8_0_1_20170101000000002.jpg.chip.jpg"].split(":")[0] in (
@@ -295,7 +296,6 @@ def test_providers_and_optimisation_level(tmp_path):
 
 
 def test_posts_carry_caption_and_post_id(tmp_path):
-    pytest.importorskip("replaybench.replay.posts")
     ds = tmp_path / "posts"
     ds.mkdir()
     for k in range(3):

@@ -65,7 +65,9 @@ function admit(essential) {
 
 function emit(kind, fields, data, essential, admitted) {
   if (!admitted && !admit(essential)) return false;
-  const ev = Object.assign({ v: SCHEMA_VERSION, t: Date.now() - t0, kind: kind }, fields);
+  // tid: hooks run on the app's calling thread, so a bitmap can be paired with the invoke it fed on the
+  // same thread (two models on two threads interleave their invokes).
+  const ev = Object.assign({ v: SCHEMA_VERSION, t: Date.now() - t0, kind: kind, tid: Process.getCurrentThreadId() }, fields);
   if (data !== undefined && data !== null) send(ev, data);
   else send(ev);
   return true;
@@ -1060,10 +1062,103 @@ function installJava(J) {
         return ov.call(this, src, w, h, filter);
       };
     });
+    // A crop the app cuts out of a frame (a face box) before scaling it: the source is captured with the
+    // crop rectangle, so the box is read, not guessed.
+    tryHook('Bitmap.createBitmap(crop)', function () {
+      const Bitmap = J.use('android.graphics.Bitmap');
+      const ov = Bitmap.createBitmap.overload('android.graphics.Bitmap', 'int', 'int', 'int', 'int');
+      ov.implementation = function (src, x, y, w, h) {
+        try {
+          captureBitmap(src, 'createBitmap(' + x + ',' + y + ',' + w + ',' + h + ')', [x, y, w, h]);
+        } catch (e) {
+          noteError('bitmap crop', e);
+        }
+        return ov.call(this, src, x, y, w, h);
+      };
+    });
+    // Camera frames: NV21 bytes handed to YuvImage (the usual CameraX/Camera1 -> Bitmap route). The
+    // planes go out as they are (Y then VU, no row padding when strides are absent).
+    tryHook('YuvImage', function () {
+      const YuvImage = J.use('android.graphics.YuvImage');
+      const ov = YuvImage.$init.overload('[B', 'int', 'int', 'int', '[I');
+      ov.implementation = function (data, format, w, h, strides) {
+        try {
+          if (format === 17 && strides === null && w * h >= cfg.bitmapMinPixels) { // ImageFormat.NV21
+            const n = w * h + 2 * Math.ceil(w / 2) * Math.ceil(h / 2);
+            if (n <= cfg.maxTensorBytes && data.length >= n) {
+              const out = new Uint8Array(n);
+              for (let i = 0; i < n; i++) out[i] = data[i] & 255;
+              emit('bitmap', { width: w, height: h, format: 'NV21', invoke: invokeSeq + 1, api: 'YuvImage(NV21)' }, out.buffer);
+            }
+          }
+        } catch (e) {
+          noteError('yuv frame', e);
+        }
+        return ov.call(this, data, format, w, h, strides);
+      };
+    });
+    // Camera frames as android.media.Image (YUV_420_888, e.g. CameraX ImageAnalysis) handed to an ML
+    // library: the three planes are repacked to I420 (row and pixel strides removed). Only hooked when
+    // the app ships the library (no error noise for the others).
+    const optional = function (name) {
+      try {
+        return J.use(name);
+      } catch (e) {
+        return null;
+      }
+    };
+    const imageHooks = [
+      ['com.google.mediapipe.framework.image.MediaImageBuilder', '$init', 'MediaImageBuilder(Image)'],
+      ['org.tensorflow.lite.support.image.TensorImage', 'load', 'TensorImage.load(Image)'],
+    ];
+    imageHooks.forEach(function (h) {
+      const C = optional(h[0]);
+      if (C === null) return;
+      tryHook(h[2], function () {
+        const ov = C[h[1]].overload('android.media.Image');
+        ov.implementation = function (image) {
+          try {
+            captureImagePlanes(image, h[2]);
+          } catch (e) {
+            noteError('image planes', e);
+          }
+          return ov.call(this, image);
+        };
+      });
+    });
   });
 }
 
-function captureBitmap(bmp, api) {
+function captureImagePlanes(image, api) {
+  if (image.getFormat() !== 35) return; // ImageFormat.YUV_420_888
+  const w = image.getWidth();
+  const h = image.getHeight();
+  const cw = (w + 1) >> 1;
+  const ch = (h + 1) >> 1;
+  const n = w * h + 2 * cw * ch;
+  if (w * h < cfg.bitmapMinPixels || n > cfg.maxTensorBytes) return;
+  const J = javaBridge();
+  const env = J.vm.getEnv();
+  const planes = image.getPlanes();
+  const out = new Uint8Array(n);
+  let off = 0;
+  for (let p = 0; p < 3; p++) {
+    const plane = planes[p];
+    const addr = env.getDirectBufferAddress(plane.getBuffer().$h);
+    const rowStride = plane.getRowStride();
+    const pixelStride = plane.getPixelStride();
+    const pw = p === 0 ? w : cw;
+    const ph = p === 0 ? h : ch;
+    for (let y = 0; y < ph; y++) {
+      // The last row of a plane may end right after its last pixel: read only what the row holds.
+      const row = new Uint8Array(addr.add(y * rowStride).readByteArray((pw - 1) * pixelStride + 1));
+      for (let x = 0; x < pw; x++) out[off++] = row[x * pixelStride];
+    }
+  }
+  emit('bitmap', { width: w, height: h, format: 'I420', invoke: invokeSeq + 1, api: api }, out.buffer);
+}
+
+function captureBitmap(bmp, api, crop) {
   const w = bmp.getWidth();
   const h = bmp.getHeight();
   if (w * h < cfg.bitmapMinPixels || w * h * 4 > cfg.maxTensorBytes) return;
@@ -1078,7 +1173,9 @@ function captureBitmap(bmp, api) {
     out[4 * i + 2] = v & 255;
     out[4 * i + 3] = (v >>> 24) & 255;
   }
-  emit('bitmap', { width: w, height: h, format: 'RGBA_8888', premultiplied: false, invoke: invokeSeq + 1, api: api }, out.buffer);
+  const fields = { width: w, height: h, format: 'RGBA_8888', premultiplied: false, invoke: invokeSeq + 1, api: api };
+  if (crop) fields.crop = crop;
+  emit('bitmap', fields, out.buffer);
 }
 
 // --------------------------------------------------------------------------------------------- main

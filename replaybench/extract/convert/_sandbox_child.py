@@ -106,6 +106,8 @@ def _task_convert(request: dict[str, Any], arrays: list[Any] | None) -> dict[str
     ):
         if kw.get(key) is not None:
             kw[key] = cls.model_validate(kw[key])
+    if kw.get("weights") is not None:
+        kw["weights"] = Path(kw["weights"])
     if arrays is not None:
         kw["trace_inputs"] = arrays
     bundle = convert_model_in_process(Path(request["model"]), Path(request["out"]), **kw)
@@ -115,7 +117,8 @@ def _task_convert(request: dict[str, Any], arrays: list[Any] | None) -> dict[str
 def _task_inspect(request: dict[str, Any], arrays: list[Any] | None) -> dict[str, Any]:
     from replaybench.extract.convert.inspect import describe_model_in_process
 
-    return {"bundle": describe_model_in_process(Path(request["model"])).model_dump(mode="json")}
+    bundle = describe_model_in_process(Path(request["model"]), request.get("input_shape"))
+    return {"bundle": bundle.model_dump(mode="json")}
 
 
 def _task_probe(request: dict[str, Any], arrays: list[Any] | None) -> dict[str, Any]:

@@ -90,6 +90,8 @@ def check_parity(
     if converted.run_source is None:
         return ParityReport(
             reference_runtime=converted.reference_runtime,
+            reference=converted.reference,
+            reference_reason=converted.reference_reason,
             inputs_tried=0,
             passed=False,
             allow_mismatch=allow_mismatch,
@@ -118,6 +120,8 @@ def check_parity(
     passed = all(o.passed for o in best) and len(sets) > 0
     return ParityReport(
         reference_runtime=converted.reference_runtime,
+        reference=converted.reference,
+        reference_reason=converted.reference_reason,
         inputs_tried=len(sets),
         input_kinds=sorted(set(kinds)),
         outputs=best,

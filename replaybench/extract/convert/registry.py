@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from replaybench.errors import ConversionError, UnsupportedFormatError
 
@@ -31,16 +31,6 @@ UNCONVERTIBLE_FORMATS = (
     "coreml",
 )
 KNOWN_FORMATS = CONVERTIBLE_FORMATS + UNCONVERTIBLE_FORMATS
-
-# The file name extension of the byte-exact copy of the source inside a bundle.
-SOURCE_EXTENSIONS = {
-    "tflite": ".tflite",
-    "onnx": ".onnx",
-    "torchscript": ".pt",
-    "pytorch_lite": ".ptl",
-    "savedmodel": "",  # a folder: copied as source.savedmodel/
-    "tf_graphdef": ".pb",
-}
 
 
 @dataclass
@@ -69,6 +59,10 @@ class Converted:
     inputs: list[SourceTensor]
     outputs: list[SourceTensor]
     kind: str = "float"  # float, fp16, dynamic, quantized: chooses the parity tolerance
+    # What run_source runs: "original" (the source blob itself) or "rewritten" (a rewrite of it, only
+    # when the source runtime cannot run the original here; reference_reason then says why).
+    reference: Literal["original", "rewritten"] = "original"
+    reference_reason: str | None = None
     cut_at: list[str] = field(default_factory=list)
     cut_tensors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

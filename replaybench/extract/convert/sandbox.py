@@ -16,7 +16,7 @@ wall clock     2 x CPU time + 60 s                ``REPLAYBENCH_CONVERT_WALL_SEC
 
 RLIMIT_DATA (heap and private writable mappings), not RLIMIT_AS: TensorFlow, onnxruntime and torch
 reserve gigabytes of address space they never touch, so an address-space cap either breaks them or
-caps nothing. A model that exceeds a limit is a ``ResourceLimitError`` (exit code 6) naming the limit:
+caps nothing. A model that exceeds a limit is a ``ResourceLimitError`` (exit code 17) naming the limit:
 SIGXCPU (or SIGKILL past the hard limit) for CPU, MemoryError / TensorFlow's ResourceExhaustedError /
 an allocation failure on stderr for memory, EFBIG for file size (Python ignores SIGXFSZ).
 

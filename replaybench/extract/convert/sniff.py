@@ -32,8 +32,10 @@ def sniff_format(path: Path) -> str:
         return "tflite"
     if head[:4] == b"PK\x03\x04":
         return _sniff_zip(path)
-    if head.startswith(b"7767517"):
+    if head.startswith(b"7767517") or head[:4] == (7767517).to_bytes(4, "little"):  # text or binary param
         return "ncnn_param"
+    if path.suffix.lower() == ".mnn" and _looks_like_mnn(path):
+        return "mnn"
     if _looks_like_onnx(path):
         return "onnx"
     if _looks_like_graphdef(path):
@@ -54,7 +56,24 @@ def _sniff_zip(path: Path) -> str:
         return "pytorch_lite"
     if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
         return "torchscript"
+    models = sorted(n for n in names if n.lower().endswith((".tflite", ".onnx", ".param", ".mnn", ".bin")))
+    if models:  # a MediaPipe .task (or another model zip): say what is inside
+        raise UnsupportedFormatError(
+            f"{path} is a zip of models, not one model: {', '.join(models[:20])}",
+            hint=f"unzip it and convert one of them (replaybench scan {path.name} lists them too)",
+        )
     raise UnsupportedFormatError(f"{path} is a zip archive but not a TorchScript / PyTorch Mobile model")
+
+
+def _looks_like_mnn(path: Path) -> bool:
+    # MNN has no magic: the file must parse as an MNN Net flatbuffer with ops and tensor names.
+    from replaybench.extract.formats import _mnn_describe
+
+    try:
+        _mnn_describe(path.read_bytes())
+    except ValueError:
+        return False
+    return True
 
 
 def _looks_like_onnx(path: Path) -> bool:
@@ -79,10 +98,8 @@ def _looks_like_graphdef(path: Path) -> bool:
         first = f.read(1)
     if first != b"\x0a":
         return False
-    try:
-        from tensorflow.core.framework import graph_pb2
-    except ImportError:
-        return False
+    from tensorflow.core.framework import graph_pb2
+
     g = graph_pb2.GraphDef()
     try:
         g.ParseFromString(path.read_bytes())

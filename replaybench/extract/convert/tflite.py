@@ -1,7 +1,9 @@
 """TFLite -> ONNX with tf2onnx ``from_tflite``, after the rewrites in ``tflite_rewrite``.
 
 - Sparse weights (DENSIFY) are densified first; MediaPipe ``Convolution2DTransposeBias`` becomes
-  TRANSPOSE_CONV + ADD. The TFLite interpreter runs the rewritten model as the parity reference.
+  TRANSPOSE_CONV + ADD. The parity reference is the *original* model in ai-edge-litert, so a wrong
+  rewrite fails parity; only when LiteRT cannot run the original (a custom op it lacks) is the
+  rewritten model the reference, and ``Converted.reference`` / ``reference_reason`` say so.
 - Any other custom op (``TFLite_Detection_PostProcess``, ...) is cut off: the ONNX graph ends at the
   custom op's inputs, recorded in ``ConversionInfo.cut_at/cut_tensors``. A custom op that TFLite cannot
   run here (so parity is impossible) is a ConversionError naming it.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from replaybench.errors import ConversionError, CorruptInputError
 from replaybench.extract.convert import tflite_rewrite as rw
 from replaybench.extract.convert.registry import Converted, ConvertOptions, SourceTensor, register_converter
 from replaybench.extract.convert.tf_runtime import import_tf2onnx
+from replaybench.extract.convert.tflite_runtime import make_interpreter, runtime_name
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +110,12 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
         log.info("%s has %d subgraphs; converting the main one", path, len(model.subgraphs))
     notes: list[str] = []
     kind = _model_kind(model)
-    from replaybench.extract.convert.tflite_metadata import read_metadata
+    from replaybench.extract.tflite import read_metadata
 
-    meta = read_metadata(model, data)
+    meta = read_metadata(data)
     notes += meta.notes
 
-    densified = rw.densify(model, data)
+    densified = rw.densify(model)
     if densified:
         notes.append(f"densified {len(densified)} sparse weight tensor(s) (DENSIFY) before conversion")
     handled: list[str] = []
@@ -121,8 +124,10 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
         if n:
             handled.append(name)
             notes.append(f"rewrote {n} custom {name} op(s) to builtin TFLite ops before conversion")
-    changed = bool(densified or handled)
-    ref_bytes = rw.to_bytes(model) if changed else data
+    rewrites = ([f"densified {len(densified)} sparse tensor(s)"] if densified else []) + [
+        f"rewrote {name}" for name in handled
+    ]
+    conv_bytes = rw.to_bytes(model) if rewrites else data
 
     custom_ops = [op for op in sg.operators if _is_custom(model, op)]
     custom_names = sorted({rw.op_name(model, op) for op in custom_ops})
@@ -146,20 +151,17 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
         if not output_idx:
             raise ConversionError(f"custom op(s) {', '.join(custom_names)} leave nothing to convert")
 
-    try:
-        interp = rw_interpreter(ref_bytes, preserve=bool(custom_ops))
-    except ConversionError as e:
-        if custom_names:
-            raise ConversionError(
-                f"custom op(s) {', '.join(custom_names)} have no converter and this TFLite runtime cannot "
-                f"run them, so the model cannot be converted and validated",
-                hint="only MediaPipe Convolution2DTransposeBias has a handler; others are cut when TFLite runs them",
-            ) from e
-        raise
-
+    interp, reference_runtime, reference, reference_reason = _reference_interpreter(
+        data,
+        conv_bytes,
+        rewrites,
+        sparse=bool(densified),
+        preserve=bool(custom_ops),
+        custom_names=custom_names,
+    )
     with tempfile.TemporaryDirectory(prefix="replaybench-tflite-") as tmp:
         src = Path(tmp) / "model.tflite"
-        src.write_bytes(ref_bytes)
+        src.write_bytes(conv_bytes)
         out_names = [_tname(sg.tensors[i]) for i in output_idx] if custom_ops else None
         try:
             onnx_model, _ = tf2onnx.convert.from_tflite(str(src), opset=opts.opset, output_names=out_names)
@@ -197,7 +199,9 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
         onnx_model=onnx_model,
         converter="tf2onnx.from_tflite",
         converter_version=getattr(tf2onnx, "__version__", None),
-        reference_runtime="tflite" + (" (rewritten model)" if handled else ""),
+        reference_runtime=reference_runtime,
+        reference=reference,
+        reference_reason=reference_reason,
         run_source=run_source,
         inputs=in_t,
         outputs=out_t,
@@ -209,10 +213,56 @@ def convert_tflite(path: Path, opts: ConvertOptions) -> Converted:
     )
 
 
-def rw_interpreter(model_bytes: bytes, *, preserve: bool) -> Any:
-    from replaybench.extract.convert.tflite_runtime import make_interpreter
+def _reference_interpreter(
+    original: bytes,
+    rewritten: bytes,
+    rewrites: list[str],
+    *,
+    sparse: bool,
+    preserve: bool,
+    custom_names: list[str],
+) -> tuple[Any, str, Literal["original", "rewritten"], str | None]:
+    """The interpreter parity compares against: the original model whenever LiteRT runs it, else the
+    rewritten one (with the reason). Returns (interpreter, runtime description, "original" |
+    "rewritten", reason).
 
-    return make_interpreter(model_bytes, preserve_all_tensors=preserve)
+    The original is tried with XNNPACK (what apps get by default) and with TFLite's builtin kernels
+    only. The builtin kernels come first for a model with sparse tensors (XNNPACK mishandles some
+    sparse constants, see ``make_interpreter``); XNNPACK is what runs MediaPipe's
+    Convolution2DTransposeBias, which the builtin kernels lack. A cut graph reads its cut tensors from
+    the interpreter: they are the inputs of a custom op XNNPACK does not take, so they are always
+    written (a tensor inside an XNNPACK partition is not, which is why DENSIFY outputs cannot be read).
+    """
+    name = runtime_name()
+    tries = [False, True] if sparse else [True, False]
+    original_error: ConversionError | None = None
+    for delegates in tries:
+        try:
+            interp = make_interpreter(original, preserve_all_tensors=preserve, default_delegates=delegates)
+        except ConversionError as e:
+            original_error = original_error or e
+            continue
+        return interp, name + ("" if delegates else " (builtin kernels)"), "original", None
+    assert original_error is not None
+    if rewrites:
+        try:
+            interp = make_interpreter(rewritten, preserve_all_tensors=preserve)
+        except ConversionError:
+            pass
+        else:
+            why = " ".join(original_error.message.split())[:300]
+            reason = (
+                f"{name} cannot run the original model ({why}); parity is measured against the model "
+                f"after: {'; '.join(rewrites)}"
+            )
+            return interp, name, "rewritten", reason
+    if custom_names:
+        raise ConversionError(
+            f"custom op(s) {', '.join(custom_names)} have no converter and this TFLite runtime cannot "
+            f"run them, so the model cannot be converted and validated",
+            hint="only MediaPipe Convolution2DTransposeBias has a handler; others are cut when TFLite runs them",
+        ) from original_error
+    raise original_error
 
 
 def _is_custom(model: Any, op: Any) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replaybench.errors import ConversionError, CorruptInputError, UnsafeInputError, missing_dependency
+from replaybench.errors import ConversionError, CorruptInputError, UnsafeInputError
 from replaybench.extract.convert.registry import Converted, ConvertOptions, SourceTensor, register_converter
 
 _MOBILE_OPS = re.compile(rb"(ops\.prepacked\.\w+|torch\.classes\.xnnpack\.\w+|ops\.quantized\.\w+)")
@@ -125,10 +125,8 @@ def mobile_ops(path: Path) -> list[str]:
 
 
 def _load(path: Path, fmt: str):  # type: ignore[no-untyped-def]
-    try:
-        import torch
-    except ImportError as e:
-        raise missing_dependency("torch") from e
+    import torch
+
     try:
         zipfile.ZipFile(path).close()
     except zipfile.BadZipFile as e:

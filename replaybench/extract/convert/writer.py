@@ -26,19 +26,21 @@ from replaybench.bundle import (
     Provenance,
     QuantParams,
     ResizeSpec,
+    RuntimeInfo,
     SourceInfo,
     TensorSpec,
 )
 from replaybench.errors import ConversionError, ParityError, ReplaybenchError, UnsafeInputError, UsageError
 from replaybench.extract.convert.registry import (
-    SOURCE_EXTENSIONS,
     Converted,
     ConvertOptions,
     SourceTensor,
     get_converter,
+    registered_formats,
 )
 from replaybench.extract.convert.sandbox import ChildLimits
 from replaybench.extract.convert.sniff import sniff_format
+from replaybench.extract.formats import file_extension
 
 
 def _sha256(path: Path) -> str:
@@ -160,6 +162,15 @@ def _input_shapes(
     return None
 
 
+def _given_by_user(preprocess: PreprocessSpec) -> PreprocessSpec:
+    """A spec given to convert: fields it does not attribute themselves are the user's."""
+    provenance = dict(preprocess.provenance) | {  # keeps the spec's other fields (rotation, mirror, ...)
+        f: preprocess.provenance.get(f, Provenance.USER)
+        for f in ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
+    }
+    return preprocess.model_copy(update={"provenance": provenance})
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UnsafeInputError(f"output {out} exists and is not a folder")
@@ -181,6 +192,8 @@ def convert_model(
     input_shape: Sequence[int] | None = None,
     n_random: int = 3,
     tolerance: float | None = None,
+    runtime: str = "auto",
+    weights: Path | None = None,
     limits: ChildLimits | None = None,
     prewarm_next: bool | str | None = None,
 ) -> Bundle:
@@ -190,7 +203,7 @@ def convert_model(
     (``sandbox.run_task``).
 
     Same arguments, result and typed errors as ``convert_model_in_process``, plus ResourceLimitError
-    (exit 6) when the model exceeds a limit.
+    (exit 17) when the model exceeds a limit.
 
     Example::
 
@@ -219,6 +232,8 @@ def convert_model(
             "input_shape": list(input_shape) if input_shape is not None else None,
             "n_random": n_random,
             "tolerance": tolerance,
+            "runtime": runtime,
+            "weights": str(weights) if weights is not None else None,
         },
     }
     res = run_task(
@@ -242,11 +257,18 @@ def convert_model_in_process(
     input_shape: Sequence[int] | None = None,
     n_random: int = 3,
     tolerance: float | None = None,
+    runtime: str = "auto",
+    weights: Path | None = None,
 ) -> Bundle:
     """Convert ``model`` to ONNX, check parity against its own runtime, and write the bundle in ``out``.
 
     Runs the model's code in THIS process without limits: only the sandbox child calls it
     (``convert_model`` is the entry point for untrusted models).
+
+    ``weights``: an NCNN ``.param``'s ``.bin`` when it is not beside it with the same stem.
+    ``runtime``: ``onnx`` converts or fails; ``native`` keeps the original model for its own engine
+    (``replaybench.replay.runtimes``); ``auto`` (default) tries ONNX first and falls back to the native
+    engine, with the reason in ``bundle.runtime.reason``, when there is no converter or parity fails.
 
     ``trace_inputs``: captured input tensors, each a bare array (single-input model) or one array per
     input; they are tried in parity next to ``n_random`` random inputs. ``preprocess`` given here is recorded with Provenance.USER for fields the spec does not already
@@ -260,16 +282,67 @@ def convert_model_in_process(
     """
     import onnx
 
+    from replaybench.replay.runtimes import native_runtime_for
+
     model = Path(model)
     out = Path(out)
     fmt = source.format if source is not None else sniff_format(model)
+    native = native_runtime_for(fmt)
+    if runtime not in ("auto", "onnx", "native"):
+        raise UsageError(f"unknown runtime choice {runtime!r}; use auto, onnx or native")
+    if runtime == "native" or (runtime == "auto" and native is not None and fmt not in registered_formats()):
+        if native is None:
+            raise UsageError(f"no native runtime runs {fmt} models on the host; use --runtime onnx")
+        reason = (
+            "asked for with --runtime native"
+            if runtime == "native"
+            else f"no converter from {fmt} to ONNX: replay runs the original in {native.name}"
+        )
+        return write_native_bundle(
+            model, out, native.name, reason, fmt=fmt, preprocess=preprocess, postprocess=postprocess,
+            labels=labels, source=source, input_shape=input_shape, weights=weights,
+        )  # fmt: skip
+    if runtime == "auto" and native is not None:
+        # ONNX first; where it cannot be made, or disagrees with the original, the app's own engine.
+        try:
+            onnx_bundle = convert_model_in_process(
+                model, out, preprocess=preprocess, postprocess=postprocess, labels=labels, opset=opset,
+                allow_mismatch=allow_mismatch, source=source, trace_inputs=trace_inputs,
+                keep_quantized_io=keep_quantized_io, input_shape=input_shape, n_random=n_random,
+                tolerance=tolerance, runtime="onnx",
+            )  # fmt: skip
+            cut = onnx_bundle.conversion.cut_at if onnx_bundle.conversion else []
+            parity = onnx_bundle.parity
+            if parity is not None and not parity.passed:  # written anyway (allow_mismatch): not faithful
+                why = f"the ONNX model disagrees with {parity.reference_runtime}"
+            elif cut:
+                why = f"the ONNX graph is cut before custom op(s) {', '.join(cut)}"
+            else:
+                return onnx_bundle
+            onnx_error: ReplaybenchError | None = None
+        except (ConversionError, ParityError) as e:
+            why, onnx_error = e.message, e
+        try:
+            return write_native_bundle(
+                model, out, native.name, f"no faithful ONNX route ({why}): replay runs the whole original "
+                f"in {native.name}", fmt=fmt, preprocess=preprocess, postprocess=postprocess, labels=labels,
+                source=source, input_shape=input_shape, weights=weights,
+            )  # fmt: skip
+        except ReplaybenchError as native_error:
+            if onnx_error is None:  # the ONNX bundle stands, and says why the engine could not replace it
+                if onnx_bundle.conversion is not None:
+                    onnx_bundle.conversion.notes.append(
+                        f"{native.name} cannot run the model here: {native_error}"
+                    )
+                onnx_bundle.write(out)
+                return onnx_bundle
+            onnx_error.message += (
+                f"; {native.name} on the host cannot run the original either: {native_error}"
+            )
+            raise onnx_error from native_error
     converter = get_converter(fmt)
     if preprocess is not None:
-        provenance = {
-            f: preprocess.provenance.get(f, Provenance.USER)
-            for f in ("resize", "color_order", "layout", "dtype", "scale", "offset", "quantization")
-        }
-        preprocess = preprocess.model_copy(update={"provenance": provenance})
+        preprocess = _given_by_user(preprocess)
     opts = ConvertOptions(
         opset=opset, keep_quantized_io=keep_quantized_io, input_shapes=_input_shapes(preprocess, input_shape)
     )
@@ -300,9 +373,7 @@ def convert_model_in_process(
     if labels and post.labels is None:
         post = post.model_copy(update={"labels": list(labels)})
     opset_used = next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), None)
-    src_name = "source" + SOURCE_EXTENSIONS.get(fmt, "")
-    if fmt == "savedmodel":
-        src_name = "source.savedmodel"
+    src_name = "source.savedmodel" if fmt == "savedmodel" else "source" + file_extension(fmt)
     src_info = (source or SourceInfo(format=fmt, sha256="")).model_copy(
         update={"sha256": _sha256(model), "file": src_name, "format": fmt}
     )
@@ -344,6 +415,89 @@ def convert_model_in_process(
             f"(report in {out / 'bundle.json'})",
             hint="inspect it with: replaybench inspect " + str(out) + "  (or accept with --allow-mismatch)",
         )
+    return bundle
+
+
+def native_io(runtime: str, files: Sequence[Path], input_shape: Sequence[int] | None) -> tuple[Any, IOSpec]:
+    """Open ``files`` in the engine ``runtime`` (one probe run) and describe its inputs and outputs."""
+    from replaybench.replay.runtimes import open_native
+
+    nm = open_native(runtime, files, input_shape=input_shape, threads=1)
+    quant = getattr(nm.engine, "quantization", {}).get(nm.input_name)
+    shape: list[int | str | None] = list(nm.input_shape)
+    io = IOSpec(
+        inputs=[
+            TensorSpec(
+                name=nm.input_name,
+                shape=shape,
+                dtype=nm.input_dtype.name,
+                layout=_layout(shape),  # type: ignore[arg-type]
+                quantization=quant,
+            )
+        ],
+        outputs=[
+            TensorSpec(name=n, shape=list(sh), dtype=dt, layout=_layout(sh))  # type: ignore[arg-type]
+            for n, sh, dt in zip(nm.output_names, nm.output_shapes, nm.output_dtypes, strict=True)
+        ],
+    )
+    return nm, io
+
+
+def write_native_bundle(
+    model: Path,
+    out: Path,
+    runtime: str,
+    reason: str,
+    *,
+    fmt: str,
+    preprocess: PreprocessSpec | None = None,
+    postprocess: PostprocessSpec | None = None,
+    labels: list[str] | None = None,
+    source: SourceInfo | None = None,
+    input_shape: Sequence[int] | None = None,
+    weights: Path | None = None,
+) -> Bundle:
+    """A bundle whose replay runtime is the app's own engine on the original files (nothing converted).
+
+    The engine opens and runs the model once before anything is written, so a file it rejects (a
+    truncated NCNN ``.bin``, a corrupt MNN file) is a typed error and ``out`` holds nothing new.
+    """
+    from replaybench.replay.runtimes import ncnn_pair, runtime_version
+
+    files = list(ncnn_pair([model, *([weights] if weights else [])])) if fmt == "ncnn_param" else [model]
+    if input_shape is None and preprocess is not None:
+        shapes = _input_shapes(preprocess, None)  # H, W, C from the spec, placed by its layout
+        input_shape = shapes[0] if shapes else None
+    nm, io = native_io(runtime, files, input_shape)
+    names = [f"source{f.suffix}" for f in files]
+    if preprocess is None:
+        t = io.inputs[0]
+        preprocess = default_preprocess(SourceTensor(t.name, t.shape, t.dtype, t.quantization))
+    else:
+        preprocess = _given_by_user(preprocess)
+    post = _bind_decoders(postprocess or PostprocessSpec(), nm.output_names)
+    if labels and post.labels is None:
+        post = post.model_copy(update={"labels": list(labels)})
+    src_info = (source or SourceInfo(format=fmt, sha256="")).model_copy(
+        update={"sha256": _sha256(model), "file": names[0], "format": fmt}
+    )
+    if src_info.entry is None and source is None:
+        src_info = src_info.model_copy(update={"entry": model.name})
+    bundle = Bundle(
+        name=model.stem,
+        source=src_info,
+        io=io,
+        preprocess=preprocess,
+        postprocess=post,
+        runtime=RuntimeInfo(name=runtime, files=names, version=runtime_version(runtime), reason=reason),  # type: ignore[arg-type]
+    )
+    _prepare_out(out)
+    (out / MODEL_ONNX).unlink(missing_ok=True)  # an ONNX attempt that failed parity left one
+    for f, name in zip(files, names, strict=True):
+        shutil.copyfile(f, out / name)
+    if labels:
+        (out / LABELS_TXT).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    bundle.write(out)
     return bundle
 
 
