@@ -23,7 +23,8 @@ an allocation failure on stderr for memory, EFBIG for file size (Python ignores 
 The request goes in as a JSON file (and an ``.npz`` of captured inputs, read with ``allow_pickle=False``)
 in a private temporary folder; the result comes back as one JSON document on the child's stdout (the
 child points its own fd 1 at stderr, so nothing the model's runtime prints can forge it), and is
-validated here. A typed error raised in the child is raised here as the same class with the same
+validated here. The child's stderr is collected in a file and its last 64 KiB written to our fd 2 when
+it ends (where the runtimes' output went in-process; the CLI filters start-up chatter unless -vv). A typed error raised in the child is raised here as the same class with the same
 message and hint; the child's log records are re-emitted here under their own logger names.
 """
 
@@ -63,7 +64,7 @@ ARRAYS_NPZ = "arrays.npz"
 STDERR_TXT = "stderr.txt"
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 MAX_MESSAGE_CHARS = 20_000
-_STDERR_TAIL = 16 * 1024
+_STDERR_TAIL = 64 * 1024
 # what a runtime prints when an allocation fails under RLIMIT_DATA
 _OUT_OF_MEMORY = re.compile(
     r"MemoryError|bad_alloc|Cannot allocate memory|out of memory|ResourceExhausted|failed to map segment",
@@ -245,9 +246,9 @@ class _Child:
                 _kill(proc)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-        tail = _tail(self.work / STDERR_TXT)
-        if tail.strip():
-            log.debug("conversion child stderr (last %d bytes):\n%s", _STDERR_TAIL, tail)
+        raw = _tail(self.work / STDERR_TXT)
+        _forward_stderr(raw)
+        tail = raw.decode("utf-8", "replace")
         doc = _parse(out[:MAX_RESULT_BYTES])
         if doc is not None:
             _replay_logs(doc.get("logs"))
@@ -313,13 +314,24 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _tail(path: Path) -> str:
+def _tail(path: Path) -> bytes:
     try:
         with path.open("rb") as f:
             f.seek(max(0, path.stat().st_size - _STDERR_TAIL))
-            return f.read().decode("utf-8", "replace")
+            return f.read()
     except OSError:
-        return ""
+        return b""
+
+
+def _forward_stderr(data: bytes) -> None:
+    """The child's stderr (its last 64 KiB) onto this process's fd 2, where the runtimes' output would
+    have gone in-process: the CLI's fd-2 filter (``replaybench._stderr``) shows it with -vv only."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(2, view) :]
+    except OSError:
+        pass  # no stderr to write to: nothing is lost that a result depends on
 
 
 def _parse(out: bytes) -> dict[str, Any] | None:
