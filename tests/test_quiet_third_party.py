@@ -74,7 +74,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[int, str, str]]:
 def test_convert_is_quiet_by_default_and_shows_tensorflow_lines_with_vv(runs):
     rc, stdout, stderr = runs["convert"]
     assert rc == 0, stderr
-    assert "parity vs tflite" in stdout  # the command did its work (and imported TensorFlow)
+    assert "parity vs ai-edge-litert" in stdout  # the command did its work (and imported TensorFlow)
     assert not [s for s in TF_CHATTER if s in stderr], stderr
     rc, _, loud = runs["convert -vv"]
     assert rc == 0, loud

@@ -112,7 +112,10 @@ def pack_image(img: np.ndarray, spec: InputSpec) -> tuple[bytes, int, int]:
     return np.ascontiguousarray(img, np.uint8).tobytes(), w, h
 
 
-_PIL_RGB = {"bilinear_pil": "BILINEAR", "area": "BOX", "bicubic_pil": "BICUBIC"}  # as replay/preprocess.py
+_PIL_RGB = {
+    "bilinear_pil": "BILINEAR",
+    "bicubic_pil": "BICUBIC",
+}  # as replay/preprocess.py (area: OpenCV, below)
 
 
 def _same_size(img: np.ndarray) -> Any:

@@ -130,14 +130,17 @@ class NcnnEngine:
 
     def run(self, output_names: Sequence[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         ex = self.net.create_extractor()
-        for name, x in feed.items():
-            ex.input(name, self._ncnn.Mat(np.ascontiguousarray(x[0], dtype=np.float32)))
+        # ncnn.Mat wraps the array's memory without holding the array: keep each alive until extraction
+        inputs = {name: np.ascontiguousarray(x[0], dtype=np.float32) for name, x in feed.items()}
+        for name, x in inputs.items():
+            ex.input(name, self._ncnn.Mat(x))
         outs = []
         for name in output_names:
             ret, mat = ex.extract(name)
             if ret != 0:
                 raise CorruptInputError(f"ncnn could not compute output {name!r}")
             outs.append(np.array(mat)[None])
+        del inputs
         return outs
 
 

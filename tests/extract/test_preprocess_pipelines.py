@@ -93,7 +93,9 @@ def letterbox_java_top_left(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     r = min(size / w, size / h)
     nw, nh = int(np.floor(w * r + 1e-6)), int(np.floor(h * r + 1e-6))
-    content = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BOX))
+    import cv2  # OpenCV for Android's Imgproc.resize(INTER_AREA), as such an app would call it
+
+    content = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=cv2.INTER_AREA)
     out = np.zeros((size, size, 3), np.uint8)
     out[:nh, :nw] = content
     return out[None]

@@ -47,7 +47,9 @@ def _capture(tmp_path: Path, model: Path, mode: str):
         spawn=sys.executable, spawn_args=[str(TARGET), str(model), mode, str(fed), str(INVOKES)]
     )
     try:
-        result = capture(target, out, seconds=90, stop=stop_when_exists(fed))
+        result = capture(
+            target, out, seconds=240, stop=stop_when_exists(fed, timeout=240)
+        )  # loaded CI machines are slow
     except TraceError as e:
         if "cannot attach" in e.message:
             pytest.skip(f"frida cannot attach here (ptrace denied?): {e.message}")

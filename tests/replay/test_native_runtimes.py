@@ -113,7 +113,8 @@ def test_ultraface_ncnn_replays_as_ncnn_computes(realdata, faces, tmp_path):
     for img, row in zip(images, rows.iter_rows(named=True), strict=True):
         assert row["source_path"].endswith(img.name) and row["status"] == "ok"
         ex = net.create_extractor()
-        ex.input("input", ncnn.Mat(_pillow_input(img, FACE_SPEC)[0]))
+        x = _pillow_input(img, FACE_SPEC)[0]  # ncnn.Mat does not keep its array alive: this name does
+        ex.input("input", ncnn.Mat(x))
         for name in ("scores", "boxes"):
             want = np.array(ex.extract(name)[1]).ravel()
             np.testing.assert_allclose(np.asarray(row[f"raw__{name}"]), want, rtol=0, atol=1e-5)
