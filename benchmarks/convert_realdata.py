@@ -1,7 +1,7 @@
 """Parity table for every real model in ../shared/realdata (the expectations table's models), and
 optionally every ``.tflite`` inside a MediaPipe wheel.
 
-Converts each model with ``convert_many`` (TensorFlow and tf2onnx imported once) and prints model,
+Converts each model with ``convert_many`` (each in its own sandbox child process) and prints model,
 what parity ran (original / rewritten model), max abs and rel diff (worst output), quantisation steps,
 the verdict, and an independent check: the bundle's ``model.onnx`` against the ORIGINAL ``.tflite`` run
 in ai-edge-litert directly, on an input parity never used. ``BAD`` marks a bundle that says parity

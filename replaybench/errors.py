@@ -12,7 +12,8 @@ Exit codes (also in the README):
 3   InputNotFoundError         a file or folder named on the command line does not exist
 4   UnsupportedFormatError     the input is of a format replaybench does not handle
 5   CorruptInputError          the input is truncated, malformed or not what it claims to be
-6   UnsafeInputError           the input was refused: zip bomb, path traversal, oversize
+6   UnsafeInputError           the input was refused: zip bomb, path traversal, oversize, file/Python/
+                               system ops in a model
 7   ConversionError            a model could not be converted to ONNX
 8   ParityError                the converted model disagrees with the source runtime
 9   MissingDependencyError     an optional part (frida, a decoder, a tool) is not installed
@@ -24,6 +25,8 @@ Exit codes (also in the README):
 15  UnresolvedPreprocessError  the trace does not determine a model's preprocessing (extract), or
                                a bundle whose preprocessing is unresolved was given to replay
 16  UnfaithfulBundleError      a bundle's end-to-end fidelity check against the trace failed
+17  ResourceLimitError         a model's conversion child exceeded its CPU-time, memory, file-size or
+                               wall-clock limit (REPLAYBENCH_CONVERT_* environment variables)
 ==  =========================  ==========================================================
 """
 
@@ -62,6 +65,16 @@ class CorruptInputError(ReplaybenchError):
 
 class UnsafeInputError(ReplaybenchError):
     exit_code = 6
+
+
+class ResourceLimitError(ReplaybenchError):
+    """A model's conversion child exceeded a limit; ``limit`` is cpu, memory, file_size or wall."""
+
+    exit_code = 17
+
+    def __init__(self, message: str, *, limit: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.limit = limit
 
 
 class ConversionError(ReplaybenchError):
@@ -124,6 +137,7 @@ ALL_ERRORS: tuple[type[ReplaybenchError], ...] = (
     EvaluationError,
     UnresolvedPreprocessError,
     UnfaithfulBundleError,
+    ResourceLimitError,
 )
 
 

@@ -11,13 +11,24 @@ from replaybench.errors import InputNotFoundError
 def inspect_target(target: Path, input_shape: list[int] | None = None) -> Bundle:
     """Read a bundle folder, or describe a model file (format, io, default preprocessing; no parity).
 
-    A bare model is converted in memory only to read its io; nothing is written.
+    A bare model is converted (or opened in its engine) in memory only to read its io, in a sandbox
+    child like ``convert``; nothing is written.
     """
     target = Path(target)
     if not target.exists():
         raise InputNotFoundError(f"not found: {target}")
     if target.is_dir() and (target / BUNDLE_JSON).is_file():
         return load_bundle(target).bundle
+    from replaybench.extract.convert.sandbox import run_task
+
+    request = {"model": str(target), "input_shape": input_shape}
+    res = run_task("inspect", request, what=target.name)
+    return Bundle.model_validate(res.payload["bundle"])
+
+
+def describe_model_in_process(target: Path, input_shape: list[int] | None = None) -> Bundle:
+    """The io and default preprocessing of a bare model file, read in THIS process (the sandbox
+    child's side of ``inspect_target``)."""
     from replaybench.extract.convert.registry import (
         ConvertOptions,
         SourceTensor,

@@ -9,7 +9,24 @@ import numpy as np
 
 from replaybench.errors import ConversionError, CorruptInputError
 from replaybench.extract.convert.registry import Converted, ConvertOptions, SourceTensor, register_converter
+from replaybench.extract.convert.tf_ops import check_graph, check_saved_model
 from replaybench.extract.convert.tf_runtime import import_tensorflow, import_tf2onnx
+
+
+def _read_saved_model(path: Path) -> Any:
+    """The SavedModel protobuf (binary or text), parsed without loading anything into TensorFlow."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    try:
+        if (path / "saved_model.pb").is_file():
+            sm.ParseFromString((path / "saved_model.pb").read_bytes())
+        else:
+            text_format.Parse((path / "saved_model.pbtxt").read_text(encoding="utf-8"), sm)
+    except Exception as e:  # DecodeError, ParseError, UnicodeDecodeError: all mean "not a SavedModel"
+        raise CorruptInputError(f"{path} is not a loadable SavedModel: {type(e).__name__}: {e}") from e
+    return sm
 
 
 def _spec_shape(shape: Any) -> list[int | str | None]:
@@ -21,6 +38,7 @@ def convert_savedmodel(path: Path, opts: ConvertOptions) -> Converted:
     """SavedModel folder: its ``serving_default`` signature -> ONNX; TensorFlow runs it for parity."""
     tf = import_tensorflow()
     tf2onnx = import_tf2onnx()
+    check_saved_model(_read_saved_model(path), path.name)
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as e:
@@ -77,6 +95,7 @@ def convert_graphdef(path: Path, opts: ConvertOptions) -> Converted:
         gd.ParseFromString(path.read_bytes())
     except Exception as e:
         raise CorruptInputError(f"{path} is not a GraphDef: {e}") from e
+    check_graph(gd, path.name)
     consumed = {i.split(":")[0].lstrip("^") for n in gd.node for i in n.input}
     inputs = [n for n in gd.node if n.op == "Placeholder"]
     outputs = [

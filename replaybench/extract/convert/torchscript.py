@@ -4,6 +4,13 @@
 caller gives them (``--input-shape``, or the preprocessing spec's resize). Models using ops this torch
 build cannot run (XNNPACK prepacked ops from ``optimize_for_mobile``) fail with the ops named; they are
 read from the archive's TorchScript source text, never executed.
+
+A TorchScript archive is a program, and ``torch.jit.load`` already runs part of it (a class's
+``__setstate__``). Before loading, the archive's code/ text and pickles are scanned statically: every op
+called (``ops.NS.name``, ``torch.name``) must be in the aten, prim, quantized or prepacked (torch's own
+XNNPACK kernels) namespaces and not one of the few that touch files or the network (``aten::from_file``,
+``aten::save``, ``prim::rpc_*``), and custom classes only torch's quantized/xnnpack ones. After loading,
+every method's inlined graph is checked the same way before ``forward`` runs.
 """
 
 from __future__ import annotations
@@ -15,12 +22,90 @@ from pathlib import Path
 
 import numpy as np
 
-from replaybench.errors import ConversionError, CorruptInputError
+from replaybench.errors import ConversionError, CorruptInputError, UnsafeInputError
 from replaybench.extract.containers import ZIP_ERRORS
 from replaybench.extract.convert.registry import Converted, ConvertOptions, SourceTensor, register_converter
 
 _MOBILE_OPS = re.compile(rb"(ops\.prepacked\.\w+|torch\.classes\.xnnpack\.\w+|ops\.quantized\.\w+)")
 MAX_CODE_BYTES = 16 * 1024 * 1024
+
+# Op namespaces TorchScript code may call; prepacked: torch's own XNNPACK kernels (optimize_for_mobile).
+ALLOWED_OP_NAMESPACES = frozenset({"aten", "prim", "quantized", "prepacked"})
+# ... less these, which read or write files or reach the network
+REFUSED_OPS = frozenset(
+    {
+        "aten::from_file",
+        "aten::save",
+        "prim::rpc_async",
+        "prim::rpc_remote",
+        "prim::rpc_sync",
+        "prim::PythonOp",
+    }
+)
+ALLOWED_CLASS_NAMESPACES = frozenset({"quantized", "xnnpack"})  # torch.classes.NS.* packed params
+_OP_CALL = re.compile(rb"\bops\s*\.\s*(\w+)\s*\.\s*(\w+)")
+_TORCH_CALL = re.compile(rb"\btorch\s*\.\s*(\w+)\s*\(")
+_CLASS_REF = re.compile(rb"\btorch\s*\.\s*classes\s*\.\s*(\w+)\s*\.\s*(\w+)")
+_CLASS_GLOBAL = re.compile(rb"torch\.classes\.(\w+)\s+(\w+)")  # a pickle GLOBAL "module\nname"
+
+
+def _op_allowed(qualified: str) -> bool:
+    return qualified.split("::")[0] in ALLOWED_OP_NAMESPACES and qualified not in REFUSED_OPS
+
+
+def archive_refusals(path: Path) -> list[str]:
+    """Ops and classes named in the archive's code/ text and pickles that are not allowed (static)."""
+    found: set[str] = set()
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                is_code = "/code/" in info.filename and info.filename.endswith(".py")
+                if not is_code and not info.filename.endswith(".pkl"):
+                    continue
+                if info.file_size > MAX_CODE_BYTES:
+                    raise UnsafeInputError(
+                        f"{path.name}: {info.filename} is {info.file_size} bytes, over the "
+                        f"{MAX_CODE_BYTES}-byte cap for TorchScript code that replaybench checks before loading"
+                    )
+                text = z.read(info).replace(b"\\\n", b"")  # line continuations cannot split a name
+                if is_code:
+                    for ns, name in _OP_CALL.findall(text):
+                        found.add(f"{ns.decode()}::{name.decode()}")
+                    found.update(f"aten::{n.decode()}" for n in _TORCH_CALL.findall(text))
+                for ns, name in _CLASS_REF.findall(text) + _CLASS_GLOBAL.findall(text):
+                    if ns.decode() not in ALLOWED_CLASS_NAMESPACES:
+                        found.add(f"torch.classes.{ns.decode()}.{name.decode()}")
+    except (zipfile.BadZipFile, OSError):
+        return []  # not a zip: _load says so
+    return sorted(q for q in found if q.startswith("torch.classes.") or not _op_allowed(q))
+
+
+def graph_refusals(module) -> list[str]:  # type: ignore[no-untyped-def]
+    """Ops in the inlined graphs of every method of ``module`` and its submodules that are not allowed."""
+    import torch
+
+    kinds: set[str] = set()
+
+    def walk(block) -> None:  # type: ignore[no-untyped-def]
+        for node in block.nodes():
+            kinds.add(node.kind())
+            for sub in node.blocks():
+                walk(sub)
+
+    for sub in module.modules():
+        for name in sub._c._method_names():
+            g = sub._c._get_method(name).graph.copy()
+            torch._C._jit_pass_inline(g)
+            walk(g)
+    return sorted(k for k in kinds if not _op_allowed(k))
+
+
+def _refuse(path: Path, ops: list[str], when: str) -> UnsafeInputError:
+    return UnsafeInputError(
+        f"{path.name} calls ops outside aten/prim/quantized (or ones that touch files or the network): "
+        f"{', '.join(ops)}; found {when}, so the model is not run",
+        hint="custom ops and classes are code replaybench will not run; export the model without them",
+    )
 
 
 def mobile_ops(path: Path) -> list[str]:
@@ -47,8 +132,11 @@ def _load(path: Path, fmt: str):  # type: ignore[no-untyped-def]
         zipfile.ZipFile(path).close()
     except ZIP_ERRORS as e:
         raise CorruptInputError(f"{path} is not a TorchScript archive (not a zip): {e}") from e
+    refused = archive_refusals(path)
+    if refused:
+        raise _refuse(path, refused, "in its TorchScript code before loading")
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
         ops = mobile_ops(path)
         if ops:
@@ -66,6 +154,10 @@ def _load(path: Path, fmt: str):  # type: ignore[no-untyped-def]
             ) from e
         what = "PyTorch Mobile lite-interpreter file" if fmt == "pytorch_lite" else "TorchScript file"
         raise ConversionError(f"torch.jit.load cannot read this {what} {path.name}: {first}") from e
+    refused = graph_refusals(module)
+    if refused:
+        raise _refuse(path, refused, "in its loaded graphs")
+    return module
 
 
 def _has_torchscript_code(path: Path) -> bool:

@@ -1,5 +1,6 @@
 """The bundle writer: one model file -> a validated bundle folder (model.onnx, source.<ext>, labels.txt,
-bundle.json). ``convert_many`` converts many models in one process (TensorFlow is imported once)."""
+bundle.json). Each model is converted in its own child process with resource limits (``sandbox``):
+``convert_many`` starts one child per model, so no model shares a process with another."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from replaybench.extract.convert.registry import (
     get_converter,
     registered_formats,
 )
+from replaybench.extract.convert.sandbox import ChildLimits
 from replaybench.extract.convert.sniff import sniff_format
 from replaybench.extract.formats import file_extension
 
@@ -192,8 +194,76 @@ def convert_model(
     tolerance: float | None = None,
     runtime: str = "auto",
     weights: Path | None = None,
+    limits: ChildLimits | None = None,
+    prewarm_next: bool | str | None = None,
+) -> Bundle:
+    """Convert ``model`` to ONNX, check parity against its own runtime, and write the bundle in ``out``,
+    all in a child process under ``limits`` (default: ``ChildLimits.from_env()``; see ``sandbox``).
+    ``prewarm_next``: start the next conversion's child now; the next model's format if known
+    (``sandbox.run_task``).
+
+    Same arguments, result and typed errors as ``convert_model_in_process``, plus ResourceLimitError
+    (exit 17) when the model exceeds a limit.
+
+    Example::
+
+        bundle = convert_model(Path("age.tflite"), Path("bundles/age"))
+        assert bundle.parity.passed
+    """
+    from replaybench.extract.convert.sandbox import pack_arrays, run_task
+
+    layout, arrays = pack_arrays(trace_inputs)
+
+    def dump(spec: Any) -> Any:
+        return spec.model_dump(mode="json") if spec is not None else None
+
+    request = {  # paths as given: the child runs in this cwd, so its messages name them the same way
+        "model": str(Path(model)),
+        "out": str(Path(out)),
+        "layout": layout,
+        "kwargs": {
+            "preprocess": dump(preprocess),
+            "postprocess": dump(postprocess),
+            "labels": list(labels) if labels is not None else None,
+            "opset": opset,
+            "allow_mismatch": allow_mismatch,
+            "source": dump(source),
+            "keep_quantized_io": keep_quantized_io,
+            "input_shape": list(input_shape) if input_shape is not None else None,
+            "n_random": n_random,
+            "tolerance": tolerance,
+            "runtime": runtime,
+            "weights": str(weights) if weights is not None else None,
+        },
+    }
+    res = run_task(
+        "convert", request, arrays=arrays, limits=limits, what=Path(model).name, prewarm_next=prewarm_next
+    )
+    return Bundle.model_validate(res.payload["bundle"])
+
+
+def convert_model_in_process(
+    model: Path,
+    out: Path,
+    *,
+    preprocess: PreprocessSpec | None = None,
+    postprocess: PostprocessSpec | None = None,
+    labels: list[str] | None = None,
+    opset: int | None = None,
+    allow_mismatch: bool = False,
+    source: SourceInfo | None = None,
+    trace_inputs: Sequence[np.ndarray | Sequence[np.ndarray]] | None = None,
+    keep_quantized_io: bool = True,
+    input_shape: Sequence[int] | None = None,
+    n_random: int = 3,
+    tolerance: float | None = None,
+    runtime: str = "auto",
+    weights: Path | None = None,
 ) -> Bundle:
     """Convert ``model`` to ONNX, check parity against its own runtime, and write the bundle in ``out``.
+
+    Runs the model's code in THIS process without limits: only the sandbox child calls it
+    (``convert_model`` is the entry point for untrusted models).
 
     ``weights``: an NCNN ``.param``'s ``.bin`` when it is not beside it with the same stem.
     ``runtime``: ``onnx`` converts or fails; ``native`` keeps the original model for its own engine
@@ -235,7 +305,7 @@ def convert_model(
     if runtime == "auto" and native is not None:
         # ONNX first; where it cannot be made, or disagrees with the original, the app's own engine.
         try:
-            onnx_bundle = convert_model(
+            onnx_bundle = convert_model_in_process(
                 model, out, preprocess=preprocess, postprocess=postprocess, labels=labels, opset=opset,
                 allow_mismatch=allow_mismatch, source=source, trace_inputs=trace_inputs,
                 keep_quantized_io=keep_quantized_io, input_shape=input_shape, n_random=n_random,
@@ -470,6 +540,21 @@ def check_parity_for(
     )
 
 
+def _next_format(jobs: Sequence[ConversionJob | tuple[Path, Path]], i: int) -> str | bool:
+    """The format of job ``i + 1`` (which runtimes to prewarm), True if unknown, False if none."""
+    if i + 1 >= len(jobs):
+        return False
+    nxt = jobs[i + 1]
+    job = nxt if isinstance(nxt, ConversionJob) else ConversionJob(Path(nxt[0]), Path(nxt[1]))
+    source = job.options.get("source")
+    if source is not None:
+        return str(source.format)
+    try:
+        return sniff_format(job.model)
+    except ReplaybenchError:
+        return True
+
+
 @dataclass
 class ConversionJob:
     """One model for ``convert_many``, with its own ``convert_model`` keyword arguments
@@ -497,20 +582,22 @@ def convert_many(
     progress: Progress | None = None,
     **kwargs: Any,
 ) -> list[ConversionOutcome]:
-    """Convert many models in this process (TensorFlow is imported once); one failure does not stop
-    the others: each outcome holds its bundle or its typed error. ``kwargs`` apply to every job, a
-    job's own ``options`` override them."""
+    """Convert many models, each in its own sandbox child (``convert_model``); one failure does not
+    stop the others: each outcome holds its bundle or its typed error. ``kwargs`` apply to every job
+    (``limits`` included), a job's own ``options`` override them."""
     progress = progress or NullProgress()
     progress.start(len(jobs), "converting")
     results = []
     try:
-        for job in jobs:
+        for i, job in enumerate(jobs):
             if not isinstance(job, ConversionJob):
                 job = ConversionJob(Path(job[0]), Path(job[1]))
             model, out = job.model, job.out
             t = time.perf_counter()
+            # the next model's child imports its runtimes while this one converts
+            opts = {"prewarm_next": _next_format(jobs, i), **kwargs, **job.options}
             try:
-                b: Bundle | None = convert_model(model, out, **{**kwargs, **job.options})
+                b: Bundle | None = convert_model(model, out, **opts)
                 err: ReplaybenchError | None = None
             except ReplaybenchError as e:
                 b, err = None, e
