@@ -638,7 +638,7 @@ def infer_preprocess(
     """Solve for the preprocessing from (source image, captured input tensor) pairs.
 
     Images are (H, W, 3|4) uint8 RGB(A) (a Bitmap's non-premultiplied pixels, or a camera frame already
-    converted with ``yuv420_to_rgb``); tensors carry their captured dtype and quantisation.
+    converted with ``replay.yuv.packed_yuv420_to_rgb``); tensors carry their captured dtype and quantisation.
 
     The search is coarse to fine: the geometry (stretch, centre crop, letterbox with its placement and
     rounding, torchvision shorter side S + centre crop) and orientation (rotation, mirror) are ranked

@@ -401,8 +401,8 @@ _YUV_FORMATS = {"NV21": "nv21", "NV12": "nv21", "I420": "i420", "YUV_420_888": "
 
 def _bitmap_array(trace: Trace, e: BitmapEvent) -> np.ndarray | None:
     """The image as (H, W, 3) uint8 RGB: Bitmaps un-premultiplied, camera frames converted with
-    libyuv's BT.601 limited-range formula (``yuv420_to_rgb``)."""
-    from replaybench.replay.preprocess import yuv420_to_rgb
+    libyuv's BT.601 limited-range formula (``replay.yuv.packed_yuv420_to_rgb``)."""
+    from replaybench.replay.yuv import packed_yuv420_to_rgb
 
     data = trace.read_dump(e.dump)
     if data is None or e.width <= 0 or e.height <= 0:
@@ -410,7 +410,7 @@ def _bitmap_array(trace: Trace, e: BitmapEvent) -> np.ndarray | None:
     if e.format in _YUV_FORMATS:
         layout = "I420" if e.format == "YUV_420_888" else e.format
         try:
-            return yuv420_to_rgb(data, e.width, e.height, layout)
+            return packed_yuv420_to_rgb(data, e.width, e.height, layout)
         except ValueError as err:
             log.warning("bitmap %s: %s", e.dump, err)
             return None

@@ -407,76 +407,15 @@ def geometry(img: np.ndarray, r: ResizeSpec, backend: ResizeBackend = "numpy") -
 # libyuv row_common.cc YuvPixel, 6-bit fixed point: YG = round(1.164 * 64 * 256 * 256 / 257),
 # YGB = 1.164 * 64 * -16 + 64 / 2, UB = max(-128, round(-2.018 * 64)), UG = round(0.391 * 64),
 # VG = round(0.813 * 64), VR = round(-1.596 * 64).
-_YG, _YGB, _UB, _UG, _VG, _VR = 18997, -1160, -128, 25, 52, -102
-_BB, _BG, _BR = _UB * 128 + _YGB, _UG * 128 + _VG * 128 + _YGB, _VR * 128 + _YGB
-
-
-def yuv_to_rgb_bt601(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Full-resolution Y, U, V planes (uint8, same shape) to (H, W, 3) uint8 RGB with libyuv's integer
-    BT.601 limited-range formula (``YuvPixel`` in libyuv's row_common.cc)."""
-    y32 = y.astype(np.int64)
-    u32 = u.astype(np.int64)
-    v32 = v.astype(np.int64)
-    y1 = (y32 * 0x0101 * _YG) >> 16
-    b = (-(u32 * _UB) + y1 + _BB) >> 6  # arithmetic shift, as the C code on int32
-    g = (-(v32 * _VG + u32 * _UG) + y1 + _BG) >> 6
-    r = (-(v32 * _VR) + y1 + _BR) >> 6
-    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
-
-
-def _upsample_chroma(plane: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.repeat(np.repeat(plane, 2, axis=0), 2, axis=1)[:height, :width]
-
-
-def yuv420_to_rgb(data: bytes | np.ndarray, width: int, height: int, layout: str) -> np.ndarray:
-    """A packed 4:2:0 frame to RGB: ``layout`` "NV21" (Y, then V/U interleaved: Android's camera
-    default), "NV12" (Y, then U/V) or "I420" (Y, U, V planes). Odd sizes round the chroma planes up."""
-    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else np.asarray(data, np.uint8)
-    cw, ch = (width + 1) // 2, (height + 1) // 2
-    need = width * height + 2 * cw * ch
-    if buf.size != need:
-        raise ValueError(f"a {width}x{height} {layout} frame has {need} bytes, got {buf.size}")
-    y = buf[: width * height].reshape(height, width)
-    rest = buf[width * height :]
-    if layout in ("NV21", "NV12"):
-        inter = rest.reshape(ch, cw, 2)
-        first, second = inter[..., 0], inter[..., 1]
-        u, v = (second, first) if layout == "NV21" else (first, second)
-    elif layout == "I420":
-        u, v = rest[: cw * ch].reshape(ch, cw), rest[cw * ch :].reshape(ch, cw)
-    else:
-        raise ValueError(f"unknown YUV layout {layout!r}; known: NV21, NV12, I420")
-    return yuv_to_rgb_bt601(y, _upsample_chroma(u, height, width), _upsample_chroma(v, height, width))
-
-
-def rgb_to_yuv420(img: np.ndarray, layout: str = "NV21") -> bytes:
-    """RGB (H, W, 3) uint8 to a packed 4:2:0 frame, BT.601 limited range with libyuv's integer
-    ``RGBToY``/``RGBToU``/``RGBToV`` (chroma from the rounded mean of each 2x2 block). Replay uses it
-    to give photos the chroma subsampling and limited range a camera frame has."""
-    h, w = img.shape[:2]
-    px = img[..., :3].astype(np.int64)
-    r, g, b = px[..., 0], px[..., 1], px[..., 2]
-    y = (66 * r + 129 * g + 25 * b + 0x1080) >> 8
-    ph, pw = h + (h & 1), w + (w & 1)
-    padded = np.pad(px, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-    avg = (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2] + 2) >> 2
-    ar, ag, ab = avg[..., 0], avg[..., 1], avg[..., 2]
-    u = (112 * ab - 74 * ag - 38 * ar + 0x8080) >> 8
-    v = (112 * ar - 94 * ag - 18 * ab + 0x8080) >> 8
-    y8, u8, v8 = (np.clip(c, 0, 255).astype(np.uint8) for c in (y, u, v))
-    if layout == "I420":
-        return y8.tobytes() + u8.tobytes() + v8.tobytes()
-    pair = np.stack([v8, u8] if layout == "NV21" else [u8, v8], axis=-1)
-    return y8.tobytes() + pair.tobytes()
-
-
 def source_roundtrip(img: np.ndarray, source_format: str) -> np.ndarray:
     """RGB -> the spec's camera format -> RGB (``rgb``: unchanged)."""
     if source_format == "rgb":
         return img
+    from replaybench.replay.yuv import packed_yuv420_to_rgb, rgb_to_yuv420
+
     layout = {"nv21": "NV21", "i420": "I420"}[source_format]
     h, w = img.shape[:2]
-    return yuv420_to_rgb(rgb_to_yuv420(img, layout), w, h, layout)
+    return packed_yuv420_to_rgb(rgb_to_yuv420(img, layout), w, h, layout)
 
 
 def to_color_order(img: np.ndarray, order: str) -> np.ndarray:

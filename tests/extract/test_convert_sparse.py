@@ -15,6 +15,7 @@ import pytest
 from replaybench.errors import ConversionError, ParityError
 from replaybench.extract.convert import convert_model
 from replaybench.extract.convert import tflite_rewrite as rw
+from replaybench.extract.convert.writer import convert_model_in_process
 from tests.fixtures.sparse_models import SPARSE_CASES, sparse_models
 
 
@@ -115,14 +116,15 @@ def test_parity_fails_on_a_wrong_densify(folder, case, tmp_path, monkeypatch):
     """A densify that swaps two weights must fail parity: the reference is the original sparse model in
     LiteRT, not the (equally wrong) rewritten one, against which it would pass."""
     monkeypatch.setattr(rw, "sparse_to_dense", _swap_two_values(rw.sparse_to_dense))
+    # the fault is injected in this process, so convert here too (convert_model runs in a sandbox child)
     with pytest.raises(ParityError, match="disagrees"):
-        convert_model(folder / f"{case}.tflite", tmp_path / "b", n_random=2, runtime="onnx")
-    b = convert_model(
+        convert_model_in_process(folder / f"{case}.tflite", tmp_path / "b", n_random=2, runtime="onnx")
+    b = convert_model_in_process(
         folder / f"{case}.tflite", tmp_path / "c", n_random=2, allow_mismatch=True, runtime="onnx"
     )
     assert b.parity is not None and not b.parity.passed and b.parity.reference == "original"
     # by default such a model is replayed in LiteRT itself, the reason recorded
-    native = convert_model(folder / f"{case}.tflite", tmp_path / "d", n_random=2)
+    native = convert_model_in_process(folder / f"{case}.tflite", tmp_path / "d", n_random=2)
     assert native.runtime.name == "tflite" and "disagrees" in (native.runtime.reason or "")
 
 
