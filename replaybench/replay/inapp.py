@@ -21,16 +21,14 @@ crash can take the results of the items before it with the process, so "the olde
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import queue
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -433,13 +431,6 @@ class InAppResult(BaseModel):
     items_per_second: float
 
 
-def _fingerprint(fmt: str, items: Sequence[DatasetItem]) -> str:
-    h = hashlib.sha256(fmt.encode())
-    for it in items:
-        h.update(f"{it.item_id}\t{it.path}\n".encode())
-    return h.hexdigest()
-
-
 def _announce(events: queue.Queue[tuple[Any, ...]], k: int, _done: Future[Any]) -> None:
     events.put(("decoded", 0, k))  # wakes the main loop: item k is decoded (or failed to)
 
@@ -476,6 +467,7 @@ def replay_in_app(
 
     from replaybench.replay.datasets import ReadOptions, read_dataset
     from replaybench.replay.decoders import decode_outputs, decoded_columns
+    from replaybench.replay.runner import dataset_record, select_items
     from replaybench.replay.sink import (
         FIXED_COLUMNS,
         PartWriter,
@@ -498,19 +490,10 @@ def replay_in_app(
     labels = manifest.postprocess.labels
     decoded = decoded_columns(decoders, sizes, labels)
     fmt, items = read_dataset(dataset, opts.format, ReadOptions(pattern=opts.pattern))
-    selected = list(items)
-    if opts.shuffle:
-        random.Random(opts.seed).shuffle(selected)
-    if opts.limit is not None:
-        selected = selected[: opts.limit]
+    selected = select_items(items, shuffle=opts.shuffle, seed=opts.seed, limit=opts.limit)
     run_doc = {
         "version": 1,
-        "dataset": {
-            "path": str(Path(dataset).resolve()),
-            "format": fmt,
-            "fingerprint": _fingerprint(fmt, items),
-            "items": len(items),
-        },
+        "dataset": dataset_record(dataset, fmt, items),
         "bundles": [{"name": manifest.name, "route": ROUTE_IN_APP, "hooks_sha256": hooks_sha}],
         "settings": {
             "limit": opts.limit,

@@ -404,6 +404,7 @@ def geometry(img: np.ndarray, r: ResizeSpec, backend: ResizeBackend = "numpy") -
 # (NV21ToARGB / I420ToARGB with kYuvI601Constants). Chroma is 2x2 subsampled and upsampled by
 # repetition (libyuv's row functions use one U/V pair for two pixels on two rows).
 
+
 # libyuv row_common.cc YuvPixel, 6-bit fixed point: YG = round(1.164 * 64 * 256 * 256 / 257),
 # YGB = 1.164 * 64 * -16 + 64 / 2, UB = max(-128, round(-2.018 * 64)), UG = round(0.391 * 64),
 # VG = round(0.813 * 64), VR = round(-1.596 * 64).

@@ -280,6 +280,26 @@ def _fingerprint(fmt: str, items: Sequence[DatasetItem]) -> str:
     return h.hexdigest()
 
 
+def select_items(
+    items: Sequence[DatasetItem], *, shuffle: bool, seed: int, limit: int | None
+) -> list[DatasetItem]:
+    """The items a run replays: all, or a seeded shuffle, cut to ``limit`` (offline and in-app alike)."""
+    selected = list(items)
+    if shuffle:
+        random.Random(seed).shuffle(selected)
+    return selected if limit is None else selected[:limit]
+
+
+def dataset_record(dataset: Path, fmt: str, items: Sequence[DatasetItem]) -> dict[str, Any]:
+    """The dataset entry of run.json: ``--resume`` refuses a run whose dataset changed."""
+    return {
+        "path": str(Path(dataset).resolve()),
+        "format": fmt,
+        "fingerprint": _fingerprint(fmt, items),
+        "items": len(items),
+    }
+
+
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -589,19 +609,10 @@ def replay(
         dataset, opts.format, ReadOptions(pattern=opts.pattern, allow_outside=opts.allow_outside)
     )
 
-    selected = list(items)
-    if opts.shuffle:
-        random.Random(opts.seed).shuffle(selected)
-    if opts.limit is not None:
-        selected = selected[: opts.limit]
+    selected = select_items(items, shuffle=opts.shuffle, seed=opts.seed, limit=opts.limit)
     manifest = {
         "version": 1,
-        "dataset": {
-            "path": str(Path(dataset).resolve()),
-            "format": fmt,
-            "fingerprint": _fingerprint(fmt, items),
-            "items": len(items),
-        },
+        "dataset": dataset_record(dataset, fmt, items),
         "bundles": [_manifest_bundle(lb) for lb in bundles],
         # what each bundle's parity was measured against, for evaluate's report (not compared on --resume)
         "bundle_parity": {lb.bundle.name: _parity_record(lb) for lb in bundles},
