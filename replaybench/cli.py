@@ -53,6 +53,14 @@ STATE = _State()
 # Reusable parameter aliases (the hf CLI habit): options that recur share one definition.
 JsonFlag = Annotated[bool, typer.Option("--json", help="Write the result document as JSON to stdout.")]
 OutDir = Annotated[Path, typer.Option("-o", "--output", help="Output folder.")]
+# how trace and replay-app reach the app's process (Frida)
+ProgramArgs = Annotated[
+    list[str] | None, typer.Argument(metavar="[-- ARGS]", help="Arguments for a spawned local program.")
+]
+UsbFlag = Annotated[bool, typer.Option("--usb", help="Use the USB device.")]
+RemoteOpt = Annotated[str | None, typer.Option("--remote", help="Use frida-server at HOST[:PORT].")]
+PidOpt = Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible).")]
 AllowOutside = Annotated[
     bool,
@@ -499,13 +507,11 @@ def agent(
 @app.command()
 def trace(
     output: OutDir,
-    program_args: Annotated[
-        list[str] | None, typer.Argument(metavar="[-- ARGS]", help="Arguments for a spawned local program.")
-    ] = None,
-    usb: Annotated[bool, typer.Option("--usb", help="Use the USB device.")] = False,
-    remote: Annotated[str | None, typer.Option("--remote", help="Use frida-server at HOST[:PORT].")] = None,
-    pid: Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")] = None,
+    program_args: ProgramArgs = None,
+    usb: UsbFlag = False,
+    remote: RemoteOpt = None,
+    pid: PidOpt = None,
+    name: NameOpt = None,
     spawn: Annotated[str | None, typer.Option("--spawn", help="Spawn this package or program.")] = None,
     seconds: Annotated[
         float, typer.Option("--seconds", help="Record this long (0: until Ctrl-C or the process ends).")
@@ -744,13 +750,11 @@ def replay_app(
     hooks: Annotated[Path, typer.Argument(help="The hook manifest (JSON) for this app version.")],
     dataset: Annotated[Path, typer.Argument(help="The dataset (same formats as replay).")],
     output: OutDir,
-    program_args: Annotated[
-        list[str] | None, typer.Argument(metavar="[-- ARGS]", help="Arguments for a spawned local program.")
-    ] = None,
-    usb: Annotated[bool, typer.Option("--usb", help="Use the USB device.")] = False,
-    remote: Annotated[str | None, typer.Option("--remote", help="Use frida-server at HOST[:PORT].")] = None,
-    pid: Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")] = None,
+    program_args: ProgramArgs = None,
+    usb: UsbFlag = False,
+    remote: RemoteOpt = None,
+    pid: PidOpt = None,
+    name: NameOpt = None,
     spawn: Annotated[
         str | None, typer.Option("--spawn", help="Spawn this package or program (lets replay restart it).")
     ] = None,
