@@ -116,7 +116,8 @@ class NcnnEngine:
         net = ncnn.Net()
         net.opt.num_threads = threads or 1
         net.opt.use_vulkan_compute = False
-        binary = param.read_bytes()[:4] == (7767517).to_bytes(4, "little")
+        with param.open("rb") as f:
+            binary = f.read(4) == (7767517).to_bytes(4, "little")
         if (net.load_param_bin(str(param)) if binary else net.load_param(str(param))) != 0:
             raise CorruptInputError(f"ncnn cannot read the param file {param}")
         if net.load_model(str(weights)) != 0:
@@ -130,7 +131,8 @@ class NcnnEngine:
 
     def run(self, output_names: Sequence[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         ex = self.net.create_extractor()
-        # ncnn.Mat wraps the array's memory without holding the array: keep each alive until extraction
+        # ncnn.Mat wraps the array's memory without holding the array: ``inputs`` keeps each alive until
+        # the extractions below (a freed temporary gave wrong outputs now and then)
         inputs = {name: np.ascontiguousarray(x[0], dtype=np.float32) for name, x in feed.items()}
         for name, x in inputs.items():
             ex.input(name, self._ncnn.Mat(x))
@@ -139,8 +141,7 @@ class NcnnEngine:
             ret, mat = ex.extract(name)
             if ret != 0:
                 raise CorruptInputError(f"ncnn could not compute output {name!r}")
-            outs.append(np.array(mat)[None])
-        del inputs
+            outs.append(np.array(mat)[None])  # a copy: the Mat dies with the extractor
         return outs
 
 
