@@ -85,6 +85,9 @@ QUIET_THIRD_PARTY_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ INFO and WARNING lines
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" / "Writing model shards" bars
     "TRANSFORMERS_VERBOSITY": "error",
+    # Python warnings of the libraries (tf2onnx's use of the deprecated tf.lite.Interpreter, LiteRT's
+    # debugging notes), also in the conversion sandbox's child processes, which inherit the environment
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::UserWarning,ignore::FutureWarning",
 }
 
 
@@ -119,6 +122,11 @@ def setup_logging(verbose: int, quiet: bool, *, third_party: bool = False) -> No
         sink = logging.NullHandler()
         for key, value in QUIET_THIRD_PARTY_ENV.items():
             os.environ.setdefault(key, value)
+        if os.environ["PYTHONWARNINGS"] == QUIET_THIRD_PARTY_ENV["PYTHONWARNINGS"]:  # not the user's own
+            import warnings
+
+            for category in (DeprecationWarning, UserWarning, FutureWarning):
+                warnings.filterwarnings("ignore", category=category)
         if "transformers" in sys.modules:  # imported already: the environment is read too late
             import transformers
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from replaybench._console import QUIET_THIRD_PARTY_ENV
 from replaybench._stderr import is_chatter
 from replaybench.demo.pipeline import SAMPLE
 from tests.distill.synthetic import build_student_and_bundle
@@ -32,12 +33,18 @@ TF_CHATTER = [
     "All log messages before absl::InitializeLog() is called",
     "oneDNN custom operations are on",
     "Created TensorFlow Lite XNNPACK delegate",
+    "tf.lite.Interpreter is deprecated",  # a Python warning, from tf2onnx in the conversion child
 ]
 EXPORT_CHATTER = ["Loading weights", "Please consider to run pre-processing before quantization"]
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP_", "HF_HUB_", "TRANSFORMERS_"))}
+    # an in-process CLI call of another test may have set the quiet switches in this process's environment
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in QUIET_THIRD_PARTY_ENV and not k.startswith(("TF_CPP_", "HF_HUB_", "TRANSFORMERS_"))
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
 
