@@ -369,8 +369,9 @@ def _convert(
     blobs_by_sha = {b.sha256: b for b in inv.model_blobs}
     jobs, models = [], []
     used: set[str] = set()
+    formats = bundle_formats()
     for path, model, src in candidates:
-        if model.format not in bundle_formats():
+        if model.format not in formats:
             continue
         user = _override(overrides or {}, model)
         spec: PreprocessSpec | None = None
