@@ -199,7 +199,7 @@ def model_only(bundle: Path, n: int, batch: int, runner_config: bool) -> float:
     workers (one-thread streams, ``inference_threads``); otherwise onnxruntime's own intra-op threads with
     spinning (the best plain setting when nothing else runs). (a) is the better of the two."""
     from replaybench.bundle import load_bundle
-    from replaybench.replay.runner import inference_threads
+    from replaybench.replay.inference import inference_threads
     from replaybench.replay.sessions import open_model
 
     lb = load_bundle(bundle)
@@ -226,15 +226,13 @@ def decode_only(
 ) -> float:
     """The runner's own worker pool and shared-memory slots, with a consumer that drops the tensors."""
     from replaybench.bundle import load_bundle
-    from replaybench.replay import runner
     from replaybench.replay.items import DatasetItem
+    from replaybench.replay.pool import DecodePool
+    from replaybench.replay.workers import DecodeConfig
 
     spec = load_bundle(bundle).bundle.preprocess
     assert spec is not None
     items = [DatasetItem(item_id=str(i), path=p) for i, p in enumerate(paths)]
-
-    def payload(chunk: list[DatasetItem]) -> list[tuple[int, str | None]]:
-        return [(i, str(it.path)) for i, it in enumerate(chunk)]
 
     started: list[float] = []
 
@@ -242,10 +240,15 @@ def decode_only(
         if not started:  # time from the first result: worker start-up is not decode throughput
             started.append(time.perf_counter())
 
-    init_args = ([spec], None, 0.0, False, fast, *(("numpy", False) if before else ("onnxruntime", True)))
-    pool = runner.DecodePool([spec], init_args, workers, batch, streams=1)
+    config = DecodeConfig(
+        specs=(spec,),
+        fast_decode=fast,
+        resize_backend="numpy" if before else "onnxruntime",
+        simplejpeg=not before,
+    )
+    pool = DecodePool(config, workers, batch, streams=1)
     try:
-        pool.run(items, payload, lambda res: None, write)
+        pool.run(items, lambda chunk, res: None, write)
     finally:
         pool.close()
     return (len(items) - batch) / (time.perf_counter() - started[0])

@@ -19,10 +19,13 @@ from PIL import Image
 from replaybench.bundle import PreprocessSpec, ResizeSpec, load_bundle
 from replaybench.errors import UsageError
 from replaybench.replay.decode import decode_image
+from replaybench.replay.inference import inference_threads
 from replaybench.replay.items import DatasetItem
+from replaybench.replay.pool import DecodePool
 from replaybench.replay.preprocess import apply_preprocess
-from replaybench.replay.runner import DecodePool, ReplayOptions, inference_threads, replay
+from replaybench.replay.runner import ReplayOptions, replay
 from replaybench.replay.sessions import open_model
+from replaybench.replay.workers import DecodeConfig
 from tests.replay.helpers import tiny_bundle, tiny_model, utk_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,11 +106,9 @@ def _grey_items(folder: Path, n: int) -> list[DatasetItem]:
 
 def _run_pool(items: list[DatasetItem], infer, write) -> None:
     spec = PreprocessSpec(resize=ResizeSpec(width=8, height=8, method="area"), scale=[1.0], offset=[0.0])
-    pool = DecodePool([spec], ([spec], None, 0.0, False, False, "numpy", True), 2, 4, streams=2)
+    pool = DecodePool(DecodeConfig(specs=(spec,), resize_backend="numpy"), 2, 4, streams=2)
     try:
-        pool.run(
-            items, lambda c: [(i, str(it.path) if it.path else None) for i, it in enumerate(c)], infer, write
-        )
+        pool.run(items, infer, write)
     finally:
         pool.close()
 
@@ -119,7 +120,7 @@ def test_streams_finish_out_of_order_but_chunks_are_written_in_order(tmp_path):
     items.insert(7, DatasetItem(item_id="missing", path=None))
     delays = iter(np.random.default_rng(0).uniform(0, 0.05, size=64))
 
-    def infer(res):
+    def infer(chunk, res):
         time.sleep(next(delays))  # streams finish out of order
         return [] if res["tensors"][0] is None else [float(t.mean()) for t in res["tensors"][0]]
 
@@ -138,7 +139,7 @@ def test_streams_finish_out_of_order_but_chunks_are_written_in_order(tmp_path):
 def test_a_failing_stream_stops_the_run_after_the_chunks_before_it(tmp_path):
     items = _grey_items(tmp_path / "imgs", 40)
 
-    def infer(res):
+    def infer(chunk, res):
         if res["tensors"][0][0].mean() == 5.0 * 12:  # the fourth chunk (items 12-15)
             raise RuntimeError("model failed")
         return None
