@@ -64,7 +64,8 @@ class QuantParams(Strict):
     zero_point: int
 
 
-PREPROCESS_SPEC_VERSION = 2  # 2: letterbox pad/placement, shorter side, rotation/mirror, source format
+# 2: letterbox pad/placement, shorter side, rotation/mirror, source format; 3: jpeg_draft
+PREPROCESS_SPEC_VERSION = 3
 
 
 class ResizeSpec(Strict):
@@ -115,6 +116,10 @@ class PreprocessSpec(Strict):
     # ``rotation`` degrees, then mirror left-right when ``mirror`` (front-camera frames).
     rotation: Literal[0, 90, 180, 270] = 0
     mirror: bool = False
+    # The source JPEG is decoded at reduced scale inside libjpeg (the strongest DCT scaling that keeps it
+    # at least the tensor's size: Pillow's ``draft``), as the model's own pipeline did (the student is
+    # trained on such decodes). Part of the pixels, unlike ``replay --fast-decode``, an approximation.
+    jpeg_draft: bool = False
     resize: ResizeSpec
     color_order: Literal["RGB", "BGR", "GRAY"] = "RGB"
     layout: Literal["NHWC", "NCHW"] = "NHWC"

@@ -62,6 +62,10 @@ RemoteOpt = Annotated[str | None, typer.Option("--remote", help="Use frida-serve
 PidOpt = Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")]
 NameOpt = Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible).")]
+VariantOpt = Annotated[
+    str | None,
+    typer.Option("--variant", help="Run the bundles' quantised graphs (int8: a student bundle's int8 pair)."),
+]
 AllowOutside = Annotated[
     bool,
     typer.Option(
@@ -675,6 +679,7 @@ def replay(
             "run.json records it.",
         ),
     ] = False,
+    variant: VariantOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Run a dataset through one or more bundles at high throughput; write predictions as Parquet.
@@ -717,6 +722,7 @@ def replay(
         allow_outside=allow_outside,
         allow_unfaithful=allow_unfaithful,
         accept_unresolved=accept_unresolved,
+        variant=variant,
     )
     progress = NullProgress() if json_out else RichProgress()
     STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"
@@ -1222,31 +1228,45 @@ def distill_score(
         bool, typer.Option("--resume", help="Continue a killed run in the same folder.")
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images / captions per model call.")] = 32,
-    part_size: Annotated[int, typer.Option("--part-size", help="Rows per Parquet part.")] = 512,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Decode processes (default: cores).")
     ] = None,
+    part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
     allow_outside: AllowOutside = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Score posts in bulk with the student bundle; Parquet with score and bucket per post.
+    """Score posts with the student bundle: an alias of `replay BUNDLE POSTS --format posts`.
+
+    Writes the predictions contract (a score column, the posts' labels carried) and prints the score
+    distribution per bucket.
 
     Example: replaybench distill score student-bundle/ posts/ -o scores/
     """
-    from replaybench._console import RichProgress, emit_json
-    from replaybench.distill.score import score_posts
+    from replaybench._console import NullProgress, RichProgress, emit_json
+    from replaybench.distill.metrics import score_summary
+    from replaybench.replay.runner import ReplayOptions, replay
 
-    result = score_posts(
-        bundle, posts, output, int8=int8, resume=resume, batch_size=batch_size, chunk_size=part_size,
-        workers=workers, progress=None if json_out else RichProgress(), allow_outside=allow_outside,
+    options = ReplayOptions(
+        format="posts", workers=workers, batch_size=batch_size, resume=resume, part_rows=part_rows,
+        allow_outside=allow_outside, variant="int8" if int8 else None,
     )  # fmt: skip
+    STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"
+    result = replay([bundle], posts, output, options, NullProgress() if json_out else RichProgress())
+    summary = score_summary(output)
     if json_out:
-        emit_json(result)
+        emit_json({"replay": result.model_dump(mode="json"), "scores": summary})
         return
-    doc = result.model_dump(exclude={"summary"})
-    for bucket, v in result.summary["buckets"].items():
-        doc[f"bucket {bucket}"] = f"{v['count']} ({v['share']:.1%})"
-    doc["errors (all parts)"] = result.summary["errors"]
+    doc: dict[str, Any] = {
+        "output": result.output,
+        "posts scored now": result.items_ok,
+        "errors now": result.items_error,
+        "already done": result.items_skipped_done,
+        "items/s": result.items_per_second,
+    }
+    for name, v in summary["buckets"].items():
+        doc[f"bucket {name}"] = f"{v['count']} ({v['share']:.1%})"
+    doc["mean score"] = summary["mean"]
+    doc["errors (all parts)"] = summary["errors"]
     _render_doc("student scores", doc)
 
 

@@ -231,8 +231,9 @@ def _distill(out: Path, posts: int, progress: Progress) -> tuple[str, Path]:
     from replaybench.demo.synthetic import teacher_labels, write_posts
     from replaybench.distill.export import export_student
     from replaybench.distill.label import import_labels
-    from replaybench.distill.score import score_posts
+    from replaybench.distill.metrics import score_summary
     from replaybench.distill.train import train_student
+    from replaybench.replay.runner import ReplayOptions, replay
 
     folder = out / "distill"
     post_dir = write_posts(folder / "posts", posts)
@@ -244,15 +245,20 @@ def _distill(out: Path, posts: int, progress: Progress) -> tuple[str, Path]:
         post_dir, labels, folder / "student", random_init=True, epochs=60, patience=15, progress=progress
     )
     export_student(folder / "student", folder / "student-bundle", progress=progress)
-    scored = score_posts(
-        folder / "student-bundle", post_dir, folder / "scores", int8=True, workers=1, progress=progress
+    # the student is replayed like any bundle: predictions with a score column and the posts' labels
+    replay(
+        [folder / "student-bundle"],
+        post_dir,
+        folder / "scores",
+        ReplayOptions(format="posts", variant="int8", workers=1),
+        progress,
     )
-    buckets = scored.summary["buckets"]
-    shares = ", ".join(f"{b}: {v['count']}" for b, v in buckets.items())
+    summary = score_summary(folder / "scores")
+    shares = ", ".join(f"{b}: {v['count']}" for b, v in summary["buckets"].items())
     test = trained.test
     return (
         f"student test MAE {test.get('mae', float('nan')):.2f} on {trained.test_posts} held-out posts "
         f"(mean baseline {trained.baseline_test_mae:.2f}); "
-        f"{scored.summary['ok']} posts scored int8 [{shares}]",
+        f"{summary['ok']} posts scored int8 [{shares}]",
         folder / "scores",
     )

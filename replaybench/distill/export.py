@@ -366,6 +366,7 @@ def _bundle_doc(
             outputs=[TensorSpec(name="score", shape=["batch"], dtype="float32", layout="other")],
         ),
         preprocess=PreprocessSpec(
+            jpeg_draft=True,  # distill/images.py decodes JPEGs at reduced scale for training: same pixels
             resize=ResizeSpec(width=224, height=224, method="bilinear_pil"),
             color_order="RGB",
             layout="NCHW",
@@ -375,7 +376,7 @@ def _bundle_doc(
             provenance=prov,
             notes=[
                 "ImageNet mean/std normalisation is inside the graphs; feed raw 0..255 pixels",
-                "JPEGs decode at reduced scale (PIL draft) then resize bilinear to 224x224, EXIF-rotated",
+                "JPEGs decode at reduced scale (jpeg_draft) then resize bilinear to 224x224, EXIF-rotated",
             ],
         ),
         postprocess=PostprocessSpec(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,4 +40,34 @@ def agreement(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
         "spearman": None if const else float(spearmanr(t, p).statistic),
         "buckets": list(BUCKETS),
         "confusion": confusion.tolist(),
+    }
+
+
+def score_summary(predictions: Path) -> dict[str, Any]:
+    """The score distribution over every part of a predictions folder (all student bundles' rows):
+    counts and shares per bucket, mean, std, quantiles, and the error rows."""
+    import polars as pl
+
+    from replaybench.replay.sink import existing_parts
+
+    parts = existing_parts(predictions)
+    df = (
+        pl.concat([pl.read_parquet(p, columns=["status", "score"]) for p in parts])
+        if parts
+        else pl.DataFrame({"status": [], "score": []}, schema={"status": pl.String, "score": pl.Float64})
+    )
+    s = df.filter((pl.col("status") == "ok") & pl.col("score").is_not_null())["score"].to_numpy()
+    s = s.astype(np.float64)
+    counts = np.bincount(bucket_index(s), minlength=3) if len(s) else np.zeros(3, np.int64)
+    return {
+        "rows": df.height,
+        "ok": len(s),
+        "errors": int((df["status"] == "error").sum()),
+        "buckets": {
+            b: {"count": int(c), "share": float(c) / len(s) if len(s) else 0.0}
+            for b, c in zip(BUCKETS, counts, strict=True)
+        },
+        "mean": float(s.mean()) if len(s) else None,
+        "std": float(s.std()) if len(s) else None,
+        "quantiles": {q: float(np.quantile(s, float(q))) for q in ("0.1", "0.5", "0.9")} if len(s) else {},
     }

@@ -17,6 +17,7 @@ from replaybench.replay.items import DatasetItem
 
 if TYPE_CHECKING:
     from replaybench.replay.sessions import ModelSession
+    from replaybench.replay.text_models import ImageTextModel
 
 
 def inference_threads(threads: int | None, n_workers: int) -> tuple[int | None, int]:
@@ -49,15 +50,27 @@ class ModelStage:
         threads: int | None = None,
         spinning: bool = True,
         batch_size: int = 32,
+        variant: str | None = None,
     ) -> None:
         from replaybench.replay.decoders import decoded_columns
         from replaybench.replay.runtimes import open_bundle_model
+        from replaybench.replay.text_models import ImageTextModel, is_image_text
 
         self.bundles, self.groups, self.batch_size = list(bundles), list(groups), batch_size
-        self.sessions: list[ModelSession] = []
+        self.sessions: list[ModelSession | ImageTextModel] = []
         self.decoded: dict[str, str] = {}
         for lb, g in zip(bundles, groups, strict=True):
-            ms = open_bundle_model(lb, providers=providers, threads=threads, spinning=spinning)
+            ms: ModelSession | ImageTextModel
+            if is_image_text(lb):
+                ms = ImageTextModel(
+                    lb, variant=variant, providers=providers, threads=threads, spinning=spinning
+                )
+            elif variant is not None:
+                raise UsageError(
+                    f"bundle {lb.bundle.name} has no {variant} variant", hint="replay it without --variant"
+                )
+            else:
+                ms = open_bundle_model(lb, providers=providers, threads=threads, spinning=spinning)
             want = np.dtype(specs[g].dtype)
             if np.dtype(ms.input_dtype) != want:
                 raise UsageError(
@@ -74,6 +87,7 @@ class ModelStage:
         """Model outputs decoded per bundle for a chunk's ok items (thread-safe: the local engine runs
         several chunks at once)."""
         from replaybench.replay.decoders import decode_outputs
+        from replaybench.replay.text_models import ImageTextModel
 
         per_bundle: list[dict[str, Any] | None] = []
         for lb, ms, g in zip(self.bundles, self.sessions, self.groups, strict=True):
@@ -81,10 +95,14 @@ class ModelStage:
             if batch is None:
                 per_bundle.append(None)
                 continue
-            outs: dict[str, list[np.ndarray]] = {}
-            for s in range(0, len(batch), self.batch_size):
-                for k, v in ms.run(batch[s : s + self.batch_size]).items():
-                    outs.setdefault(k, []).append(v)
-            merged = {k: np.concatenate(v) for k, v in outs.items()}
+            if isinstance(ms, ImageTextModel):  # the whole chunk: it batches images and captions itself
+                captions = [it.caption for it, st in zip(chunk, res["status"], strict=True) if st == "ok"]
+                merged = ms.run(batch, captions, self.batch_size)
+            else:
+                outs: dict[str, list[np.ndarray]] = {}
+                for s in range(0, len(batch), self.batch_size):
+                    for k, v in ms.run(batch[s : s + self.batch_size]).items():
+                        outs.setdefault(k, []).append(v)
+                merged = {k: np.concatenate(v) for k, v in outs.items()}
             per_bundle.append(decode_outputs(merged, lb.bundle.postprocess.decoders, lb.labels))
         return per_bundle

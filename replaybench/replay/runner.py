@@ -67,6 +67,7 @@ class ReplayOptions:
     # replay a bundle whose end-to-end fidelity failed (recorded in run.json and the parts' metadata)
     allow_unfaithful: bool = False
     accept_unresolved: bool = False  # replay a bundle whose preprocessing is unresolved (admission.py)
+    variant: str | None = None  # a quantised variant of the bundles' graphs (the student's "int8")
 
 
 class BundleRun(BaseModel):
@@ -247,6 +248,12 @@ def replay(
     if opts.faces is not None:
         from replaybench.replay.faces import FaceDetector
 
+        if any(s.jpeg_draft for s in specs):
+            raise UsageError(
+                "--faces crops each face from the full-resolution image, but a bundle's preprocessing "
+                "decodes JPEGs at reduced scale (jpeg_draft): replay it without --faces"
+            )
+
         FaceDetector(opts.faces)  # a bad detector bundle fails here with its typed error, not in a worker
     fmt, items = read_dataset(
         dataset, opts.format, ReadOptions(pattern=opts.pattern, allow_outside=opts.allow_outside)
@@ -268,6 +275,8 @@ def replay(
             "one_face": opts.one_face,
             "face_margin": opts.face_margin if opts.faces else None,
             "allow_unfaithful": opts.allow_unfaithful,
+            # only when set: run.json of runs without it stay resumable
+            **({"variant": opts.variant} if opts.variant else {}),
         },
     }
     check_or_write_manifest(output, manifest, opts.resume)
@@ -296,6 +305,7 @@ def replay(
             threads=threads,
             spinning=n_workers == 0,
             batch_size=opts.batch_size,
+            variant=opts.variant,
         )
         rows = RowBuilder(names, items, models.decoded, faces=opts.faces is not None)
         writer = PartWriter(

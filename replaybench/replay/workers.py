@@ -72,9 +72,15 @@ def init_worker(config: DecodeConfig, slots: SlotSpec | None = None) -> None:
         from replaybench.replay.faces import FaceDetector
 
         _W["detector"] = FaceDetector(config.faces)
-    # Reduced-size decode only when asked, and never with faces (the crop needs the full resolution).
-    targets = [(s.resize.width, s.resize.height) for s in specs]
-    _W["fast_size"] = draft_size(targets) if config.fast_decode and config.faces is None else None
+    # The decode each spec needs: full, or reduced-size (a spec's own jpeg_draft, or --fast-decode for
+    # all: never with faces, whose crop needs the full resolution). One decode per distinct need.
+    fast = draft_size([(s.resize.width, s.resize.height) for s in specs])
+    _W["decodes"] = [
+        (s.resize.width, s.resize.height)
+        if s.jpeg_draft
+        else (fast if config.fast_decode and config.faces is None else None)
+        for s in specs
+    ]
     for s in specs:  # warm up: the resize session is built here, not on the first chunk
         apply_preprocess(np.zeros((16, 16, 3), np.uint8), s, config.resize_backend)
 
@@ -98,8 +104,13 @@ def process_chunk(chunk: list[tuple[int, str | None]], slot: int | None = None) 
         try:
             if path is None:
                 raise DecodeFailure("missing: the item has no image")
-            img = decode_image(Path(path), fast_size=_W["fast_size"], simplejpeg=config.simplejpeg)
-            if detector is not None:
+            decoded: dict[tuple[int, int] | None, np.ndarray] = {}
+            for size in _W["decodes"]:
+                if size not in decoded:
+                    decoded[size] = decode_image(Path(path), fast_size=size, simplejpeg=config.simplejpeg)
+            sources = [decoded[size] for size in _W["decodes"]]
+            if detector is not None:  # every decode is full-size with faces (replay refuses jpeg_draft)
+                img = sources[0]
                 found = detector.detect(img)
                 best = found[0] if found else None
                 face_info = (len(found), list(best.box) if best else None, best.score if best else None)
@@ -113,8 +124,10 @@ def process_chunk(chunk: list[tuple[int, str | None]], slot: int | None = None) 
                     errors.append("no face found")
                     faces.append(face_info)
                     continue
-                img = crop_face(img, best.box, config.face_margin)
-            per_spec = [apply_preprocess(img, s, config.resize_backend) for s in specs]
+                sources = [crop_face(img, best.box, config.face_margin)] * len(specs)
+            per_spec = [
+                apply_preprocess(src, s, config.resize_backend) for src, s in zip(sources, specs, strict=True)
+            ]
         except DecodeFailure as e:
             status.append("error")
             errors.append(e.reason)

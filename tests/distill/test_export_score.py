@@ -1,4 +1,5 @@
-"""Export (ONNX fp32 + int8, parity vs torch, bundle.json) and bulk scoring (errors, resume, kill -9)."""
+"""Export (ONNX fp32 + int8, parity vs torch, bundle.json) and bulk scoring through replay (the student is
+replayed like any bundle: errors, resume after kill -9, scores equal to the bundle's graphs run directly)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,9 @@ import polars as pl
 import pytest
 
 from replaybench.bundle import load_bundle
-from replaybench.distill.score import TOKENS_PER_ROW, TextBatcher, score_posts
 from replaybench.errors import UsageError
+from replaybench.replay.runner import ReplayOptions, replay
+from replaybench.replay.text_models import TOKENS_PER_ROW, TextBatcher
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,25 +175,37 @@ def _broken_posts(trained: Path, folder: Path) -> Path:
     return folder
 
 
+def _preds(folder: Path) -> pl.DataFrame:
+    return pl.read_parquet(folder / "part-*.parquet")
+
+
 def test_score_error_rows_and_summary(trained, tmp_path):
+    from replaybench.distill.metrics import score_summary
+
     posts = _broken_posts(trained, tmp_path / "posts")
-    r = score_posts(trained / "bundle", posts, tmp_path / "scores", chunk_size=16, workers=1)
-    df = pl.concat([pl.read_parquet(p) for p in sorted((tmp_path / "scores").glob("part-*.parquet"))])
+    opts = ReplayOptions(format="posts", workers=1, batch_size=8, part_rows=16)
+    r = replay([trained / "bundle"], posts, tmp_path / "scores", opts)
+    assert (r.items_ok, r.items_error, r.parts_written) == (58, 2, 4)
+    df = _preds(tmp_path / "scores")
     assert df.height == 60 and df["item_id"].n_unique() == 60
+    # the predictions contract: bundle, source path and the post's caption carried with every score
+    assert set(df["bundle"]) == {"distill-student"} and df["source_path"].null_count() == 0
+    assert df.filter(pl.col("item_id") == "p003")["caption"][0]
     errors = {d["item_id"]: d["error"] for d in df.filter(pl.col("status") == "error").to_dicts()}
     assert set(errors) == {"p000", "p001"}
     assert errors["p000"] == "missing: file not found"
     assert errors["p001"].startswith("truncated: ")  # the JPEG header is there, the data is not
     ok = df.filter(pl.col("status") == "ok")
-    assert ok.filter(pl.col("item_id") == "p002")["score"][0] is not None
+    assert ok.filter(pl.col("item_id") == "p002")["score"][0] is not None  # empty caption: scored
     assert ok["score"].min() >= 0 and ok["score"].max() <= 10
-    assert r.summary["errors"] == 2 and sum(v["count"] for v in r.summary["buckets"].values()) == 58
+    summary = score_summary(tmp_path / "scores")
+    assert summary["errors"] == 2 and sum(v["count"] for v in summary["buckets"].values()) == 58
     # Scores agree with the teacher as well as training said they would (the model is real, not a stub).
     labels = pl.read_csv(trained / "labels.csv", schema_overrides={"post_id": pl.String})
     joined = ok.join(labels, left_on="post_id", right_on="post_id")
     assert float((joined["score"] - joined["score_right"]).abs().mean()) < 1.0
     with pytest.raises(UsageError, match="already holds") as e:
-        score_posts(trained / "bundle", posts, tmp_path / "scores")
+        replay([trained / "bundle"], posts, tmp_path / "scores", opts)
     assert "--resume" in (e.value.hint or "")
 
 
@@ -207,18 +222,59 @@ def _coco_subset(realdata: Path, folder: Path, n: int) -> Path:
     return folder
 
 
+def _reference_scores(bundle: Path, posts: Path, suffix: str = "") -> dict[str, float]:
+    """Each post scored alone, outside replaybench: Pillow decodes the JPEG at reduced scale (draft to
+    224x224, as the student was trained) and resizes bilinear to 224x224, the tokenizers library encodes
+    the caption unpadded, and onnxruntime runs image{suffix}.onnx then text_head{suffix}.onnx."""
+    import onnxruntime as ort
+    from PIL import Image
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(bundle / "tokenizer" / "tokenizer.json"))
+    tok.enable_truncation(128)
+    cpu = ["CPUExecutionProvider"]
+    image = ort.InferenceSession(str(bundle / f"image{suffix}.onnx"), providers=cpu)
+    text = ort.InferenceSession(str(bundle / f"text_head{suffix}.onnx"), providers=cpu)
+    out = {}
+    for line in (posts / "posts.jsonl").read_text(encoding="utf-8").splitlines():
+        doc = json.loads(line)
+        with Image.open(doc["image"]) as im:
+            im.draft("RGB", (224, 224))
+            arr = np.asarray(im.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+        (emb,) = image.run(None, {"image": arr.transpose(2, 0, 1)[None].copy()})
+        ids = np.array([tok.encode(doc["caption"]).ids], np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embedding": emb}
+        out[doc["post_id"]] = float(text.run(None, feed)[0].reshape(-1)[0])
+    return out
+
+
+def test_student_replay_equals_its_graphs_run_directly_on_real_coco(trained, realdata, tmp_path):
+    """Real 640px COCO JPEGs (so the reduced-scale decode matters) and real captions of many lengths:
+    replay's batched, length-sorted, dynamically padded scores equal each post scored alone."""
+    coco = _coco_subset(realdata, tmp_path / "coco", 24)
+    opts = ReplayOptions(format="posts", workers=2, batch_size=8, allow_outside=True)
+    replay([trained / "bundle"], coco, tmp_path / "fp32", opts)
+    got = dict(_preds(tmp_path / "fp32").select("post_id", "score").iter_rows())
+    expected = _reference_scores(trained / "bundle", coco)
+    assert set(got) == set(expected)
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), atol=1e-4)
+
+
 def test_score_int8_close_to_fp32_on_real_coco(trained, realdata, tmp_path):
     coco = _coco_subset(realdata, tmp_path / "coco", 48)
     # The table names the real images where they are (outside its folder): trusted, so allowed.
-    a = score_posts(trained / "bundle", coco, tmp_path / "fp32", workers=2, allow_outside=True)
-    b = score_posts(trained / "bundle", coco, tmp_path / "int8", int8=True, workers=2, allow_outside=True)
-    assert a.summary["ok"] == b.summary["ok"] == 48
-    fa = pl.read_parquet(tmp_path / "fp32" / "part-*.parquet").sort("item_id")
-    fb = pl.read_parquet(tmp_path / "int8" / "part-*.parquet").sort("item_id")
+    opts = ReplayOptions(format="posts", workers=2, allow_outside=True)
+    a = replay([trained / "bundle"], coco, tmp_path / "fp32", opts)
+    b = replay([trained / "bundle"], coco, tmp_path / "int8", replace(opts, variant="int8"))
+    assert a.items_ok == b.items_ok == 48
+    fa = _preds(tmp_path / "fp32").sort("item_id")
+    fb = _preds(tmp_path / "int8").sort("item_id")
     diff = np.abs(fa["score"].to_numpy() - fb["score"].to_numpy())
-    assert diff.mean() < 1.0
-    summary = json.loads((tmp_path / "int8" / "summary.json").read_text())
-    assert summary["items"] == 48 and set(summary["buckets"]) == {"0-3", "4-6", "7-10"}
+    assert 0 < diff.mean() < 1.0  # different graphs (int8 is not fp32 run twice), close scores
+    run = json.loads((tmp_path / "int8" / "run.json").read_text())
+    assert run["settings"]["variant"] == "int8"
+    with pytest.raises(UsageError, match=r"--resume: .* \(settings differ\)"):  # fp32 cannot resume an int8 run
+        replay([trained / "bundle"], coco, tmp_path / "int8", replace(opts, resume=True))
 
 
 def test_resume_after_kill_9(trained, realdata, tmp_path):
@@ -227,7 +283,7 @@ def test_resume_after_kill_9(trained, realdata, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # --allow-outside: the table names the real images where they are, outside its folder.
     cmd = [sys.executable, "-m", "replaybench", "distill", "score", str(trained / "bundle"), str(coco),
-           "-o", str(out), "--part-size", "4", "--batch-size", "4", "--workers", "1", "--json",
+           "-o", str(out), "--batch-size", "4", "--part-rows", "4", "--workers", "1", "--json",
            "--allow-outside"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -239,8 +295,8 @@ def test_resume_after_kill_9(trained, realdata, tmp_path):
     assert 2 <= written < 10, "the run should have been killed part-way"
     r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
-    assert doc["already_done"] >= 8 and doc["already_done"] + doc["scored_now"] == 40
-    df = pl.read_parquet(out / "part-*.parquet")
+    doc = json.loads(r.stdout)["replay"]
+    assert doc["items_skipped_done"] >= 8 and doc["items_skipped_done"] + doc["items_processed"] == 40
+    df = _preds(out)
     assert df.height == 40 and df["item_id"].n_unique() == 40
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob(".*.tmp"))
