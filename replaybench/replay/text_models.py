@@ -141,16 +141,21 @@ class ImageTextModel:
         ]
         return np.concatenate(out)
 
-    def run(
-        self, images: np.ndarray, captions: Sequence[str | None], batch_size: int = 32
+    def scores(
+        self, embeddings: np.ndarray, captions: Sequence[str | None], batch_size: int = 32
     ) -> dict[str, np.ndarray]:
-        """Outputs (leading axis = items) for uint8 NCHW images and their captions (None: empty)."""
-        emb = self.image_embeddings(images, batch_size)
+        """The text graph's outputs for image embeddings and their captions (None: empty)."""
         ids = self.batcher.encode([c or "" for c in captions])
         outs = {name: np.zeros(len(captions), np.float32) for name in self.output_names}
         t = self.text_spec
         for pos, input_ids, mask in self.batcher.batches(ids, batch_size):
-            feed = {t.input_ids: input_ids, t.attention_mask: mask, self.image_output: emb[pos]}
+            feed = {t.input_ids: input_ids, t.attention_mask: mask, self.image_output: embeddings[pos]}
             for name, v in zip(self.output_names, self.text.run(self.output_names, feed), strict=True):
                 outs[name][pos] = v.reshape(len(pos))
         return outs
+
+    def run(
+        self, images: np.ndarray, captions: Sequence[str | None], batch_size: int = 32
+    ) -> dict[str, np.ndarray]:
+        """Outputs (leading axis = items) for uint8 NCHW images and their captions (None: empty)."""
+        return self.scores(self.image_embeddings(images, batch_size), captions, batch_size)
