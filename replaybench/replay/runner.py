@@ -568,16 +568,14 @@ def replay(
     t0 = time.perf_counter()  # first: the imports below are part of the set-up a user waits for
     import polars as pl
 
+    from replaybench.predictions import build_schema
     from replaybench.replay.datasets import ReadOptions, read_dataset
-    from replaybench.replay.decoders import decode_outputs
+    from replaybench.replay.decoders import decode_outputs, output_columns
     from replaybench.replay.sink import (
-        FACE_COLUMNS,
-        FIXED_COLUMNS,
         PartWriter,
-        as_label,
-        build_schema,
         check_or_write_manifest,
         done_item_ids,
+        item_columns,
         label_types,
         rows_frame,
     )
@@ -646,20 +644,20 @@ def replay(
     pool = DecodePool(specs, init_args, n_workers, opts.batch_size, streams) if n_workers and todo else None
     try:
         sessions, decoded = _open_sessions(bundles, specs, groups, opts, threads, spinning=n_workers == 0)
-        ltypes = label_types([it.labels for it in items])
-        reserved = (
-            set(FIXED_COLUMNS) | set(decoded) | set(FACE_COLUMNS) | {"status", "error", "post_id", "caption"}
+        schema = build_schema(
+            label_types([it.labels for it in items]),
+            [
+                col
+                for lb, ms in zip(bundles, sessions, strict=True)
+                for col in output_columns(
+                    lb.bundle.name, lb.bundle.postprocess.decoders, ms.output_sizes, lb.labels
+                )
+            ],
+            posts=any(it.post_id is not None or it.caption is not None for it in items),
+            faces=opts.faces is not None,
         )
-        reserved.add("route")  # the route column (offline here; in_app from replay/inapp.py)
-        label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
-        extra: dict[str, str] = {"route": "str"}
-        if any(it.post_id is not None or it.caption is not None for it in items):
-            extra.update({"post_id": "str", "caption": "str"})
-        if opts.faces is not None:
-            extra.update(FACE_COLUMNS)
-        schema = build_schema({label_cols[k]: t for k, t in ltypes.items()}, extra, decoded)
         writer = PartWriter(
-            output, max(opts.part_rows, len(bundles)), metadata=_parts_metadata(bundles, opts)
+            output, max(opts.part_rows, len(bundles)), schema, metadata=_parts_metadata(bundles, opts)
         )
 
         counts = {"ok": 0, "error": 0, "skipped": 0}
@@ -690,18 +688,8 @@ def replay(
             status: list[str] = res["status"]
             for st in status:
                 counts[st] += 1
-            base: dict[str, list[Any]] = {
-                "item_id": [it.item_id for it in chunk],
-                "source_path": [str(it.path.absolute()) if it.path else None for it in chunk],
-                "status": status,
-                "error": res["error"],
-                "route": ["offline"] * n,
-            }
-            for key, kind in ltypes.items():
-                base[label_cols[key]] = [as_label(kind, it.labels.get(key)) for it in chunk]
-            if "post_id" in extra:
-                base["post_id"] = [it.post_id for it in chunk]
-                base["caption"] = [it.caption for it in chunk]
+            base = item_columns(schema, chunk)
+            base.update(status=status, error=res["error"], route=["offline"] * n)
             if opts.faces is not None:
                 faces = [f or (None, None, None) for f in res["faces"]]
                 for k, col in enumerate(("face_count", "face_box", "face_score")):
