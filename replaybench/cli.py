@@ -885,7 +885,8 @@ def evaluate(
     task: Annotated[
         str | None,
         typer.Option(
-            "--task", help="age|gender|classification|concepts (default: every task the columns allow)."
+            "--task",
+            help="age|gender|classification|concepts|score (default: every task the predictions feed).",
         ),
     ] = None,
     by: Annotated[

@@ -21,13 +21,13 @@ from replaybench.evaluate.metrics import (
     age_metrics,
     classification_metrics,
     confusion_by_group,
+    score_metrics,
 )
 from replaybench.evaluate.predictions import (
     TASKS,
     Predictions,
     age_intervals,
     check_task,
-    detect_tasks,
     load_predictions,
     predicted_ages,
     resolve_groups,
@@ -62,6 +62,7 @@ HEADLINE = {
         "adults_as_minors@18",
     ],
     "classification": ["accuracy", "balanced_accuracy"],
+    "score": ["mean_score", "share[0-3]", "share[4-6]", "share[7-10]", "mae", "bias"],
 }
 POSITIVE_GENDER = "female"
 
@@ -105,9 +106,12 @@ def evaluate_predictions(
 ) -> EvaluationSummary:
     """Evaluate a predictions folder and write the report folder ``out``.
 
-    ``task`` None evaluates every task detectable per bundle (age from ``age_pred``, gender from
-    ``gender_pred``, classification from ``label_pred``, concepts from ``concepts``/``concept__*``);
-    ``by`` None groups by the race/gender/age-group columns present. Writes ``index.html``,
+    ``task`` None evaluates every task each bundle's decoders feed (schema version 2) or its columns
+    suggest (version 1: age from ``age_pred``, gender from ``gender_pred``, classification from
+    ``label_pred``, concepts from ``concepts``/``concept__*``); a student's ``score`` is the score task.
+    ``by`` None groups by the race/gender/age-group columns present (the score task, where there are
+    none, by the posts' own text labels). Error rows and skipped rows (filtered by the run: no face, not
+    one face) are counted per bundle, separately, and left out. Writes ``index.html``,
     ``metrics.parquet``, ``summary.json`` (+ ``concepts.parquet``, ``confusion.parquet``,
     ``comparison.parquet`` where they apply).
 
@@ -133,15 +137,28 @@ def evaluate_predictions(
         warnings.append(
             f"{predictions.n_error} error rows left out of every metric: {predictions.errors_by_bundle}"
         )
-    if not groups:
-        warnings.append("no group columns (race, gender, age) found: metrics are overall only")
 
     plan = []
     for bundle in predictions.bundles:
         rows = predictions.ok.filter(pl.col("bundle") == bundle)
-        found = detect_tasks(rows)
+        found = predictions.tasks(bundle, rows)
+        for t in predictions.declared_without_values(bundle, rows):
+            warnings.append(f"bundle {bundle}: its decoders feed the {t} task, but no ok row holds a value")
         # a named task runs on the bundles that predict it (an age bundle has no gender_pred)
         plan += [(bundle, t, rows) for t in found if task is None or t == task]
+    reference = predictions.score_reference()
+    score_groups = groups
+    if not groups and any(t == "score" for _, t, _ in plan):
+        score_groups = predictions.label_groups(exclude=(reference,))
+    if not groups:
+        warnings.append(
+            "no group columns (race, gender, age) found: metrics are overall only"
+            + (
+                f", but for the score task, grouped by the posts' labels {score_groups}"
+                if score_groups
+                else ""
+            )
+        )
     if not plan and (compare is None or task is not None):  # a comparison alone needs no task
         if task is not None:
             check_task(predictions.ok, task, label_column)  # raises the message naming what is missing
@@ -192,7 +209,17 @@ def evaluate_predictions(
             check_task(rows, t, label_column)
             task_results.append(
                 _task(
-                    bundle, t, rows, groups, ci, seed, n_boot, min_group_size, label_column, min_denominator
+                    bundle,
+                    t,
+                    rows,
+                    score_groups if t == "score" else groups,
+                    ci,
+                    seed,
+                    n_boot,
+                    min_group_size,
+                    label_column,
+                    min_denominator,
+                    reference=reference,
                 )
             )
         progress.advance()
@@ -224,6 +251,8 @@ def evaluate_predictions(
         n_ok=predictions.ok.height,
         n_error=predictions.n_error,
         errors_by_bundle=predictions.errors_by_bundle,
+        n_skipped=predictions.n_skipped,
+        skipped_by_bundle=predictions.skipped_by_bundle,
         group_columns=groups,
         ci=ci,
         seed=seed,
@@ -251,6 +280,7 @@ def _task(
     min_group_size: int,
     label_column: str,
     min_denominator: int = 10,
+    reference: str | None = None,
 ) -> TaskResult:
     sf = rows.select(groups) if groups else pl.DataFrame({"all": ["all"] * rows.height})
     confusion = age_error = None
@@ -276,6 +306,29 @@ def _task(
                 pl.DataFrame({"age": y_true[:, 0], "error": y_pred - y_true[:, 0]})
                 .with_columns(sf)
                 .filter(pl.col("error").is_not_nan())
+            )
+    elif task == "score":
+        from replaybench.distill.metrics import BUCKETS, bucket_index
+
+        y_pred = rows["score"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        ref = (
+            rows[reference].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            if reference is not None and reference in rows.columns
+            else np.full(rows.height, np.nan)
+        )
+        has = np.isfinite(ref)
+        # [has_reference, reference]: never missing, so a post without a reference still counts in the mean
+        y_true = np.column_stack([has.astype(np.float64), np.where(has, ref, 0.0)])
+        metrics = score_metrics(reference=bool(has.any()))
+        if has.any():  # where the reference's bucket and the student's differ, per group
+            bins = list(BUCKETS)
+            both = has & np.isfinite(y_pred)
+            names = np.array(bins, dtype=object)
+            confusion = confusion_by_group(
+                np.where(both, names[bucket_index(np.nan_to_num(ref))], None),
+                np.where(both, names[bucket_index(np.nan_to_num(y_pred))], None),
+                sf,
+                labels=bins,
             )
     else:
         true_col = "gender" if task == "gender" else label_column

@@ -19,7 +19,11 @@ PREDICTIONS_NOT_FOUND = "predictions not found: {path}"
 NO_PARQUET_PARTS = "no part-*.parquet files in {path}: is this a folder written by 'replaybench replay'?"
 UNREADABLE_PARQUET = "cannot read predictions file {path}: {reason}"
 MISSING_REQUIRED_COLUMN = "predictions lack the required column {column!r} (the predictions contract)"
-NO_OK_ROWS = "every row of the predictions has status 'error' ({n_error} rows): nothing to evaluate"
+NO_OK_ROWS = (
+    "no row of the predictions has status 'ok' ({n_error} error rows, {n_skipped} skipped rows): "
+    "nothing to evaluate"
+)
+UNKNOWN_STATUS = "predictions hold status values {values} outside the contract's {allowed}"
 MISSING_LABEL_COLUMN = "the {task} task needs the label column {column!r}, which the predictions lack"
 MISSING_PREDICTION_COLUMN = (
     "the {task} task needs the prediction column {column!r}, which the predictions lack"
@@ -31,7 +35,7 @@ LABELS_DISJOINT = (
 GROUP_COLUMN_ABSENT = "group column {column!r} is not in the predictions (columns with labels: {available})"
 NO_TASK_DETECTED = (
     "no task could be detected from the prediction columns: expected age_pred, gender_pred, label_pred, "
-    "a 'concepts' list or concept__<name> columns"
+    "a 'concepts' list, concept__<name> columns or a student's score"
 )
 RESERVED_GROUP_NAME = "group column {column!r} clashes with a column of the metrics table: rename it first"
 REPORT_PATH_IS_FILE = "the report folder {path} exists and is a file: give -o a folder"

@@ -278,6 +278,56 @@ def age_metrics(
     return out
 
 
+def _in_bucket(i: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    from replaybench.distill.metrics import bucket_index
+
+    return lambda t, p: _col(bucket_index(p) == i)
+
+
+def score_metrics(*, reference: bool) -> dict[str, Metric]:
+    """A student's 0-10 score per post. ``y_pred`` is the score; ``y_true`` an ``(n, 2)`` array of
+    [has_reference, reference] (0 where the post has no reference score, so that no post is left out of
+    the mean for lacking one).
+
+    Always: the mean score and, per bucket of the rounded score (0-3, 4-6, 7-10, as the student's
+    training reports them), the share of posts in it. With ``reference``: MAE and signed bias against
+    the reference score, each over the posts that have one (``n_eff``).
+    """
+    from replaybench.distill.metrics import BUCKETS
+
+    out: dict[str, Metric] = {
+        "mean_score": Metric(
+            "mean_score", lambda t, p: _col(p), _first, "none", description="mean score (0-10)"
+        )
+    }
+    for i, name in enumerate(BUCKETS):
+        out[f"share[{name}]"] = Metric(
+            f"share[{name}]",
+            _in_bucket(i),
+            _first,
+            "none",
+            description=f"share of posts whose rounded score is {name}",
+        )
+    if reference:
+        out["mae"] = Metric(
+            "mae",
+            lambda t, p: _pair(t[:, 0] * np.abs(p - t[:, 1]), t[:, 0]),
+            _ratio,
+            "lower",
+            description="mean |score - reference score| over the posts with a reference",
+            denominator=1,
+        )
+        out["bias"] = Metric(
+            "bias",
+            lambda t, p: _pair(t[:, 0] * (p - t[:, 1]), t[:, 0]),
+            _ratio,
+            "zero",
+            description="mean score - reference score (+ means scored higher than the reference)",
+            denominator=1,
+        )
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the frame
 
 

@@ -1,8 +1,15 @@
 """Reading the predictions contract: Parquet parts, one row per (item, bundle), and what can be evaluated.
 
-Error rows (``status == 'error'``) are separated out and counted per bundle: they never enter a metric.
-Tasks are detected from the decoded columns that are non-null for a bundle's rows, so one predictions
-folder holding an age bundle and a gender bundle yields both evaluations.
+Rows are counted by status: ``ok`` rows are evaluated; ``error`` rows (a corrupt or missing input, a
+failed inference) and ``skipped`` rows (filtered on purpose: no face found, not exactly one face with
+``--one-face``, an in-app result the hook marked not applicable) are counted per bundle and never enter a
+metric. Skipped rows are not errors.
+
+Tasks: parts of schema version 2 (``replaybench.predictions``) say which task each decoded column feeds
+and which bundles fill it; parts without a schema (version 1, written before it) are read by column
+names: ``age_pred`` -> age, ``gender_pred`` -> gender, ``label_pred`` -> classification, a ``concepts``
+list or ``concept__<name>`` columns -> concepts. Either way a task runs only on a bundle whose rows hold
+values for it, so one predictions folder holding an age bundle and a gender bundle yields both.
 """
 
 from __future__ import annotations
@@ -11,20 +18,23 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import polars as pl
 
 from replaybench.errors import CorruptInputError, EvaluationError, InputNotFoundError
 from replaybench.evaluate import messages as msg
+from replaybench.predictions import STATUSES, TASK_FIELDS, TASKS, PredictionsSchema, read_schema
 
-Task = Literal["age", "gender", "classification", "concepts"]
-TASKS: tuple[str, ...] = ("age", "gender", "classification", "concepts")
 REQUIRED_COLUMNS = ("item_id", "bundle", "status")
 CONCEPT_PREFIX = "concept__"
+#: The dataset label a student's score is checked against, where the dataset carries it (a teacher's
+#: score; ``label__score`` in the predictions, since the student's own column is ``score``).
+SCORE_REFERENCE_KEY = "score"
 #: Group columns used when the caller names none, in this order, where present with labels.
 DEFAULT_GROUPS = ("race", "gender", "age_group")
+#: A label column with more distinct values than this is no grouping (an id, a count, a date).
+MAX_GROUP_VALUES = 20
 #: Coarse age groups for grouping (not for scoring): minors, young adults, adults, older adults.
 AGE_GROUPS: tuple[tuple[int, int, str], ...] = (
     (0, 12, "0-12"),
@@ -41,30 +51,83 @@ _OPEN_TOP = 200
 
 @dataclass(frozen=True)
 class Predictions:
-    """Loaded predictions: ``ok`` rows to evaluate, and the count of error rows per bundle."""
+    """Loaded predictions: ``ok`` rows to evaluate, the error and skipped rows counted per bundle, and
+    the schema the parts record (None: version 1, read by column names)."""
 
     path: Path
     ok: pl.DataFrame
     n_rows: int
     errors_by_bundle: dict[str, int]
+    skipped_by_bundle: dict[str, int]
+    schema: PredictionsSchema | None
 
     @property
     def n_error(self) -> int:
         return sum(self.errors_by_bundle.values())
 
     @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped_by_bundle.values())
+
+    @property
     def bundles(self) -> list[str]:
         return sorted(self.ok["bundle"].unique().to_list())
 
+    def tasks(self, bundle: str, rows: pl.DataFrame) -> list[str]:
+        """The tasks evaluable on ``bundle``'s ok ``rows``: those its decoders feed (version 2) or its
+        column names suggest (version 1), where the rows hold values for them."""
+        if self.schema is None:
+            return detect_tasks(rows)
+        return [t for t in self.schema.tasks_of(bundle) if _has(rows, TASK_FIELDS[t][0])]
+
+    def declared_without_values(self, bundle: str, rows: pl.DataFrame) -> list[str]:
+        """Tasks ``bundle``'s decoders feed but no ok row holds a value for (version 2 only)."""
+        if self.schema is None:
+            return []
+        return [t for t in self.schema.tasks_of(bundle) if not _has(rows, TASK_FIELDS[t][0])]
+
+    def score_reference(self) -> str | None:
+        """The label column holding a reference score (a teacher's) to check a student against."""
+        if self.schema is None:
+            return None
+        col = self.schema.label_column(SCORE_REFERENCE_KEY)
+        return col.name if col is not None and col.kind in ("float", "int") else None
+
+    def label_groups(self, exclude: tuple[str | None, ...] = ()) -> list[str]:
+        """Label columns usable as groups: text or yes/no labels with 2 to ``MAX_GROUP_VALUES`` values
+        (version 2 only: without a schema, labels cannot be told from other columns)."""
+        if self.schema is None:
+            return []
+        out = []
+        for col in self.schema.with_role("label"):
+            if col.kind in ("str", "bool") and col.name not in exclude and col.name in self.ok.columns:
+                n = self.ok[col.name].drop_nulls().n_unique()
+                if 2 <= n <= MAX_GROUP_VALUES and col.name not in RESERVED:
+                    out.append(col.name)
+        return out
+
+
+def _by_bundle(df: pl.DataFrame) -> dict[str, int]:
+    counts = df.group_by("bundle").len()
+    return {
+        str(b): int(n)
+        for b, n in sorted(zip(counts["bundle"].to_list(), counts["len"].to_list(), strict=True))
+    }
+
 
 def load_predictions(path: Path) -> Predictions:
-    """Read a predictions folder (``part-*.parquet``) or a single ``.parquet`` file."""
+    """Read a predictions folder (``part-*.parquet``) or a single ``.parquet`` file, with its schema.
+
+    Raises ``CorruptInputError`` for unreadable parts, parts that disagree on their schema (or mix
+    schema versions), a schema newer than this replaybench reads, or (version 2) a status outside the
+    contract's."""
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError(msg.PREDICTIONS_NOT_FOUND.format(path=path))
     files = [path] if path.is_file() else sorted(path.glob("part-*.parquet"))
     if not files:
         raise EvaluationError(msg.NO_PARQUET_PARTS.format(path=path))
+    schema = read_schema(files)
     try:
         df = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
     except Exception as e:  # polars raises several types for truncated or non-Parquet files
@@ -74,16 +137,31 @@ def load_predictions(path: Path) -> Predictions:
     for col in REQUIRED_COLUMNS:
         if col not in df.columns:
             raise EvaluationError(msg.MISSING_REQUIRED_COLUMN.format(column=col))
-    df = df.with_columns(pl.col("bundle").cast(pl.String), pl.col("item_id").cast(pl.String))
-    is_err = pl.col("status").cast(pl.String) != "ok"
-    err = df.filter(is_err).group_by("bundle").len()
-    errors = {
-        str(b): int(n) for b, n in sorted(zip(err["bundle"].to_list(), err["len"].to_list(), strict=True))
-    }
-    ok = df.filter(~is_err)
+    df = df.with_columns(
+        pl.col("bundle").cast(pl.String), pl.col("item_id").cast(pl.String), pl.col("status").cast(pl.String)
+    )
+    status = pl.col("status")
+    if schema is not None:
+        odd = df.filter(~status.is_in(STATUSES) | status.is_null())["status"].unique().to_list()
+        if odd:
+            raise CorruptInputError(msg.UNKNOWN_STATUS.format(values=odd[:5], allowed=list(STATUSES)))
+    # version 1 wrote no other status either; an unknown one there is counted as an error, as before
+    is_ok, is_skipped = status == "ok", status == "skipped"
+    errors = _by_bundle(df.filter(~is_ok & ~is_skipped))
+    skipped = _by_bundle(df.filter(is_skipped))
+    ok = df.filter(is_ok)
     if ok.height == 0:
-        raise EvaluationError(msg.NO_OK_ROWS.format(n_error=df.height))
-    return Predictions(path=path, ok=_with_age_group(ok), n_rows=df.height, errors_by_bundle=errors)
+        raise EvaluationError(
+            msg.NO_OK_ROWS.format(n_error=sum(errors.values()), n_skipped=sum(skipped.values()))
+        )
+    return Predictions(
+        path=path,
+        ok=_with_age_group(ok),
+        n_rows=df.height,
+        errors_by_bundle=errors,
+        skipped_by_bundle=skipped,
+        schema=schema,
+    )
 
 
 def parse_age(value: object, column: str = "age") -> tuple[float, float]:
@@ -156,7 +234,7 @@ def _has(df: pl.DataFrame, col: str) -> bool:
 
 
 def detect_tasks(df: pl.DataFrame) -> list[str]:
-    """Tasks evaluable from one bundle's rows, judged by which decoded columns hold values."""
+    """Tasks evaluable from one bundle's rows by column names (predictions of schema version 1)."""
     tasks = []
     if _has(df, "age_pred"):
         tasks.append("age")
@@ -178,6 +256,7 @@ def check_task(df: pl.DataFrame, task: str, label_column: str | None = None) -> 
         "gender": [("gender", "label"), ("gender_pred", "prediction")],
         "classification": [(label_column or "label", "label"), ("label_pred", "prediction")],
         "concepts": [],
+        "score": [("score", "prediction")],  # a reference score is optional
     }[task]
     for col, kind in needs:
         if not _has(df, col):

@@ -25,6 +25,7 @@ BAR_METRICS = {
     "gender": ["accuracy", "recall[female]", "recall[male]"],
     "age": ["mae", "bias", "minors_as_adults@18", "adults_as_minors@18"],
     "classification": ["accuracy", "balanced_accuracy"],
+    "score": ["mean_score", "share[7-10]", "mae"],
 }
 #: Disparities shown in the HTML table (summary.json has all headline metrics).
 KEY_DISPARITIES = {
@@ -38,6 +39,7 @@ KEY_DISPARITIES = {
         "adults_as_minors@18",
     ],
     "classification": ["accuracy", "balanced_accuracy"],
+    "score": ["mean_score", "share[0-3]", "share[4-6]", "share[7-10]", "mae", "bias"],
 }
 # Marks the body with how many plots decoded, so a headless browser (and a person's devtools) can check
 # that every embedded image renders: data-images="<decoded>/<total>".
@@ -335,11 +337,24 @@ def _html(
 ) -> str:
     parts = [
         f"<h1>replaybench evaluation</h1><p class='muted'>predictions: {html.escape(s.predictions)} · "
-        f"{s.n_ok} rows evaluated, {s.n_error} error rows left out · groups: {html.escape(', '.join(s.group_columns) or 'none')}"
+        f"{s.n_ok} rows evaluated, {s.n_error} error rows left out, {s.n_skipped} rows filtered by the run "
+        f"(skipped: not errors) · groups: {html.escape(', '.join(s.group_columns) or 'none')}"
         f" · {int(s.ci * 100)}% bootstrap CIs ({s.n_boot} resamples, seed {s.seed}) · groups under "
         f"{s.min_group_size} items are shown in grey and never ranked</p>"
     ]
     parts += [f"<p class='warn'>{html.escape(w)}</p>" for w in s.warnings]
+    if s.errors_by_bundle or s.skipped_by_bundle:
+        names = sorted({*s.errors_by_bundle, *s.skipped_by_bundle})
+        parts.append("<h2>Rows left out</h2>")
+        parts.append(
+            _table(
+                ["bundle", "error rows", "filtered (skipped: no face, not one face, not applicable)"],
+                [
+                    [html.escape(b), s.errors_by_bundle.get(b, 0), s.skipped_by_bundle.get(b, 0)]
+                    for b in names
+                ],
+            )
+        )
     if s.bundle_parity:
         parity_rows = [
             [
@@ -437,8 +452,10 @@ def _html(
                     f"<details><summary>by {html.escape(grouping)} (table)</summary>"
                     f"{_group_table(t, grouping)}</details>"
                 )
-        parts.append(f"<h3>Confusion matrix{'es' if ts.task == 'gender' else ' (age bins)'}</h3>")
-        parts.append(_img(_confusion_plot(t), "confusion matrix"))
+        if t.confusion is not None:
+            what = {"gender": "es", "age": " (age bins)", "score": " (score buckets: reference vs score)"}
+            parts.append(f"<h3>Confusion matrix{what.get(ts.task, '')}</h3>")
+            parts.append(_img(_confusion_plot(t), "confusion matrix"))
         if ts.task == "age":
             parts.append("<h3>Age error by true age</h3>")
             parts.append(_img(_age_error_plot(t), "age error by true age"))

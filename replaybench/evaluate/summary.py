@@ -10,7 +10,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: skipped rows counted apart from errors (n_skipped, skipped_by_bundle)
 
 
 def num(x: float | None) -> float | None:
@@ -50,7 +50,7 @@ class DisparitySummary(_Strict):
 
 
 class TaskSummary(_Strict):
-    """One task (age, gender, classification) evaluated on one bundle's predictions."""
+    """One task (age, gender, classification, score) evaluated on one bundle's predictions."""
 
     bundle: str
     task: str
@@ -139,6 +139,10 @@ class EvaluationSummary(_Strict):
     n_ok: int
     n_error: int
     errors_by_bundle: dict[str, int]
+    #: rows the run filtered on purpose (status skipped: no face, not one face, not applicable in-app);
+    #: not errors, and not evaluated
+    n_skipped: int = 0
+    skipped_by_bundle: dict[str, int] = Field(default_factory=dict)
     group_columns: list[str]
     ci: float
     seed: int

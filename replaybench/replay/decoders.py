@@ -24,6 +24,7 @@ import numpy as np
 
 from replaybench.bundle import Decoder
 from replaybench.errors import CorruptInputError
+from replaybench.predictions import Column, ColumnKind, Producer, Task, decoder_task
 
 
 def column_slug(label: str) -> str:
@@ -67,26 +68,48 @@ def _labels_for(dec: Decoder, n: int, bundle_labels: Sequence[str] | None) -> li
     return list(labels)
 
 
-def decoded_columns(
-    decoders: Sequence[Decoder], output_sizes: Mapping[str, int], labels: Sequence[str] | None
-) -> dict[str, str]:
-    """Column name -> kind of value ("float", "str", "str_list", "topk", "float_list"), for the schema."""
-    cols: dict[str, str] = {raw_column(name): "float_list" for name in output_sizes}
+def output_columns(
+    bundle: str,
+    decoders: Sequence[Decoder],
+    output_sizes: Mapping[str, int],
+    labels: Sequence[str] | None,
+) -> list[Column]:
+    """The predictions columns one bundle fills: a raw column per output and each decoder's field (with
+    the task it feeds, see ``replaybench.predictions.decoder_task``) and ``p_<label>`` columns."""
+    cols: dict[str, Column] = {
+        raw_column(name): Column(
+            name=raw_column(name),
+            kind="float_list",
+            role="raw",
+            producers=(Producer(bundle=bundle, decoder="raw", output=name),),
+        )
+        for name in output_sizes
+    }
+
+    def add(name: str, kind: ColumnKind, dec: Decoder, task: Task | None = None) -> None:
+        made = Producer(bundle=bundle, decoder=dec.kind, field=dec.field, output=dec.output)
+        have = cols.get(name)
+        if have is not None and have.kind == kind and have.task == task:  # p_<label> of two decoders
+            cols[name] = have.model_copy(update={"producers": (*have.producers, made)})
+        else:
+            cols[name] = Column(name=name, kind=kind, role="decoded", task=task, producers=(made,))
+
     for dec in decoders:
         n = output_sizes.get(dec.output)
         if n is None:
             raise CorruptInputError(
                 f"decoder {dec.field!r} reads output {dec.output!r}, which the model lacks"
             )
+        task = decoder_task(dec.field, dec.kind)
         if dec.kind in ("scale", "expectation"):
-            cols[dec.field] = "float"
+            add(dec.field, "float", dec, task)
         elif dec.kind in ("softmax_argmax", "sigmoid"):
-            cols[dec.field] = "str" if dec.kind == "softmax_argmax" else "str_list"
+            add(dec.field, "str" if dec.kind == "softmax_argmax" else "str_list", dec, task)
             for lab in _labels_for(dec, n, labels):
-                cols[f"p_{column_slug(lab)}"] = "float"
+                add(f"p_{column_slug(lab)}", "float", dec)
         elif dec.kind == "topk":
-            cols[dec.field] = "topk"
-    return cols
+            add(dec.field, "topk", dec, task)
+    return list(cols.values())
 
 
 def decode_outputs(

@@ -465,16 +465,15 @@ def replay_in_app(
         replay_in_app(Path("hooks.json"), Path("utkface"), Path("preds"), InAppTarget(usb=True, spawn="com.app"))
     """
 
+    from replaybench.predictions import Column, Producer, build_schema
     from replaybench.replay.datasets import ReadOptions, read_dataset
-    from replaybench.replay.decoders import decode_outputs, decoded_columns
+    from replaybench.replay.decoders import decode_outputs, output_columns
     from replaybench.replay.runner import dataset_record, select_items
     from replaybench.replay.sink import (
-        FIXED_COLUMNS,
         PartWriter,
-        as_label,
-        build_schema,
         check_or_write_manifest,
         done_item_ids,
+        item_columns,
         label_types,
         rows_frame,
     )
@@ -488,7 +487,16 @@ def replay_in_app(
     sizes = manifest.output_sizes()
     decoders = manifest.bound_decoders(sizes)
     labels = manifest.postprocess.labels
-    decoded = decoded_columns(decoders, sizes, labels)
+    outputs = output_columns(manifest.name, decoders, sizes, labels)
+    # the app's result as the hook read it (text), kept beside the decoded fields
+    outputs.append(
+        Column(
+            name="raw_result",
+            kind="str",
+            role="raw",
+            producers=(Producer(bundle=manifest.name, decoder="raw", output="result"),),
+        )
+    )
     fmt, items = read_dataset(dataset, opts.format, ReadOptions(pattern=opts.pattern))
     selected = select_items(items, shuffle=opts.shuffle, seed=opts.seed, limit=opts.limit)
     run_doc = {
@@ -505,16 +513,12 @@ def replay_in_app(
     done = done_item_ids(output) if opts.resume else set()
     todo = [it for it in selected if it.item_id not in done]
 
-    ltypes = label_types([it.labels for it in items])
-    reserved = (
-        set(FIXED_COLUMNS) | set(decoded) | {"status", "error", "post_id", "caption", "route", "raw_result"}
+    schema = build_schema(
+        label_types([it.labels for it in items]),
+        outputs,
+        posts=any(it.post_id is not None or it.caption is not None for it in items),
     )
-    label_cols = {k: (f"label__{k}" if k in reserved else k) for k in ltypes}
-    extra = {"route": "str", "raw_result": "str"}
-    if any(it.post_id is not None or it.caption is not None for it in items):
-        extra.update({"post_id": "str", "caption": "str"})
-    schema = build_schema({label_cols[k]: t for k, t in ltypes.items()}, extra, decoded)
-    writer = PartWriter(output, max(1, opts.part_rows))
+    writer = PartWriter(output, max(1, opts.part_rows), schema)
     counts = {"ok": 0, "error": 0, "skipped": 0}
     rows_written = 0
 
@@ -524,20 +528,14 @@ def replay_in_app(
         status = [o.status for _, o in block]
         for st in status:
             counts[st] += 1
-        base: dict[str, list[Any]] = {
-            "item_id": [it.item_id for it, _ in block],
-            "source_path": [str(it.path.absolute()) if it.path else None for it, _ in block],
-            "bundle": [manifest.name] * n,
-            "route": [ROUTE_IN_APP] * n,
-            "raw_result": [o.raw for _, o in block],
-            "status": status,
-            "error": [o.error for _, o in block],
-        }
-        for key, kind in ltypes.items():
-            base[label_cols[key]] = [as_label(kind, it.labels.get(key)) for it, _ in block]
-        if "post_id" in extra:
-            base["post_id"] = [it.post_id for it, _ in block]
-            base["caption"] = [it.caption for it, _ in block]
+        base = item_columns(schema, [it for it, _ in block])
+        base.update(
+            bundle=[manifest.name] * n,
+            route=[ROUTE_IN_APP] * n,
+            raw_result=[o.raw for _, o in block],
+            status=status,
+            error=[o.error for _, o in block],
+        )
         valid = np.array([st == "ok" for st in status], bool)
         cols: dict[str, Any] = {}
         if valid.any():

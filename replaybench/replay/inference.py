@@ -13,6 +13,7 @@ import numpy as np
 
 from replaybench.bundle import LoadedBundle, PreprocessSpec
 from replaybench.errors import UsageError
+from replaybench.predictions import Column
 from replaybench.replay.items import DatasetItem
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def inference_threads(threads: int | None, n_workers: int) -> tuple[int | None, 
 
 class ModelStage:
     """Every bundle's model, opened in its own runtime and checked against its preprocess dtype, and the
-    decoded columns (name -> kind) they make together. ``spinning``: off when decode workers share the
+    predictions columns they fill. ``spinning``: off when decode workers share the
     cores (idle onnxruntime threads would busy-wait on them)."""
 
     def __init__(
@@ -52,13 +53,13 @@ class ModelStage:
         batch_size: int = 32,
         variant: str | None = None,
     ) -> None:
-        from replaybench.replay.decoders import decoded_columns
+        from replaybench.replay.decoders import output_columns
         from replaybench.replay.runtimes import open_bundle_model
         from replaybench.replay.text_models import ImageTextModel, is_image_text
 
         self.bundles, self.groups, self.batch_size = list(bundles), list(groups), batch_size
         self.sessions: list[ModelSession | ImageTextModel] = []
-        self.decoded: dict[str, str] = {}
+        self.columns: list[Column] = []  # the predictions columns the bundles fill (raw and decoded)
         for lb, g in zip(bundles, groups, strict=True):
             ms: ModelSession | ImageTextModel
             if is_image_text(lb):
@@ -77,10 +78,9 @@ class ModelStage:
                     f"bundle {lb.bundle.name}: preprocess makes {want} but the model takes "
                     f"{np.dtype(ms.input_dtype)}"
                 )
-            cols = decoded_columns(lb.bundle.postprocess.decoders, ms.output_sizes, lb.labels)
-            for col, kind in cols.items():
-                if self.decoded.setdefault(col, kind) != kind:
-                    raise UsageError(f"bundles disagree on the type of column {col!r}")
+            self.columns += output_columns(
+                lb.bundle.name, lb.bundle.postprocess.decoders, ms.output_sizes, lb.labels
+            )
             self.sessions.append(ms)
 
     def infer(self, chunk: Sequence[DatasetItem], res: dict[str, Any]) -> list[dict[str, Any] | None]:

@@ -307,9 +307,9 @@ def replay(
             batch_size=opts.batch_size,
             variant=opts.variant,
         )
-        rows = RowBuilder(names, items, models.decoded, faces=opts.faces is not None)
+        rows = RowBuilder(names, items, models.columns, faces=opts.faces is not None)
         writer = PartWriter(
-            output, max(opts.part_rows, len(bundles)), metadata=_parts_metadata(bundles, opts)
+            output, max(opts.part_rows, len(bundles)), rows.schema, metadata=_parts_metadata(bundles, opts)
         )
         counts = {"ok": 0, "error": 0, "skipped": 0}
 

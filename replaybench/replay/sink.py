@@ -7,7 +7,8 @@
     PREDS/part-00001.parquet  ...
 
 A part is written to ``.part-NNNNN.parquet.tmp`` and renamed into place, so a killed run (even kill -9)
-leaves only whole parts. The items already done are the ``item_id`` values of the parts; ``--resume``
+leaves only whole parts. Every part records the predictions schema (``replaybench.predictions``) in its
+Parquet key/value metadata. The items already done are the ``item_id`` values of the parts; ``--resume``
 skips them and numbers new parts after the last one, so there are no duplicates and no losses.
 """
 
@@ -23,31 +24,14 @@ from typing import Any
 import numpy as np
 
 from replaybench.errors import UsageError
+from replaybench.predictions import STATUSES, ColumnKind, PredictionsSchema
+from replaybench.replay.items import DatasetItem
 
 RUN_MANIFEST = "run.json"
 PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
-FIXED_COLUMNS = ("item_id", "source_path", "bundle")
-STATUS_COLUMNS = ("status", "error")
-FACE_COLUMNS = {"face_count": "int", "face_box": "float_list", "face_score": "float"}
 
 
-def column_dtype(kind: str) -> Any:
-    """The polars type of a column kind (written by polars' own Parquet writer: no pyarrow, and so no
-    pandas import, which pyarrow makes on its first array and costs ~0.25 s of every replay's start)."""
-    import polars as pl
-
-    return {
-        "float": pl.Float64,
-        "int": pl.Int64,
-        "str": pl.String,
-        "bool": pl.Boolean,
-        "str_list": pl.List(pl.String),
-        "float_list": pl.List(pl.Float32),
-        "topk": pl.List(pl.Struct({"label": pl.String, "score": pl.Float64})),
-    }[kind]
-
-
-def label_types(labels: Sequence[Mapping[str, object]]) -> dict[str, str]:
+def label_types(labels: Sequence[Mapping[str, object]]) -> dict[str, ColumnKind]:
     """Kind of every label column seen over all items: bool, int, float (ints and floats mixed), or str
     (text, a column of only nulls, and anything mixed or unusual, such as dates, kept as its text)."""
     seen: dict[str, set[type]] = {}
@@ -56,7 +40,7 @@ def label_types(labels: Sequence[Mapping[str, object]]) -> dict[str, str]:
             types = seen.setdefault(k, set())
             if v is not None:
                 types.add(type(v))
-    out = {}
+    out: dict[str, ColumnKind] = {}
     for k, types in seen.items():
         if types == {bool}:
             out[k] = "bool"
@@ -78,14 +62,20 @@ def as_label(kind: str, value: object) -> object:
     return value if isinstance(value, str) else str(value)
 
 
-def build_schema(
-    labels: Mapping[str, str], extra: Mapping[str, str], decoded: Mapping[str, str]
-) -> dict[str, Any]:
-    """The predictions schema (column -> polars type): fixed columns, labels, face/post columns, decoded
-    fields, raw outputs, status."""
-    kinds = {"item_id": "str", "source_path": "str", "bundle": "str", **labels, **extra, **decoded}
-    kinds.update(status="str", error="str")
-    return {name: column_dtype(kind) for name, kind in kinds.items()}
+def item_columns(schema: PredictionsSchema, items: Sequence[DatasetItem]) -> dict[str, list[Any]]:
+    """The columns that come from the items themselves: item_id, source_path, the labels (in their
+    column's kind, under their column's name) and, where the schema has them, post_id and caption."""
+    cols: dict[str, list[Any]] = {
+        "item_id": [it.item_id for it in items],
+        "source_path": [str(it.path.absolute()) if it.path else None for it in items],
+    }
+    for col in schema.with_role("label"):
+        key = col.label_key or col.name
+        cols[col.name] = [as_label(col.kind, it.labels.get(key)) for it in items]
+    if schema.with_role("post"):
+        cols["post_id"] = [it.post_id for it in items]
+        cols["caption"] = [it.caption for it in items]
+    return cols
 
 
 def existing_parts(folder: Path) -> list[Path]:
@@ -132,7 +122,7 @@ def check_or_write_manifest(folder: Path, manifest: dict[str, Any], resume: bool
 
 
 def rows_frame(
-    schema: dict[str, Any],
+    schema: PredictionsSchema,
     n_rows: int,
     full: Mapping[str, list[Any]],
     partial: Mapping[str, list[Any] | np.ndarray],
@@ -144,9 +134,12 @@ def rows_frame(
     take 0.3 s as Python lists, 0.01 s from the array). A schema column in neither is null."""
     import polars as pl
 
+    bad = set(full.get("status", ())) - set(STATUSES)
+    if bad:  # the contract's statuses only: evaluate counts each kind of row by its status
+        raise ValueError(f"row status {sorted(map(str, bad))} is not one of {STATUSES}")
     every = bool(valid.all())
     series = []
-    for name, dtype in schema.items():
+    for name, dtype in schema.polars_schema().items():
         values = full.get(name, partial.get(name))
         if values is None:
             s = pl.Series(name, [None] * n_rows, dtype=dtype)
@@ -168,13 +161,21 @@ def rows_frame(
 
 
 class PartWriter:
-    """Buffers blocks of rows (DataFrames of the schema) and writes them as whole parts; ``add`` takes
-    whole items only."""
+    """Buffers blocks of rows (DataFrames of ``schema``) and writes them as whole parts, each recording
+    ``schema`` (and ``metadata``, e.g. the run's fidelity verdicts) in its Parquet key/value metadata;
+    ``add`` takes whole items only."""
 
-    def __init__(self, folder: Path, rows_per_part: int, metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        rows_per_part: int,
+        schema: PredictionsSchema,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         self.folder = folder
         self.rows_per_part = rows_per_part
-        self.metadata = metadata  # Parquet key/value metadata of every part (the run's fidelity verdicts)
+        self.schema = schema
+        self.metadata = {**(metadata or {}), **schema.to_metadata()}
         self.frames: list[Any] = []
         self.n_rows = 0
         parts = existing_parts(folder)

@@ -273,7 +273,9 @@ def test_score_int8_close_to_fp32_on_real_coco(trained, realdata, tmp_path):
     assert 0 < diff.mean() < 1.0  # different graphs (int8 is not fp32 run twice), close scores
     run = json.loads((tmp_path / "int8" / "run.json").read_text())
     assert run["settings"]["variant"] == "int8"
-    with pytest.raises(UsageError, match=r"--resume: .* \(settings differ\)"):  # fp32 cannot resume an int8 run
+    with pytest.raises(
+        UsageError, match=r"--resume: .* \(settings differ\)"
+    ):  # fp32 cannot resume an int8 run
         replay([trained / "bundle"], coco, tmp_path / "int8", replace(opts, resume=True))
 
 

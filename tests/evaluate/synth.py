@@ -12,6 +12,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from replaybench.bundle import Decoder
+from replaybench.predictions import Column, build_schema
+from replaybench.replay.decoders import output_columns
+from replaybench.replay.sink import PartWriter
+
 RACES = ["White", "Black", "Asian", "Indian", "Others"]
 
 
@@ -109,3 +114,50 @@ def write_parts(df: pl.DataFrame, folder: Path, n_parts: int = 3) -> Path:
     for i in range(n_parts):
         df.slice(i * size, size).write_parquet(folder / f"part-{i:05d}.parquet")
     return folder
+
+
+def write_v2_parts(
+    df: pl.DataFrame,
+    folder: Path,
+    labels: dict[str, str],
+    outputs: list[Column],
+    n_parts: int = 2,
+    posts: bool = False,
+) -> Path:
+    """``df`` written as the replay writer writes it: parts of schema version 2 (PartWriter, the schema in
+    each part's metadata). ``labels`` maps each dataset label key to its kind (a key that collides with a
+    column is ``label__<key>`` in ``df``, as replay names it); ``outputs`` are the bundles' columns."""
+    schema = build_schema(labels, outputs, posts=posts)  # type: ignore[arg-type]
+    stray = set(df.columns) - set(schema.names)
+    assert not stray, f"columns outside the schema: {stray}"  # a mistake in the test, not the code
+    frame = df.select(
+        pl.col(name).cast(dtype) if name in df.columns else pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in schema.polars_schema().items()
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = PartWriter(folder, -(-frame.height // n_parts), schema)
+    for i in range(n_parts):
+        writer.add(frame.slice(i * writer.rows_per_part, writer.rows_per_part))
+    writer.flush()
+    return folder
+
+
+def age_gender_outputs() -> list[Column]:
+    """The columns of the two synthetic bundles as their decoders make them."""
+    return [
+        *output_columns(
+            "age-model",
+            [Decoder(output="out", field="age_pred", kind="scale", factor=116.0)],
+            {"out": 1},
+            None,
+        ),
+        *output_columns(
+            "gender-model",
+            [Decoder(output="probs", field="gender_pred", kind="softmax_argmax", labels=["male", "female"])],
+            {"probs": 2},
+            None,
+        ),
+    ]
+
+
+AGE_GENDER_LABELS = {"age": "int", "gender": "str", "race": "str"}

@@ -229,7 +229,7 @@ def test_bad_predictions(tmp_path, preds):
     base.drop("status").write_parquet(one)
     assert _err(evaluate_predictions, one, out) == msg.MISSING_REQUIRED_COLUMN.format(column="status")
     base.with_columns(pl.lit("error").alias("status")).write_parquet(one)
-    assert _err(evaluate_predictions, one, out) == msg.NO_OK_ROWS.format(n_error=base.height)
+    assert _err(evaluate_predictions, one, out) == msg.NO_OK_ROWS.format(n_error=base.height, n_skipped=0)
     base.drop("age_pred", "gender_pred").write_parquet(one)
     assert _err(evaluate_predictions, one, out) == msg.NO_TASK_DETECTED
     base.with_columns(pl.lit("adult").alias("age")).write_parquet(one)

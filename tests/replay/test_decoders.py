@@ -7,7 +7,7 @@ import pytest
 
 from replaybench.bundle import Decoder
 from replaybench.errors import CorruptInputError
-from replaybench.replay.decoders import decode_outputs, decoded_columns
+from replaybench.replay.decoders import decode_outputs, output_columns
 
 
 def test_scale_and_softmax_argmax_on_probabilities():
@@ -21,8 +21,9 @@ def test_scale_and_softmax_argmax_on_probabilities():
     assert cols["gender_pred"] == ["male", "female"]
     assert cols["p_female"][1] == pytest.approx(0.7, abs=1e-6)  # already probabilities: no softmax
     assert cols["raw__g"][0] == pytest.approx([0.9, 0.1])
-    assert set(cols) == set(decoded_columns(decs, {"age": 1, "g": 2}, None))  # the schema names them all
-    assert decoded_columns(decs, {"age": 1, "g": 2}, None) == {
+    kinds = {c.name: c.kind for c in output_columns("b", decs, {"age": 1, "g": 2}, None)}
+    assert set(cols) == set(kinds)  # the schema names them all
+    assert kinds == {
         "raw__age": "float_list",
         "raw__g": "float_list",
         "age_pred": "float",
@@ -73,4 +74,4 @@ def test_label_count_mismatch_and_missing_output_are_errors():
             None,
         )
     with pytest.raises(CorruptInputError, match="lacks"):
-        decoded_columns([Decoder(output="nope", field="f", kind="scale")], {"g": 2}, None)
+        output_columns("b", [Decoder(output="nope", field="f", kind="scale")], {"g": 2}, None)
