@@ -245,14 +245,13 @@ def replay(
     if len(set(names)) != len(names):
         raise UsageError(f"two bundles share a name ({', '.join(names)}); rows are keyed by bundle name")
     specs, groups = _group_specs(bundles)
+    if opts.faces is not None and any(s.jpeg_draft for s in specs):
+        raise UsageError(
+            "--faces crops each face from the full-resolution image, but a bundle's preprocessing "
+            "decodes JPEGs at reduced scale (jpeg_draft): replay it without --faces"
+        )
     if opts.faces is not None:
         from replaybench.replay.faces import FaceDetector
-
-        if any(s.jpeg_draft for s in specs):
-            raise UsageError(
-                "--faces crops each face from the full-resolution image, but a bundle's preprocessing "
-                "decodes JPEGs at reduced scale (jpeg_draft): replay it without --faces"
-            )
 
         FaceDetector(opts.faces)  # a bad detector bundle fails here with its typed error, not in a worker
     fmt, items = read_dataset(
