@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from replaybench.bundle import PreprocessSpec, ResizeSpec, load_bundle
+from replaybench.bundle import Decoder, PreprocessSpec, ResizeSpec, load_bundle
 from replaybench.errors import UsageError
 from replaybench.replay.decode import decode_image
 from replaybench.replay.inference import inference_threads
@@ -26,7 +26,7 @@ from replaybench.replay.preprocess import apply_preprocess
 from replaybench.replay.runner import ReplayOptions, replay
 from replaybench.replay.sessions import open_model
 from replaybench.replay.workers import DecodeConfig
-from tests.replay.helpers import tiny_bundle, tiny_model, utk_images
+from tests.replay.helpers import tiny_bundle, tiny_model, utk_images, write_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -356,3 +356,44 @@ def test_bundles_with_different_outputs_share_parts_with_nulls_where_they_differ
     errors = df.filter(pl.col("status") == "error")
     assert errors.height == 4 and errors["raw__probs"].null_count() == 4
     assert errors["age"].null_count() == 0  # labels are kept on error rows
+
+
+def test_jpeg_draft_spec_decodes_at_reduced_scale_as_pillow_does(tmp_path):
+    """A spec with jpeg_draft gets Pillow's reduced-scale JPEG decode (the pixels a student was trained
+    on), a spec without it the full decode, in one run; the reference is Pillow + onnxruntime directly."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(5):  # smooth fields plus noise: the draft decode's pixels differ from the full one's
+        low = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((256, 256))
+        noisy = np.clip(np.asarray(low, np.int16) + rng.integers(-30, 30, (256, 256, 3)), 0, 255)
+        paths.append(tmp_path / f"img{i}.jpg")
+        Image.fromarray(noisy.astype(np.uint8)).save(paths[-1], quality=90)
+    dataset = tmp_path / "manifest.csv"
+    dataset.write_text("path\n" + "\n".join(str(p) for p in paths) + "\n")
+    decoders = [Decoder(output="age", field="age_pred", kind="scale", index=0)]
+    bundles = {}
+    for draft in (True, False):
+        spec = PreprocessSpec(jpeg_draft=draft, resize=ResizeSpec(width=16, height=16, method="bilinear_pil"))
+        bundles[draft] = write_bundle(tmp_path / f"b{draft}", tiny_model(), f"draft-{draft}", spec, decoders)
+    replay(list(bundles.values()), dataset, tmp_path / "preds", ReplayOptions(format="manifest", workers=1))
+    preds = pl.read_parquet(tmp_path / "preds" / "*.parquet")
+    sess = ort.InferenceSession(str(bundles[True] / "model.onnx"), providers=["CPUExecutionProvider"])
+    got_diff = []
+    for draft in (True, False):
+        expected = []
+        for p in paths:
+            with Image.open(p) as im:
+                if draft:
+                    im.draft("RGB", (16, 16))
+                x = (
+                    np.asarray(im.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR), np.float32)
+                    / 255
+                )
+            expected.append(float(sess.run(["age"], {"image": x[None]})[0][0, 0]))
+        rows = preds.filter(pl.col("bundle") == f"draft-{draft}").sort("source_path")
+        assert rows["source_path"].to_list() == [str(p) for p in paths]
+        np.testing.assert_allclose(rows["age_pred"].to_numpy(), expected, atol=1e-6)
+        got_diff.append(rows["age_pred"].to_numpy())
+    assert np.abs(got_diff[0] - got_diff[1]).max() > 1e-4  # the two decodes really differ
+    with pytest.raises(UsageError, match="jpeg_draft"):  # a face crop needs the full-resolution image
+        replay([bundles[True]], dataset, tmp_path / "p2", ReplayOptions(format="manifest", faces=tmp_path))
