@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so that nothing pulls the multi-GB CUDA build from the index
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,frida,heic,fast]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,frida,heic,fast,cluster]'
 	touch $(STAMP)
 
 demo: $(STAMP)

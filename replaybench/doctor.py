@@ -112,6 +112,9 @@ def check_environment() -> DoctorReport:
         _python_check("lief (native libraries)", "lief", "pip install lief"),
         _python_check("frida (trace capture)", "frida", "pip install 'replaybench[frida]'", optional=True),
         _python_check("HEIC decoding", "pillow_heif", "pip install 'replaybench[heic]'", optional=True),
+        _python_check(
+            "ray (replay --ray on a cluster)", "ray", "pip install 'replaybench[cluster]'", optional=True
+        ),
         _tool_check("smali (test APKs)", "smali", apt.format("smali")),
         _tool_check("aapt (test APKs)", "aapt", apt.format("aapt android-framework-res")),
         _tool_check("apksigner (test APKs)", "apksigner", apt.format("apksigner")),
