@@ -680,6 +680,22 @@ def replay(
         ),
     ] = False,
     variant: VariantOpt = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run on a Ray cluster (pip install 'replaybench[cluster]'): local (a cluster on this "
+            "machine for the run), auto (the cluster this node is in), ray://HEAD:10001 or HEAD:6379. "
+            "Bundles and the dataset must be at the same path on every node.",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None,
+        typer.Option(
+            "--ray-actors", help="With --ray: inference actors (default: one per GPU, else per CPU)."
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Run a dataset through one or more bundles at high throughput; write predictions as Parquet.
@@ -699,6 +715,8 @@ def replay(
         raise UsageError("--one-face needs --faces DETECTOR_BUNDLE")
     if fmt is not None and fmt != "folders" and pattern is not None:
         raise UsageError("--pattern only applies to --format folders")
+    if ray_actors is not None and (ray is None or ray_actors < 1):
+        raise UsageError("--ray-actors takes a positive count, with --ray")
     from replaybench._console import NullProgress, RichProgress, emit_json
     from replaybench.replay.runner import ReplayOptions
     from replaybench.replay.runner import replay as run_replay
@@ -723,6 +741,8 @@ def replay(
         allow_unfaithful=allow_unfaithful,
         accept_unresolved=accept_unresolved,
         variant=variant,
+        ray=ray,
+        ray_actors=ray_actors,
     )
     progress = NullProgress() if json_out else RichProgress()
     STATE.on_interrupt = f"interrupted: the parts in {output} are whole and kept; add --resume to continue"

@@ -68,6 +68,10 @@ class ReplayOptions:
     allow_unfaithful: bool = False
     accept_unresolved: bool = False  # replay a bundle whose preprocessing is unresolved (admission.py)
     variant: str | None = None  # a quantised variant of the bundles' graphs (the student's "int8")
+    # the engine: None runs here (pool.py); a Ray address runs on that cluster (ray_engine.py): "local"
+    # (a cluster started for this run), "auto", "ray://host:port" or "host:port"
+    ray: str | None = None
+    ray_actors: int | None = None  # inference actors (default: one per GPU, else one per CPU)
 
 
 class BundleRun(BaseModel):
@@ -234,6 +238,10 @@ def replay(
         raise UsageError("--one-face needs --faces DETECTOR_BUNDLE")
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if opts.ray is not None:  # before run.json: a missing ray or a wrong address leaves no run folder
+        from replaybench.replay import ray_engine
+
+        ray_engine.preflight(opts.ray)
     bundles = [load_bundle(Path(p)) for p in bundle_paths]
     admitted = [
         check_bundle_admissible(
@@ -294,13 +302,15 @@ def replay(
         simplejpeg=opts.simplejpeg,
     )
     # started before the sessions open: worker start-up overlaps the main process's (see DecodePool)
-    pool = DecodePool(config, n_workers, opts.batch_size, streams) if n_workers and todo else None
+    local = opts.ray is None
+    pool = DecodePool(config, n_workers, opts.batch_size, streams) if local and n_workers and todo else None
     try:
         models = ModelStage(
             bundles,
             specs,
             groups,
-            providers=opts.providers,
+            # with --ray the driver's sessions only give the schema: the actors run on the providers
+            providers=opts.providers if local else (),
             threads=threads,
             spinning=n_workers == 0,
             batch_size=opts.batch_size,
@@ -323,7 +333,34 @@ def replay(
         progress.start(len(todo), f"replay {len(todo)} items x {len(bundles)} bundle(s)")
         t_run = time.perf_counter()
         try:
-            if n_workers == 0:
+            if opts.ray is not None:
+
+                def add(frame: Any, status: list[str]) -> None:  # rows built by the Ray actors
+                    for st in status:
+                        counts[st] += 1
+                    writer.add(frame)
+                    progress.advance(len(status))
+
+                cluster = ray_engine.run(
+                    opts.ray,
+                    todo,
+                    dataset=dataset,
+                    decode=config,
+                    model=ray_engine.ModelConfig.of(
+                        bundles,
+                        groups,
+                        providers=opts.providers,
+                        threads=opts.threads,
+                        batch_size=opts.batch_size,
+                        variant=opts.variant,
+                    ),
+                    rows=rows,
+                    batch_size=opts.batch_size,
+                    add=add,
+                    actors=opts.ray_actors,
+                )
+                n_workers = cluster.decode_slots
+            elif n_workers == 0:
                 init_worker(config)
                 for chunk in chunks(todo, opts.batch_size):
                     res = process_chunk(payload(chunk))
