@@ -139,12 +139,13 @@ def encode_items(chunk: Sequence[DatasetItem], rows: RowBuilder) -> str:
     float, str or null, which JSON carries exactly)."""
     from replaybench.replay.sink import as_label
 
+    labels = [(c.label_key or c.name, c.kind) for c in rows.schema.with_role("label")]
     return json.dumps(
         [
             [
                 it.item_id,
                 str(it.path.absolute()) if it.path is not None else None,
-                {key: as_label(kind, it.labels.get(key)) for key, kind in rows.label_kinds.items()},
+                {key: as_label(kind, it.labels.get(key)) for key, kind in labels},
                 it.caption,
                 it.post_id,
             ]
