@@ -232,6 +232,19 @@ class InferenceActor:
         rows: RowBuilder,
         decode: tuple[str, DecodeConfig, str] | None = None,
     ) -> None:
+        self.rows, self.decodes = rows, decode is not None
+        # An error here is raised by the first call instead: Ray reports a constructor's exception only as
+        # text (ActorDiedError), a call's as the exception itself, which the driver re-raises typed.
+        self.failure: ReplaybenchError | None = None
+        try:
+            self.models = self._open(model, specs, decode)
+        except ReplaybenchError as e:
+            self.failure = e
+
+    @staticmethod
+    def _open(
+        model: ModelConfig, specs: tuple[PreprocessSpec, ...], decode: tuple[str, DecodeConfig, str] | None
+    ) -> Any:
         from replaybench.bundle import load_bundle
         from replaybench.replay.inference import ModelStage
 
@@ -250,8 +263,7 @@ class InferenceActor:
             bundles.append(lb)
         if decode is not None:
             _init_decode(*decode)
-        self.decodes = decode is not None
-        self.models = ModelStage(
+        return ModelStage(
             bundles,
             specs,
             model.groups,
@@ -261,9 +273,10 @@ class InferenceActor:
             batch_size=model.batch_size,
             variant=model.variant,
         )
-        self.rows = rows
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if self.failure is not None:
+            raise self.failure
         items = decode_items(row["items"])
         res = _decode(items) if self.decodes else _decoded(row)
         frame = self.rows.frame(items, res, self.models.infer(items, res))
@@ -365,7 +378,8 @@ def run(
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # replaybench draws its own
         ctx.execution_options.preserve_order = False  # parts hold whole items, in any order
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ctx.raise_original_map_exception = True  # a replaybench error comes back as itself (_stream)
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its failures come back raised (_stream)
         resources = ray.cluster_resources()
         cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
         n_actors, actor_res = layout(cpus, gpus, actors)
@@ -449,7 +463,10 @@ def _replaybench_cause(e: BaseException) -> ReplaybenchError | None:
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
+        cause = getattr(cur, "cause", None)  # a RayTaskError: the exception the task raised
+        if isinstance(cause, ReplaybenchError):
+            return cause
         if isinstance(cur, ReplaybenchError):
             return cur
-        cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
+        cur = cause or cur.__cause__ or cur.__context__
     return None

@@ -225,3 +225,53 @@ def test_an_address_where_nothing_answers_is_refused_before_run_json(faces, tmp_
         with pytest.raises(UsageError, match="--ray"):
             replay(bundles, ds, tmp_path / "p", ReplayOptions(ray=address))
     assert not (tmp_path / "p").exists()
+
+
+def test_a_node_holding_another_model_at_the_bundle_path_stops_the_run_with_that_error(cluster, faces):
+    """What a node says when the shared storage is not shared: the actors check the model file against
+    the driver's sha256 (and raise the typed error the driver re-raises)."""
+    from dataclasses import replace
+
+    from replaybench.bundle import load_bundle
+    from replaybench.replay import ray_engine
+    from replaybench.replay.datasets import ReadOptions, read_dataset
+    from replaybench.replay.inference import ModelStage
+    from replaybench.replay.rows import RowBuilder
+    from replaybench.replay.workers import DecodeConfig
+
+    address, _ = cluster
+    bundles, ds = faces
+    lb = load_bundle(bundles[0])
+    assert lb.bundle.preprocess is not None
+    _, items = read_dataset(ds, "utkface", ReadOptions())
+    models = ModelStage([lb], [lb.bundle.preprocess], [0])
+    rows = RowBuilder([lb.bundle.name], items, models.columns)
+    model = ray_engine.ModelConfig.of([lb], [0])
+    assert model.model_sha256[0] != "0" * 64
+    added: list[object] = []
+    with pytest.raises(UsageError, match="holds another model.onnx than the driver's") as e:
+        ray_engine.run(
+            address,
+            items[:8],
+            dataset=ds,
+            decode=DecodeConfig(specs=(lb.bundle.preprocess,)),
+            model=replace(model, model_sha256=("0" * 64,)),
+            rows=rows,
+            batch_size=4,
+            add=lambda frame, status: added.append(frame),
+        )
+    assert "same path" in str(e.value) and not added
+
+
+def test_cli_without_ray_exits_9_with_the_install_command(faces, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from replaybench.cli import app
+
+    bundles, ds = faces
+    monkeypatch.setitem(sys.modules, "ray", None)
+    r = CliRunner().invoke(
+        app, ["replay", str(bundles[0]), str(ds), "-o", str(tmp_path / "p"), "--ray", "auto"]
+    )
+    assert r.exit_code == 9, r.output
+    assert "pip install 'replaybench[cluster]'" in r.output and "Traceback" not in r.output
