@@ -263,15 +263,12 @@ def test_a_node_holding_another_model_at_the_bundle_path_stops_the_run_with_that
     assert "same path" in str(e.value) and not added
 
 
-def test_cli_without_ray_exits_9_with_the_install_command(faces, tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from replaybench.cli import app
+def test_cli_without_ray_exits_9_with_the_install_command(faces, tmp_path, monkeypatch, capsys):
+    from replaybench.cli import main
 
     bundles, ds = faces
     monkeypatch.setitem(sys.modules, "ray", None)
-    r = CliRunner().invoke(
-        app, ["replay", str(bundles[0]), str(ds), "-o", str(tmp_path / "p"), "--ray", "auto"]
-    )
-    assert r.exit_code == 9, r.output
-    assert "pip install 'replaybench[cluster]'" in r.output and "Traceback" not in r.output
+    assert main(["replay", str(bundles[0]), str(ds), "-o", str(tmp_path / "p"), "--ray", "auto"]) == 9
+    err = capsys.readouterr().err
+    assert "pip install 'replaybench[cluster]'" in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()
