@@ -272,3 +272,44 @@ def test_cli_without_ray_exits_9_with_the_install_command(faces, tmp_path, monke
     err = capsys.readouterr().err
     assert "pip install 'replaybench[cluster]'" in err and "Traceback" not in err
     assert not (tmp_path / "p").exists()
+
+
+def test_gpu_layout_decode_tasks_hand_the_actors_process_chunks_result_exactly(faces):
+    """With GPUs, decode tasks feed the actors through Ray's object store (no GPU here to run that layout
+    on the cluster): what an actor rebuilds from a decode task's row is ``process_chunk``'s own result,
+    tensors bit for bit, for two preprocess specs, a corrupt and an empty image."""
+    from replaybench.bundle import load_bundle
+    from replaybench.replay import ray_engine
+    from replaybench.replay.datasets import ReadOptions, read_dataset
+    from replaybench.replay.inference import ModelStage
+    from replaybench.replay.rows import RowBuilder
+    from replaybench.replay.workers import DecodeConfig, init_worker, process_chunk
+
+    bundles, ds = faces
+    lbs = [load_bundle(b) for b in bundles]
+    specs = tuple(lb.bundle.preprocess for lb in lbs if lb.bundle.preprocess is not None)
+    _, items = read_dataset(ds, "utkface", ReadOptions())
+    chunk = [it for it in items if it.item_id.startswith(("7_1_2", "8_0_1"))] + items[:6]
+    rows = RowBuilder([lb.bundle.name for lb in lbs], items, ModelStage(lbs, specs, [0, 1]).columns)
+    config = DecodeConfig(specs=specs)
+    row = {"items": ray_engine.encode_items(chunk, rows)}
+    got = ray_engine._decoded(ray_engine.decode_chunk(row, run_id="t", config=config, dataset=str(ds)))
+    init_worker(config)
+    want = process_chunk([(i, str(it.path)) for i, it in enumerate(chunk)])
+    assert got["status"] == want["status"] == ["error", "error", *["ok"] * 6]
+    assert got["error"] == want["error"] and got["faces"] == want["faces"]
+    for g, w in zip(got["tensors"], want["tensors"], strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape == (6, *w.shape[1:])
+        np.testing.assert_array_equal(g, w)
+    assert [it.labels for it in ray_engine.decode_items(row["items"])] == [it.labels for it in chunk]
+
+
+def test_layouts_leave_decoding_cpus():
+    from replaybench.replay import ray_engine
+
+    assert ray_engine.layout(2, 0, None) == (2, {"num_cpus": 1.0})  # an actor per CPU, decoding itself
+    assert ray_engine.layout(16, 0, 4) == (4, {"num_cpus": 4.0})
+    n, res = ray_engine.layout(8, 8, None)  # a GPU per actor, never all the CPUs: decode tasks need some
+    assert n == 8 and res["num_gpus"] == 1 and res["num_cpus"] * n <= 8 / 2
+    n, res = ray_engine.layout(64, 4, 8)
+    assert n == 8 and res == {"num_gpus": 0.5, "num_cpus": 1.0}
