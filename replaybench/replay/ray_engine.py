@@ -40,7 +40,7 @@ import socket
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +175,11 @@ def _init_decode(run_id: str, config: DecodeConfig, dataset: str) -> None:
 
     if _TASK.get("run") == run_id:
         return
-    if not Path(dataset).exists():
-        raise InputNotFoundError(
-            f"the dataset {dataset} is not visible on Ray node {_node()}: {SHARED_STORAGE_HINT}"
-        )
+    for what, path in (("the dataset", dataset), ("the face detector bundle", config.faces)):
+        if path is not None and not Path(path).exists():
+            raise InputNotFoundError(
+                f"{what} {path} is not visible on Ray node {_node()}: {SHARED_STORAGE_HINT}"
+            )
     init_worker(config)
     _TASK["run"] = run_id
 
@@ -396,6 +397,10 @@ def run(
             [{"items": encode_items(c, rows)} for c in chunks],
             override_num_blocks=-(-len(chunks) // per_block),
         )
+        if (
+            decode.faces is not None
+        ):  # opened on the nodes: relative to the driver's folder means nothing there
+            decode = replace(decode, faces=decode.faces.absolute())
         decoding = (uuid.uuid4().hex, decode, str(Path(dataset).absolute()))
         if gpus:  # decode tasks on the CPUs feed the GPU actors
             run_id, config, root = decoding
