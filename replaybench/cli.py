@@ -686,7 +686,7 @@ def replay(
             "--ray",
             metavar="ADDRESS",
             help="Run on a Ray cluster (pip install 'replaybench[cluster]'): local (a cluster on this "
-            "machine for the run), auto (the cluster this node is in), ray://HEAD:10001 or HEAD:6379. "
+            "machine for the run), auto (the cluster this node is in) or HEAD:6379. "
             "Bundles and the dataset must be at the same path on every node.",
         ),
     ] = None,

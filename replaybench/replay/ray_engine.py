@@ -308,16 +308,22 @@ def _default_providers() -> tuple[str, ...]:
 
 
 def preflight(address: str) -> None:
-    """Before a run writes anything: ray is installed, and a ``host:port`` / ``ray://host:port`` address
-    answers (a plain TCP connect: nothing is started or joined)."""
+    """Before a run writes anything: ray is installed, and a ``host:port`` address answers (a plain TCP
+    connect: nothing is started or joined). ``ray://`` (Ray Client) is refused: Ray Data does not run
+    through it (ray#42739)."""
     _import_ray()
     if address in ("local", "auto"):
         return
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if address.startswith("ray://"):
         raise UsageError(
-            f"--ray {address!r}: give local, auto, ray://HOST:PORT (Ray Client) or HOST:PORT (the head's GCS)"
+            f"--ray {address}: Ray Data does not run through Ray Client (ray://), so replay cannot either",
+            hint="run replay on a cluster node with --ray auto, from a machine that reaches every node with "
+            "--ray HEAD:6379, or as a Ray job: ray job submit --address http://HEAD:8265 -- replaybench "
+            "replay ... --ray auto",
         )
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--ray {address!r}: give local, auto or HOST:PORT (the head's GCS address)")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
             pass
@@ -326,7 +332,8 @@ def preflight(address: str) -> None:
 
 
 def connect(address: str) -> bool:
-    """Connect this process to Ray at ``address`` (``local`` starts a cluster on this machine for the run).
+    """Connect this process to Ray at ``address`` (``local`` starts a cluster on this machine for the run,
+    ``auto`` joins the one this node is in, ``HOST:PORT`` the head's GCS).
     Returns whether it connected now (False: it already was, and stays so)."""
     ray = _import_ray()
     if ray.is_initialized():

@@ -69,7 +69,7 @@ class ReplayOptions:
     accept_unresolved: bool = False  # replay a bundle whose preprocessing is unresolved (admission.py)
     variant: str | None = None  # a quantised variant of the bundles' graphs (the student's "int8")
     # the engine: None runs here (pool.py); a Ray address runs on that cluster (ray_engine.py): "local"
-    # (a cluster started for this run), "auto", "ray://host:port" or "host:port"
+    # (a cluster started for this run), "auto" or "host:port" (the head's GCS)
     ray: str | None = None
     ray_actors: int | None = None  # inference actors (default: one per GPU, else one per CPU)
 

@@ -219,11 +219,15 @@ def test_without_ray_installed_the_error_names_the_extra_and_writes_nothing(face
     assert not (tmp_path / "p").exists()
 
 
-def test_an_address_where_nothing_answers_is_refused_before_run_json(faces, tmp_path):
+def test_addresses_that_cannot_work_are_refused_before_run_json(faces, tmp_path):
     bundles, ds = faces
     for address in (f"127.0.0.1:{_free_port()}", "not-an-address"):
         with pytest.raises(UsageError, match="--ray"):
             replay(bundles, ds, tmp_path / "p", ReplayOptions(ray=address))
+    # Ray Data does not run through Ray Client (it fails deep inside Ray Data): refused with what works
+    with pytest.raises(UsageError, match="Ray Client") as e:
+        replay(bundles, ds, tmp_path / "p", ReplayOptions(ray="ray://127.0.0.1:10001"))
+    assert e.value.hint is not None and "ray job submit" in e.value.hint
     assert not (tmp_path / "p").exists()
 
 
