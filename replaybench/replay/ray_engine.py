@@ -404,9 +404,7 @@ def run(
             [{"items": encode_items(c, rows)} for c in chunks],
             override_num_blocks=-(-len(chunks) // per_block),
         )
-        if (
-            decode.faces is not None
-        ):  # opened on the nodes: relative to the driver's folder means nothing there
+        if decode.faces is not None:  # opened on the nodes: a path relative to the driver's means nothing
             decode = replace(decode, faces=decode.faces.absolute())
         decoding = (uuid.uuid4().hex, decode, str(Path(dataset).absolute()))
         if gpus:  # decode tasks on the CPUs feed the GPU actors
