@@ -228,6 +228,7 @@ def replay(
     from replaybench.replay.pool import DecodePool, chunks, payload
     from replaybench.replay.rows import RowBuilder
     from replaybench.replay.sink import PartWriter, check_or_write_manifest, done_item_ids
+    from replaybench.replay.text_models import by_caption_length, is_image_text
     from replaybench.replay.workers import DecodeConfig, init_worker, process_chunk
 
     opts = options or ReplayOptions()
@@ -289,6 +290,8 @@ def replay(
     check_or_write_manifest(output, manifest, opts.resume)
     done = done_item_ids(output) if opts.resume else set()
     todo = [it for it in selected if it.item_id not in done]
+    if any(is_image_text(lb) for lb in bundles):
+        todo = by_caption_length(todo)  # chunks of similar caption lengths: less padding in the text graph
 
     n_workers = (os.cpu_count() or 1) if opts.workers is None else max(0, opts.workers)
     threads, streams = inference_threads(opts.threads, n_workers)
@@ -322,25 +325,22 @@ def replay(
         )
         counts = {"ok": 0, "error": 0, "skipped": 0}
 
+        def add(frame: Any, status: list[str]) -> None:
+            """A chunk's rows (all its items, every bundle) into the parts, as the engines finish them."""
+            for st in status:
+                counts[st] += 1
+            writer.add(frame)
+            progress.advance(len(status))
+
         def write(
             chunk: list[DatasetItem], res: dict[str, Any], per_bundle: list[dict[str, Any] | None]
         ) -> None:
-            for st in res["status"]:
-                counts[st] += 1
-            writer.add(rows.frame(chunk, res, per_bundle))
-            progress.advance(len(chunk))
+            add(rows.frame(chunk, res, per_bundle), res["status"])
 
         progress.start(len(todo), f"replay {len(todo)} items x {len(bundles)} bundle(s)")
         t_run = time.perf_counter()
         try:
-            if opts.ray is not None:
-
-                def add(frame: Any, status: list[str]) -> None:  # rows built by the Ray actors
-                    for st in status:
-                        counts[st] += 1
-                    writer.add(frame)
-                    progress.advance(len(status))
-
+            if opts.ray is not None:  # the Ray actors build the rows
                 cluster = ray_engine.run(
                     opts.ray,
                     todo,

@@ -17,6 +17,7 @@ import numpy as np
 
 from replaybench.bundle import LoadedBundle
 from replaybench.errors import CorruptInputError, UsageError
+from replaybench.replay.items import DatasetItem
 
 TOKENS_PER_ROW = 8  # text batch budget: batch_size x this many padded tokens (swept 8-64: 8 best)
 MAX_ROWS_FACTOR = 4  # at most this many x batch_size short captions in one text batch
@@ -66,6 +67,20 @@ class TextBatcher:
                 mask[r, : len(ids[i])] = 1
             yield pos, input_ids, mask
             s = e
+
+
+CAPTION_SORT_WINDOW = 2048  # items reordered together: chunks of similar caption lengths, bounded memory
+
+
+def by_caption_length(items: Sequence[DatasetItem], window: int = CAPTION_SORT_WINDOW) -> list[DatasetItem]:
+    """``items`` with each run of ``window`` items sorted by caption length, so that every chunk of a
+    replay holds captions of similar lengths and its text batches pad little (sorting only within a
+    chunk of 32 ran the text graph ~30% slower than sorting 600 captions at once, DistilBERT int8). Rows
+    are written in this order; ``--resume`` goes by item id, so nothing depends on it."""
+    out: list[DatasetItem] = []
+    for s in range(0, len(items), window):
+        out += sorted(items[s : s + window], key=lambda it: len(it.caption or ""))
+    return out
 
 
 def is_image_text(lb: LoadedBundle) -> bool:
