@@ -250,8 +250,7 @@ def main() -> None:
     draft, full = decode_compare(paths[:60])
     print(f"decode (1 process): draft {draft:.1f} img/s vs full {full:.1f} img/s -> x{draft / full:.2f}")
     images = np.stack([decode_image(p) for p in paths])
-    decode_only = decode_stage(paths, args.batch_size)
-    print(f"decode stage alone (replay's worker pool, {os.cpu_count()} workers): {decode_only:.1f} posts/s")
+    decode_first = decode_stage(paths, args.batch_size)
 
     results = []
     for arch in args.variants.split(","):
@@ -278,15 +277,23 @@ def main() -> None:
             m = model_only(bundle, int8, images, captions, args.batch_size)
             row = {"variant": label, "precision": "int8" if int8 else "fp32", "end_to_end_posts_per_s": e2e,
                    "load_avg_1min": os.getloadavg()[0], "errors": errors, **m}  # fmt: skip
-            # the pipeline's ceiling: decode and both graphs sharing the same cores
-            row["combined_limit_posts_per_s"] = 1 / (1 / m["model_posts_per_s"] + 1 / decode_only)
-            row["end_to_end_vs_combined_limit"] = e2e / row["combined_limit_posts_per_s"]
             if int8:  # measured by export on posts not used for calibration
                 row["int8_mean_abs_score_diff"] = doc["variants"][0]["mean_abs_diff"]
                 row["int8_max_abs_score_diff"] = doc["variants"][0]["max_abs_diff"]
                 row["int8_diff_posts"] = doc["variants"][0]["inputs_tried"]
             results.append(row)
             print(json.dumps(row))
+    # The decode stage alone, before and after the end-to-end runs; the faster of the two sets the limit
+    # (the stricter one: a load that slowed one measurement does not lower the bar).
+    decode_last = decode_stage(paths, args.batch_size)
+    decode_only = max(decode_first, decode_last)
+    print(f"decode stage alone (replay's worker pool, {os.cpu_count()} workers): {decode_first:.1f} before, "
+          f"{decode_last:.1f} after the end-to-end runs (the faster sets the limit)")  # fmt: skip
+    for row in results:  # the pipeline's ceiling: decode and both graphs sharing the same cores
+        row["combined_limit_posts_per_s"] = 1 / (1 / row["model_posts_per_s"] + 1 / decode_only)
+        row["end_to_end_vs_combined_limit"] = (
+            row["end_to_end_posts_per_s"] / row["combined_limit_posts_per_s"]
+        )
     self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # (replay's decode workers are the fork server's children, not this process's: not counted here)
     print(f"\npeak RSS: main process {self_mb:.0f} MB")
