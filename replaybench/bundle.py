@@ -395,6 +395,17 @@ class LoadedBundle(Strict):
         return self.bundle.postprocess.labels
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a bundle's file, read in blocks (run.json records the model's; Ray nodes check it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_bundle(folder: Path) -> LoadedBundle:
     """Read a bundle folder. Raises InputNotFoundError / CorruptInputError with the reason."""
     from pydantic import ValidationError

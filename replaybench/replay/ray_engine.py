@@ -32,7 +32,6 @@ of them), inference on the GPUs.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -46,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from replaybench.bundle import LoadedBundle, PreprocessSpec
+from replaybench.bundle import LoadedBundle, PreprocessSpec, file_sha256
 from replaybench.errors import InputNotFoundError, ReplaybenchError, UsageError, missing_dependency
 from replaybench.replay.items import DatasetItem
 from replaybench.replay.rows import RowBuilder
@@ -93,7 +92,7 @@ class ModelConfig:
     ) -> ModelConfig:
         return cls(
             bundles=tuple(str(lb.folder.absolute()) for lb in bundles),
-            model_sha256=tuple(_sha256(lb.runtime_paths[0]) for lb in bundles),
+            model_sha256=tuple(file_sha256(lb.runtime_paths[0]) for lb in bundles),
             groups=tuple(groups),
             providers=tuple(providers),
             threads=threads or 1,
@@ -110,14 +109,6 @@ class RayRun:
     gpus: int
     actors: int
     decode_slots: int  # chunks decoding at once (in the actors themselves on a cluster without GPUs)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _import_ray() -> Any:
@@ -258,7 +249,9 @@ class InferenceActor:
                     f"bundle {folder} is not visible on Ray node {_node()}: {SHARED_STORAGE_HINT}"
                 )
             lb = load_bundle(Path(folder))
-            if _sha256(lb.runtime_paths[0]) != want:  # the numbers must come from the model run.json names
+            if (
+                file_sha256(lb.runtime_paths[0]) != want
+            ):  # the numbers must come from the model run.json names
                 raise UsageError(
                     f"bundle {folder} on Ray node {_node()} holds another {lb.runtime_paths[0].name} than "
                     f"the driver's: {SHARED_STORAGE_HINT}"

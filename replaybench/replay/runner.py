@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from replaybench._console import NullProgress, Progress
-from replaybench.bundle import LoadedBundle, PreprocessSpec, load_bundle
+from replaybench.bundle import LoadedBundle, PreprocessSpec, file_sha256, load_bundle
 from replaybench.errors import UsageError
 from replaybench.replay.admission import check_bundle_admissible
 from replaybench.replay.items import DatasetItem
@@ -136,14 +136,6 @@ def dataset_record(dataset: Path, fmt: str, items: Sequence[DatasetItem]) -> dic
     }
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _parts_metadata(bundles: Sequence[LoadedBundle], opts: ReplayOptions) -> dict[str, str]:
     """Key/values stored in every Parquet part: each bundle's fidelity verdict and whether unfaithful
     bundles were allowed, so a predictions file says how far its numbers are the app's."""
@@ -179,7 +171,7 @@ def _manifest_bundle(lb: LoadedBundle) -> dict[str, Any]:
     """A bundle's entry in run.json; an unresolved preprocessing replayed anyway is recorded there."""
     entry: dict[str, Any] = {
         "name": lb.bundle.name,
-        "model_sha256": _file_sha256(lb.runtime_paths[0]),
+        "model_sha256": file_sha256(lb.runtime_paths[0]),
         "runtime": lb.bundle.runtime.name,
         "fidelity": lb.bundle.fidelity.verdict if lb.bundle.fidelity else None,
     }

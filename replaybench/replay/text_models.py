@@ -84,7 +84,7 @@ def by_caption_length(items: Sequence[DatasetItem], window: int = CAPTION_SORT_W
 
 
 def is_image_text(lb: LoadedBundle) -> bool:
-    """Whether a bundle takes captions (a text preprocessing block and the split graphs)."""
+    """Whether a bundle takes captions (it has a text preprocessing block)."""
     return lb.bundle.text is not None
 
 
@@ -94,7 +94,6 @@ class ImageTextModel:
     Quacks like ``sessions.ModelSession`` for the model stage (``input_dtype``, ``output_sizes``,
     ``batch_mode``, ``notes``), with ``run(images, captions, batch_size)``."""
 
-    takes_text = True
     batch_mode = "dynamic"
     input_dtype = np.uint8
 
@@ -122,7 +121,6 @@ class ImageTextModel:
             raise UsageError(f"unknown model variant {variant!r}; known: int8")
         so = session_options(threads, spinning=spinning)
         prov = resolve_providers(list(providers))
-        self.files: list[Path] = []
         sessions = []
         for role in (IMAGE_ROLE, TEXT_ROLE):
             name = parts[role].file_int8 if variant == "int8" else parts[role].file
@@ -132,7 +130,6 @@ class ImageTextModel:
                 )
             if Path(name).is_absolute() or ".." in Path(name).parts or not (folder / name).is_file():
                 raise CorruptInputError(f"student bundle {folder} lacks {name}")
-            self.files.append(folder / name)
             try:
                 sessions.append(ort.InferenceSession(str(folder / name), so, providers=prov))
             except Exception as e:
