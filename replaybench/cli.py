@@ -62,6 +62,13 @@ RemoteOpt = Annotated[str | None, typer.Option("--remote", help="Use frida-serve
 PidOpt = Annotated[int | None, typer.Option("--pid", help="Attach to this process id.")]
 NameOpt = Annotated[str | None, typer.Option("--name", help="Attach to the process with this name.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible).")]
+# the options replay, replay-app and distill score share
+ResumeFlag = Annotated[
+    bool, typer.Option("--resume", help="Continue a killed run in the same output folder.")
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Replay only the first N items.")]
+ShuffleFlag = Annotated[bool, typer.Option("--shuffle", help="Shuffle items (with --seed) before --limit.")]
+PartRowsOpt = Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")]
 VariantOpt = Annotated[
     str | None,
     typer.Option("--variant", help="Run the bundles' quantised graphs (int8: a student bundle's int8 pair)."),
@@ -636,13 +643,9 @@ def replay(
             "one-thread calls, one chunk in flight per CPU; with --workers 0, one thread per CPU).",
         ),
     ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue a killed run in the same output folder.")
-    ] = False,
-    limit: Annotated[int | None, typer.Option("--limit", help="Replay only the first N items.")] = None,
-    shuffle: Annotated[
-        bool, typer.Option("--shuffle", help="Shuffle items (with --seed) before --limit.")
-    ] = False,
+    resume: ResumeFlag = False,
+    limit: LimitOpt = None,
+    shuffle: ShuffleFlag = False,
     seed: Seed = 0,
     fast_decode: Annotated[
         bool,
@@ -662,7 +665,7 @@ def replay(
         float,
         typer.Option("--face-margin", help="With --faces: grow the face box by this fraction per side."),
     ] = 0.2,
-    part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    part_rows: PartRowsOpt = 8192,
     allow_outside: AllowOutside = False,
     allow_unfaithful: Annotated[
         bool,
@@ -796,15 +799,11 @@ def replay_app(
         int, typer.Option("--max-restarts", help="Give up after restarting a crashed or hung app this often.")
     ] = 20,
     workers: Annotated[int, typer.Option("--workers", help="Decode threads on the host.")] = 2,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue a killed run in the same output folder.")
-    ] = False,
-    limit: Annotated[int | None, typer.Option("--limit", help="Replay only the first N items.")] = None,
-    shuffle: Annotated[
-        bool, typer.Option("--shuffle", help="Shuffle items (with --seed) before --limit.")
-    ] = False,
+    resume: ResumeFlag = False,
+    limit: LimitOpt = None,
+    shuffle: ShuffleFlag = False,
     seed: Seed = 0,
-    part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    part_rows: PartRowsOpt = 8192,
     json_out: JsonFlag = False,
 ) -> None:
     """Replay a dataset inside the app: feed each item to the app's own pipeline through the Frida agent,
@@ -1245,14 +1244,12 @@ def distill_score(
     posts: Annotated[Path, typer.Argument(help="A posts dataset.")],
     output: OutDir,
     int8: Annotated[bool, typer.Option("--int8", help="Run the int8 graphs.")] = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue a killed run in the same folder.")
-    ] = False,
+    resume: ResumeFlag = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images / captions per model call.")] = 32,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Decode processes (default: cores).")
     ] = None,
-    part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per Parquet part.")] = 8192,
+    part_rows: PartRowsOpt = 8192,
     allow_outside: AllowOutside = False,
     json_out: JsonFlag = False,
 ) -> None:
