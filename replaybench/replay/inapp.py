@@ -465,18 +465,12 @@ def replay_in_app(
         replay_in_app(Path("hooks.json"), Path("utkface"), Path("preds"), InAppTarget(usb=True, spawn="com.app"))
     """
 
-    from replaybench.predictions import Column, Producer, build_schema
+    from replaybench.predictions import Column, Producer
     from replaybench.replay.datasets import ReadOptions, read_dataset
     from replaybench.replay.decoders import decode_outputs, output_columns
+    from replaybench.replay.rows import RowBuilder
     from replaybench.replay.runner import dataset_record, select_items
-    from replaybench.replay.sink import (
-        PartWriter,
-        check_or_write_manifest,
-        done_item_ids,
-        item_columns,
-        label_types,
-        rows_frame,
-    )
+    from replaybench.replay.sink import PartWriter, check_or_write_manifest, done_item_ids
 
     opts = options or InAppOptions()
     progress = progress or NullProgress()
@@ -513,46 +507,26 @@ def replay_in_app(
     done = done_item_ids(output) if opts.resume else set()
     todo = [it for it in selected if it.item_id not in done]
 
-    schema = build_schema(
-        label_types([it.labels for it in items]),
-        outputs,
-        posts=any(it.post_id is not None or it.caption is not None for it in items),
-    )
-    writer = PartWriter(output, max(1, opts.part_rows), schema)
+    rows = RowBuilder([manifest.name], items, outputs, route=ROUTE_IN_APP)
+    writer = PartWriter(output, max(1, opts.part_rows), rows.schema)
     counts = {"ok": 0, "error": 0, "skipped": 0}
     rows_written = 0
 
     def write_block(block: list[tuple[DatasetItem, Outcome]]) -> None:
         nonlocal rows_written
-        n = len(block)
         status = [o.status for _, o in block]
         for st in status:
             counts[st] += 1
-        base = item_columns(schema, [it for it, _ in block])
-        base.update(
-            bundle=[manifest.name] * n,
-            route=[ROUTE_IN_APP] * n,
-            raw_result=[o.raw for _, o in block],
-            status=status,
-            error=[o.error for _, o in block],
-        )
-        valid = np.array([st == "ok" for st in status], bool)
+        ok = [o.outputs for _, o in block if o.outputs is not None and o.status == "ok"]
         cols: dict[str, Any] = {}
-        if valid.any():
-            merged = {
-                name: np.stack(
-                    [
-                        o.outputs[name].reshape(-1)
-                        for _, o in block
-                        if o.outputs is not None and o.status == "ok"
-                    ]
-                )
-                for name in sizes
-            }
+        if ok:
+            merged = {name: np.stack([out[name].reshape(-1) for out in ok]) for name in sizes}
             cols = decode_outputs(merged, decoders, labels)
-        writer.add(rows_frame(schema, n, base, cols, valid))
-        rows_written += n
-        progress.advance(n)
+        res = {"status": status, "error": [o.error for _, o in block]}
+        extra = {"raw_result": [o.raw for _, o in block]}
+        writer.add(rows.frame([it for it, _ in block], res, [cols], extra))
+        rows_written += len(block)
+        progress.advance(len(block))
 
     events: queue.Queue[tuple[Any, ...]] = queue.Queue()
     pool = ThreadPoolExecutor(opts.workers, thread_name_prefix="inapp-decode")

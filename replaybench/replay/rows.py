@@ -45,14 +45,17 @@ class RowBuilder:
         chunk: Sequence[DatasetItem],
         res: Mapping[str, Any],
         per_bundle: Sequence[Mapping[str, Any] | None],
+        extra: Mapping[str, list[Any]] | None = None,
     ) -> Any:
-        """The chunk's rows (a polars DataFrame): every bundle's rows of every item."""
+        """The chunk's rows (a polars DataFrame): every bundle's rows of every item. ``per_bundle``: each
+        bundle's decoded columns, for the ok items only; ``extra``: output columns with a value for every
+        item (in-app replay's ``raw_result``, kept for error rows too)."""
         import polars as pl
 
         n = len(chunk)
         status: list[str] = res["status"]
         base = item_columns(self.schema, chunk)
-        base.update(status=status, error=res["error"], route=[self.route] * n)
+        base.update(status=status, error=res["error"], route=[self.route] * n, **(extra or {}))
         if self.faces:
             faces = [f or (None, None, None) for f in res["faces"]]
             for k, col in enumerate(("face_count", "face_box", "face_score")):
