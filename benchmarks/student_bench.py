@@ -122,37 +122,6 @@ def decode_compare(paths: list[Path]) -> tuple[float, float]:
     return draft, full
 
 
-def decode_stage(paths: list[Path], batch: int) -> float:
-    """posts/s of replay's decode stage alone (worker pool, shared memory, the student's jpeg_draft
-    decode + 224 bilinear resize), the model stage dropped: the decode half of the combined limit."""
-    from replaybench.bundle import PreprocessSpec, ResizeSpec
-    from replaybench.replay.items import DatasetItem
-    from replaybench.replay.pool import DecodePool
-    from replaybench.replay.workers import DecodeConfig
-
-    spec = PreprocessSpec(
-        jpeg_draft=True,
-        resize=ResizeSpec(width=224, height=224, method="bilinear_pil"),
-        layout="NCHW",
-        dtype="uint8",
-        scale=[1.0],
-        offset=[0.0],
-    )
-    items = [DatasetItem(item_id=str(i), path=p) for i, p in enumerate(paths)]
-    pool = DecodePool(DecodeConfig(specs=(spec,)), os.cpu_count() or 1, batch, streams=1)
-    started: list[float] = []
-
-    def write(chunk: list[DatasetItem], res: dict, inferred: None) -> None:
-        if not started:  # from the first result: worker start-up is not throughput
-            started.append(time.perf_counter())
-
-    try:
-        pool.run(items, lambda chunk, res: None, write)
-    finally:
-        pool.close()
-    return (len(items) - batch) / (time.perf_counter() - started[0])
-
-
 def model_only(
     bundle: Path, int8: bool, images: np.ndarray, captions: list[str], batch: int
 ) -> dict[str, float]:
@@ -220,6 +189,8 @@ def main() -> None:
     ap.add_argument("--variants", default="distilbert-base,minilm-l6")
     args = ap.parse_args()
 
+    from replay_bench import decode_only  # replay's decode stage alone, as replay_bench measures it
+
     from replaybench.distill.images import decode_image
     from replaybench.distill.metrics import score_summary
     from replaybench.replay.runner import ReplayOptions, replay
@@ -250,12 +221,17 @@ def main() -> None:
     draft, full = decode_compare(paths[:60])
     print(f"decode (1 process): draft {draft:.1f} img/s vs full {full:.1f} img/s -> x{draft / full:.2f}")
     images = np.stack([decode_image(p) for p in paths])
-    decode_first = decode_stage(paths, args.batch_size)
+    archs = args.variants.split(",")
+    folders = {arch: minilm if arch == "minilm-l6" else None for arch in archs}
+    bundles = {arch: build_bundle(work, arch, folders[arch], all_captions, posts) for arch in archs}
+    # The decode half of the combined limit: replay's own decode stage alone (worker pool, shared memory)
+    # on the bundle's preprocessing (jpeg_draft decode, 224 bilinear), the model stage dropped.
+    decode_bundle, workers = bundles[archs[0]], os.cpu_count() or 1
+    decode_first = decode_only(decode_bundle, paths, workers, args.batch_size)
 
     results = []
-    for arch in args.variants.split(","):
-        folder = minilm if arch == "minilm-l6" else None
-        bundle = build_bundle(work, arch, folder, all_captions, posts)
+    for arch in archs:
+        folder, bundle = folders[arch], bundles[arch]
         doc = json.loads((bundle / "bundle.json").read_text())
         label = arch + (" (real weights)" if folder else " (random-init, published shape)")
         for int8 in (False, True):
@@ -285,12 +261,12 @@ def main() -> None:
             print(json.dumps(row))
     # The decode stage alone, before and after the end-to-end runs; the faster of the two sets the limit
     # (the stricter one: a load that slowed one measurement does not lower the bar).
-    decode_last = decode_stage(paths, args.batch_size)
-    decode_only = max(decode_first, decode_last)
+    decode_last = decode_only(decode_bundle, paths, workers, args.batch_size)
+    decode_rate = max(decode_first, decode_last)
     print(f"decode stage alone (replay's worker pool, {os.cpu_count()} workers): {decode_first:.1f} before, "
           f"{decode_last:.1f} after the end-to-end runs (the faster sets the limit)")  # fmt: skip
     for row in results:  # the pipeline's ceiling: decode and both graphs sharing the same cores
-        row["combined_limit_posts_per_s"] = 1 / (1 / row["model_posts_per_s"] + 1 / decode_only)
+        row["combined_limit_posts_per_s"] = 1 / (1 / row["model_posts_per_s"] + 1 / decode_rate)
         row["end_to_end_vs_combined_limit"] = (
             row["end_to_end_posts_per_s"] / row["combined_limit_posts_per_s"]
         )
@@ -308,7 +284,7 @@ def main() -> None:
               f"{r['model_posts_per_s']:7.1f} {r['combined_limit_posts_per_s']:7.1f} "
               f"{r['end_to_end_vs_combined_limit']:9.2f} {r['image_graph_per_s']:7.1f} {r['text_graph_per_s']:7.1f} "
               f"{r['text_sorted_vs_pad128']:13.2f} {r['text_budget_vs_fixed_rows']:11.2f}")  # fmt: skip
-    print(f"limit = 1 / (1 / model-only + 1 / decode-only), decode-only {decode_only:.1f} posts/s")
+    print(f"limit = 1 / (1 / model-only + 1 / decode-only), decode-only {decode_rate:.1f} posts/s")
     print(
         "\nprojection, NOT measured: 2 x posts / CPU-seconds used (what two idle cores would give if nothing "
         "else ran and scaling were perfect)"
