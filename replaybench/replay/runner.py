@@ -376,7 +376,7 @@ def replay(
         items_ok=counts["ok"],
         items_error=counts["error"],
         items_filtered=counts["skipped"],
-        rows_written=(counts["ok"] + counts["error"] + counts["skipped"]) * len(bundles),
+        rows_written=sum(counts.values()) * len(bundles),
         parts_written=len(writer.written),
         bundles=[
             BundleRun(
