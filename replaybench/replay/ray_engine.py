@@ -48,6 +48,8 @@ import numpy as np
 from replaybench.bundle import LoadedBundle, PreprocessSpec, file_sha256
 from replaybench.errors import InputNotFoundError, ReplaybenchError, UsageError, missing_dependency
 from replaybench.replay.items import DatasetItem
+from replaybench.replay.pool import chunks as chunked
+from replaybench.replay.pool import payload
 from replaybench.replay.rows import RowBuilder
 from replaybench.replay.workers import DecodeConfig
 
@@ -178,7 +180,7 @@ def _init_decode(run_id: str, config: DecodeConfig, dataset: str) -> None:
 def _decode(items: list[DatasetItem]) -> dict[str, Any]:
     from replaybench.replay.workers import process_chunk
 
-    return process_chunk([(i, str(it.path) if it.path else None) for i, it in enumerate(items)])
+    return process_chunk(payload(items))
 
 
 def decode_chunk(row: dict[str, Any], *, run_id: str, config: DecodeConfig, dataset: str) -> dict[str, Any]:
@@ -389,7 +391,7 @@ def run(
         info = RayRun(
             cpus=cpus, gpus=gpus, actors=n_actors, decode_slots=max(0, cpus - n_actors) if gpus else n_actors
         )
-        chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        chunks = list(chunked(todo, batch_size))  # the local engine's chunks
         if not chunks:
             return info
         per_block = max(1, min(CHUNKS_PER_BLOCK, len(chunks) // (BLOCKS_PER_ACTOR * n_actors)))
