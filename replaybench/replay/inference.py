@@ -55,7 +55,7 @@ class ModelStage:
     ) -> None:
         from replaybench.replay.decoders import output_columns
         from replaybench.replay.runtimes import open_bundle_model
-        from replaybench.replay.text_models import ImageTextModel, is_image_text
+        from replaybench.replay.text_models import ImageTextModel, check_variant, is_image_text
 
         self.bundles, self.groups, self.batch_size = list(bundles), list(groups), batch_size
         self.sessions: list[ModelSession | ImageTextModel] = []
@@ -66,11 +66,8 @@ class ModelStage:
                 ms = ImageTextModel(
                     lb, variant=variant, providers=providers, threads=threads, spinning=spinning
                 )
-            elif variant is not None:
-                raise UsageError(
-                    f"bundle {lb.bundle.name} has no {variant} variant", hint="replay it without --variant"
-                )
             else:
+                check_variant(lb, variant)  # only image+text bundles hold variants
                 ms = open_bundle_model(lb, providers=providers, threads=threads, spinning=spinning)
             want = np.dtype(specs[g].dtype)
             if np.dtype(ms.input_dtype) != want:

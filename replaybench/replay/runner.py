@@ -220,7 +220,7 @@ def replay(
     from replaybench.replay.pool import DecodePool, chunks, payload
     from replaybench.replay.rows import RowBuilder
     from replaybench.replay.sink import PartWriter, check_or_write_manifest, done_item_ids
-    from replaybench.replay.text_models import by_caption_length, is_image_text
+    from replaybench.replay.text_models import by_caption_length, check_variant, is_image_text
     from replaybench.replay.workers import DecodeConfig, init_worker, process_chunk
 
     opts = options or ReplayOptions()
@@ -242,6 +242,8 @@ def replay(
         )
         for lb in bundles
     ]
+    for lb in bundles:  # before run.json: a refused variant leaves no run folder behind
+        check_variant(lb, opts.variant)
     names = [lb.bundle.name for lb in bundles]
     if len(set(names)) != len(names):
         raise UsageError(f"two bundles share a name ({', '.join(names)}); rows are keyed by bundle name")

@@ -83,6 +83,18 @@ def by_caption_length(items: Sequence[DatasetItem], window: int = CAPTION_SORT_W
     return out
 
 
+def check_variant(lb: LoadedBundle, variant: str | None) -> None:
+    """Refuse a ``variant`` the bundle does not hold (only image+text bundles have int8 graphs)."""
+    if variant is None:
+        return
+    if variant != "int8":
+        raise UsageError(f"unknown model variant {variant!r}; known: int8")
+    if not is_image_text(lb) or any(p.file_int8 is None for p in lb.bundle.parts):
+        raise UsageError(
+            f"bundle {lb.bundle.name} has no {variant} variant", hint="replay it without --variant"
+        )
+
+
 def is_image_text(lb: LoadedBundle) -> bool:
     """Whether a bundle takes captions (it has a text preprocessing block)."""
     return lb.bundle.text is not None
@@ -117,17 +129,13 @@ class ImageTextModel:
                 f"bundle {folder} takes captions but lacks its split graphs ({IMAGE_ROLE}, {TEXT_ROLE})",
                 hint="make student bundles with: replaybench distill export STUDENT -o BUNDLE",
             )
-        if variant not in (None, "int8"):
-            raise UsageError(f"unknown model variant {variant!r}; known: int8")
+        check_variant(lb, variant)
         so = session_options(threads, spinning=spinning)
         prov = resolve_providers(list(providers))
         sessions = []
         for role in (IMAGE_ROLE, TEXT_ROLE):
             name = parts[role].file_int8 if variant == "int8" else parts[role].file
-            if name is None:
-                raise UsageError(
-                    f"bundle {b.name} has no {variant} variant", hint="replay it without --variant"
-                )
+            assert name is not None  # check_variant refused a variant the bundle lacks
             if Path(name).is_absolute() or ".." in Path(name).parts or not (folder / name).is_file():
                 raise CorruptInputError(f"student bundle {folder} lacks {name}")
             try:

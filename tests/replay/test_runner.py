@@ -397,3 +397,10 @@ def test_jpeg_draft_spec_decodes_at_reduced_scale_as_pillow_does(tmp_path):
     assert np.abs(got_diff[0] - got_diff[1]).max() > 1e-4  # the two decodes really differ
     with pytest.raises(UsageError, match="jpeg_draft"):  # a face crop needs the full-resolution image
         replay([bundles[True]], dataset, tmp_path / "p2", ReplayOptions(format="manifest", faces=tmp_path))
+
+
+def test_a_variant_the_bundle_lacks_is_refused(tmp_path, dataset):
+    bundle = tiny_bundle(tmp_path / "b")
+    with pytest.raises(UsageError, match="has no int8 variant"):
+        replay([bundle], dataset, tmp_path / "preds", ReplayOptions(format="utkface", variant="int8"))
+    assert not (tmp_path / "preds").exists()  # refused before run.json: a re-run needs no --resume
