@@ -302,3 +302,21 @@ def test_resume_after_kill_9(trained, realdata, tmp_path):
     df = _preds(out)
     assert df.height == 40 and df["item_id"].n_unique() == 40
     assert not list(out.glob(".*.tmp"))
+
+
+def test_items_are_length_sorted_by_caption_within_windows():
+    from replaybench.replay.items import DatasetItem
+    from replaybench.replay.text_models import by_caption_length
+
+    caps = ["a" * n for n in (5, 1, 9, 3, 7, 2, 8)] + [None]
+    items = [DatasetItem(item_id=str(i), path=None, caption=c) for i, c in enumerate(caps)]
+    got = [it.item_id for it in by_caption_length(items, window=4)]
+    # each window of 4 sorted on its own (None counts as empty); nothing lost or duplicated
+    assert got == ["1", "3", "0", "2", "7", "5", "4", "6"]
+
+
+def test_an_unknown_variant_of_a_student_bundle_is_refused(trained, tmp_path):
+    opts = ReplayOptions(format="posts", workers=0, variant="int4")
+    with pytest.raises(UsageError, match="unknown model variant 'int4'"):
+        replay([trained / "bundle"], trained / "posts", tmp_path / "scores", opts)
+    assert not (tmp_path / "scores").exists()
